@@ -1,0 +1,410 @@
+//! The HTTP API's request validation and response bodies, independent of any web
+//! framework so that every rule is unit-tested. The contract is `CONTRACT.md`; the
+//! error codes are listed in `docs/api.md`.
+
+use crate::protocol::Entry;
+use crate::replication::{Receipt, WriteConcern};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use std::time::Duration;
+
+/// The default largest message, in bytes of UTF-8.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// The most characters a `requestId` may have.
+pub const MAX_REQUEST_ID_CHARS: usize = 128;
+
+/// An error answered as `{"error": ..., "code": ...}` with `status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: u16,
+    pub code: &'static str,
+    pub error: String,
+    /// Extra fields merged into the body (e.g. `id` and `acks` of a timeout).
+    pub extra: Map<String, Value>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, code: &'static str, error: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            error: error.into(),
+            extra: Map::new(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, error: impl Into<String>) -> Self {
+        Self::new(400, code, error)
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            413,
+            "message_too_large",
+            format!("the message is larger than the limit of {limit} bytes"),
+        )
+    }
+
+    pub fn not_writable(error: impl Into<String>) -> Self {
+        Self::new(503, "not_writable", error)
+    }
+
+    pub fn not_found(path: &str) -> Self {
+        Self::new(404, "not_found", format!("no such endpoint: {path}"))
+    }
+
+    pub fn method_not_allowed(method: &str, path: &str, allowed: &str) -> Self {
+        Self::new(
+            405,
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}; use {allowed}"),
+        )
+    }
+
+    /// 504 for a write whose write concern was not met in time.
+    pub fn write_concern_timeout(receipt: &Receipt, need: usize) -> Self {
+        let mut e = Self::new(
+            504,
+            "write_concern_timeout",
+            format!(
+                "message {} is stored but only {} of the {} members asked for hold it yet; it keeps replicating",
+                receipt.id, receipt.acks, need
+            ),
+        );
+        e.extra.insert("id".into(), json!(receipt.id));
+        e.extra.insert("acks".into(), json!(receipt.acks));
+        e.extra.insert("ackedBy".into(), json!(receipt.acked_by));
+        e
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("error".into(), Value::String(self.error.clone()));
+        m.insert("code".into(), Value::String(self.code.into()));
+        for (k, v) in &self.extra {
+            m.insert(k.clone(), v.clone());
+        }
+        Value::Object(m)
+    }
+}
+
+/// A validated `POST /newMessage` body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    pub message: String,
+    pub write_concern: WriteConcern,
+    pub timeout: Option<Duration>,
+    pub request_id: Option<String>,
+}
+
+/// Validate a `POST /newMessage` body. Unknown fields are ignored.
+pub fn parse_new_message(body: &[u8], max_message_bytes: usize) -> Result<NewMessage, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")))?;
+    let Value::Object(mut obj) = value else {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "the body must be a JSON object like {\"message\": \"hello\", \"writeConcern\": 2}",
+        ));
+    };
+    let message = match obj.remove("message") {
+        None | Some(Value::Null) => {
+            return Err(ApiError::bad_request(
+                "missing_message",
+                "the field \"message\" is required",
+            ));
+        }
+        Some(Value::String(s)) => s,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_message",
+                format!("\"message\" must be a string, got {}", type_name(&other)),
+            ));
+        }
+    };
+    if message.len() > max_message_bytes {
+        return Err(ApiError::too_large(max_message_bytes));
+    }
+    let write_concern = match obj.remove("writeConcern") {
+        None | Some(Value::Null) => WriteConcern::Count(1),
+        Some(Value::String(s)) if s == "majority" => WriteConcern::Majority,
+        Some(v) => match whole_number(&v) {
+            Some(n) if (1..=u32::MAX as u64).contains(&n) => WriteConcern::Count(n as u32),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_write_concern",
+                    format!("\"writeConcern\" must be an integer >= 1 or \"majority\", got {v}"),
+                ));
+            }
+        },
+    };
+    let timeout = match obj.remove("timeoutMs") {
+        None | Some(Value::Null) => None,
+        Some(v) => match whole_number(&v) {
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms)),
+            None => {
+                return Err(ApiError::bad_request(
+                    "invalid_timeout",
+                    format!("\"timeoutMs\" must be an integer >= 0, got {v}"),
+                ));
+            }
+        },
+    };
+    let request_id = match obj.remove("requestId") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_REQUEST_ID_CHARS => {
+            Some(s)
+        }
+        Some(v) => {
+            return Err(ApiError::bad_request(
+                "invalid_request_id",
+                format!(
+                    "\"requestId\" must be a non-empty string of at most {MAX_REQUEST_ID_CHARS} characters, got {}",
+                    short(&v)
+                ),
+            ));
+        }
+    };
+    Ok(NewMessage {
+        message,
+        write_concern,
+        timeout,
+        request_id,
+    })
+}
+
+/// A JSON number that is a whole, non-negative integer (`2` or `2.0`), else None.
+fn whole_number(v: &Value) -> Option<u64> {
+    let n = v.as_number()?;
+    if let Some(u) = n.as_u64() {
+        return Some(u);
+    }
+    let f = n.as_f64()?;
+    (f >= 0.0 && f.fract() == 0.0 && f <= u64::MAX as f64).then_some(f as u64)
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 40 {
+        format!(
+            "{}... ({})",
+            s.chars().take(40).collect::<String>(),
+            type_name(v)
+        )
+    } else {
+        s
+    }
+}
+
+/// `GET /messages?from=&limit=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessagesQuery {
+    /// First id wanted (0 and 1 both mean the start).
+    pub from: u64,
+    /// Most messages wanted; None: all.
+    pub limit: Option<usize>,
+}
+
+/// Parse a raw query string. Unknown parameters are ignored.
+pub fn parse_messages_query(query: &str) -> Result<MessagesQuery, ApiError> {
+    let mut q = MessagesQuery {
+        from: 1,
+        limit: None,
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "from" => {
+                q.from = value.parse().map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_query",
+                        format!("\"from\" must be an integer >= 0, got {value:?}"),
+                    )
+                })?
+            }
+            "limit" => {
+                q.limit = Some(value.parse().map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_query",
+                        format!("\"limit\" must be an integer >= 0, got {value:?}"),
+                    )
+                })?)
+            }
+            _ => {}
+        }
+    }
+    Ok(q)
+}
+
+/// One element of the `GET /messages` array.
+#[derive(Serialize)]
+struct MessageView<'a> {
+    id: u64,
+    message: &'a str,
+}
+
+/// The `GET /messages` body for `entries`.
+pub fn messages_json(entries: &[Entry]) -> Vec<u8> {
+    let views: Vec<MessageView<'_>> = entries
+        .iter()
+        .map(|e| MessageView {
+            id: e.id,
+            message: &e.message,
+        })
+        .collect();
+    serde_json::to_vec(&views).expect("serialising strings and integers cannot fail")
+}
+
+/// The 201 body of a write.
+pub fn receipt_json(r: &Receipt) -> Value {
+    json!({"id": r.id, "acks": r.acks, "ackedBy": r.acked_by})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(body: &str) -> NewMessage {
+        parse_new_message(body.as_bytes(), 10).unwrap()
+    }
+    fn err(body: &str) -> (u16, &'static str) {
+        let e = parse_new_message(body.as_bytes(), 10).unwrap_err();
+        (e.status, e.code)
+    }
+
+    #[test]
+    fn accepts_the_documented_shapes() {
+        let m = ok(r#"{"message":"hi","writeConcern":2}"#);
+        assert_eq!(m.message, "hi");
+        assert_eq!(m.write_concern, WriteConcern::Count(2));
+        assert_eq!(m.timeout, None);
+        assert_eq!(
+            ok(r#"{"message":""}"#).write_concern,
+            WriteConcern::Count(1)
+        );
+        assert_eq!(
+            ok(r#"{"message":"a","writeConcern":"majority"}"#).write_concern,
+            WriteConcern::Majority
+        );
+        assert_eq!(
+            ok(r#"{"message":"a","writeConcern":3.0}"#).write_concern,
+            WriteConcern::Count(3)
+        );
+        assert_eq!(
+            ok(r#"{"message":"a","timeoutMs":250}"#).timeout,
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(ok(r#"{"message":"a","timeoutMs":0}"#).timeout, None);
+        assert_eq!(
+            ok(r#"{"message":"a","requestId":"k-1","extra":[1,2]}"#).request_id,
+            Some("k-1".into())
+        );
+        // 10 bytes exactly is allowed; multi-byte characters count in bytes.
+        assert_eq!(ok(r#"{"message":"0123456789"}"#).message.len(), 10);
+    }
+
+    #[test]
+    fn refuses_every_bad_input_with_its_code() {
+        assert_eq!(err("{"), (400, "invalid_json"));
+        assert_eq!(err(""), (400, "invalid_json"));
+        assert_eq!(err("[1]"), (400, "invalid_request"));
+        assert_eq!(err(r#""hello""#), (400, "invalid_request"));
+        assert_eq!(err("{}"), (400, "missing_message"));
+        assert_eq!(err(r#"{"message":null}"#), (400, "missing_message"));
+        assert_eq!(err(r#"{"message":5}"#), (400, "invalid_message"));
+        for wc in [
+            "0",
+            "-1",
+            "1.5",
+            "\"all\"",
+            "\"Majority\"",
+            "true",
+            "[]",
+            "1e30",
+        ] {
+            let body = format!(r#"{{"message":"a","writeConcern":{wc}}}"#);
+            assert_eq!(err(&body), (400, "invalid_write_concern"), "{wc}");
+        }
+        for t in ["-1", "0.5", "\"10\"", "{}"] {
+            let body = format!(r#"{{"message":"a","timeoutMs":{t}}}"#);
+            assert_eq!(err(&body), (400, "invalid_timeout"), "{t}");
+        }
+        let long = "x".repeat(129);
+        for r in ["\"\"", "5", &format!("\"{long}\"")] {
+            let body = format!(r#"{{"message":"a","requestId":{r}}}"#);
+            assert_eq!(err(&body), (400, "invalid_request_id"), "{r}");
+        }
+        assert_eq!(
+            err(r#"{"message":"01234567890"}"#),
+            (413, "message_too_large")
+        );
+        assert_eq!(err(r#"{"message":"ééééé é"}"#), (413, "message_too_large"));
+    }
+
+    #[test]
+    fn error_bodies_carry_code_and_extras() {
+        let r = Receipt {
+            id: 7,
+            acks: 1,
+            acked_by: vec!["m".into()],
+        };
+        let b = ApiError::write_concern_timeout(&r, 3).body();
+        assert_eq!(b["code"], "write_concern_timeout");
+        assert_eq!(b["id"], 7);
+        assert_eq!(b["acks"], 1);
+        assert_eq!(b["ackedBy"], json!(["m"]));
+        assert!(b["error"].as_str().unwrap().contains("message 7"));
+    }
+
+    #[test]
+    fn messages_query() {
+        assert_eq!(
+            parse_messages_query("").unwrap(),
+            MessagesQuery {
+                from: 1,
+                limit: None
+            }
+        );
+        assert_eq!(
+            parse_messages_query("from=5&limit=2&x=y").unwrap(),
+            MessagesQuery {
+                from: 5,
+                limit: Some(2)
+            }
+        );
+        for bad in ["from=-1", "from=a", "limit=", "limit=1.5", "from"] {
+            assert_eq!(
+                parse_messages_query(bad).unwrap_err().code,
+                "invalid_query",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn messages_body_has_only_id_and_message() {
+        let e = Entry {
+            term: 1,
+            id: 3,
+            message: "a\"b".into(),
+        };
+        assert_eq!(
+            String::from_utf8(messages_json(&[e])).unwrap(),
+            r#"[{"id":3,"message":"a\"b"}]"#
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! Command-line values shared by both binaries.
+
+use clap::Parser;
+use std::{fmt, str::FromStr, time::Duration};
+
+/// `--delay-ms MIN[-MAX]`: every replication frame is held back by a uniformly random
+/// time in `[min, max]` milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DelaySpec {
+    pub min_ms: u64,
+    pub max_ms: u64,
+}
+
+impl DelaySpec {
+    pub fn is_zero(&self) -> bool {
+        self.max_ms == 0
+    }
+
+    /// A delay drawn from the range.
+    pub fn sample(&self, rng: &mut impl rand::Rng) -> Duration {
+        use rand::RngExt;
+        Duration::from_millis(if self.min_ms == self.max_ms {
+            self.min_ms
+        } else {
+            rng.random_range(self.min_ms..=self.max_ms)
+        })
+    }
+}
+
+impl FromStr for DelaySpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let num = |v: &str| {
+            v.trim().parse::<u64>().map_err(|_| {
+                format!("{s:?} is not a delay: use milliseconds like 500 or a range like 1000-2000")
+            })
+        };
+        let (min_ms, max_ms) = match s.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => {
+                let v = num(s)?;
+                (v, v)
+            }
+        };
+        if min_ms > max_ms {
+            return Err(format!(
+                "delay range {s:?} has its minimum above its maximum"
+            ));
+        }
+        if max_ms > 3_600_000 {
+            return Err(format!("delay {s:?} is over an hour"));
+        }
+        Ok(Self { min_ms, max_ms })
+    }
+}
+
+impl fmt::Display for DelaySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.min_ms == self.max_ms {
+            write!(f, "{}", self.min_ms)
+        } else {
+            write!(f, "{}-{}", self.min_ms, self.max_ms)
+        }
+    }
+}
+
+/// `--drop-rate R`, a probability in 0.0..=1.0.
+pub fn parse_probability(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a probability between 0.0 and 1.0")),
+    }
+}
+
+/// A strictly positive number of milliseconds.
+pub fn parse_positive_ms(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(v) if v > 0 && v <= 86_400_000 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of milliseconds between 1 and 86400000"
+        )),
+    }
+}
+
+/// Parse the command line. `--help` and `--version` print and exit 0; any other problem
+/// prints one line to stderr and exits with code 2.
+pub fn parse_cli<T: Parser>() -> T {
+    match T::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                e.exit();
+            }
+            let rendered = e.render().to_string();
+            let line = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{line} (see --help)");
+            std::process::exit(2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_specs() {
+        assert_eq!("0".parse::<DelaySpec>().unwrap(), DelaySpec::default());
+        assert_eq!(
+            "1000-2000".parse::<DelaySpec>().unwrap(),
+            DelaySpec {
+                min_ms: 1000,
+                max_ms: 2000
+            }
+        );
+        assert_eq!(
+            "500".parse::<DelaySpec>().unwrap(),
+            DelaySpec {
+                min_ms: 500,
+                max_ms: 500
+            }
+        );
+        for bad in [
+            "",
+            "-",
+            "a",
+            "2000-1000",
+            "-5",
+            "1-2-3",
+            "1.5",
+            "99999999999",
+        ] {
+            assert!(bad.parse::<DelaySpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn probabilities_and_timeouts() {
+        assert_eq!(parse_probability("0.5"), Ok(0.5));
+        assert_eq!(parse_probability("1"), Ok(1.0));
+        for bad in ["-0.1", "1.01", "x", "NaN", ""] {
+            assert!(parse_probability(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_positive_ms("1500"), Ok(1500));
+        assert!(parse_positive_ms("0").is_err());
+        assert!(parse_positive_ms("-3").is_err());
+    }
+
+    #[test]
+    fn samples_stay_in_range() {
+        let d: DelaySpec = "10-20".parse().unwrap();
+        let mut rng = rand::rng();
+        for _ in 0..100 {
+            let v = d.sample(&mut rng).as_millis();
+            assert!((10..=20).contains(&v));
+        }
+    }
+}

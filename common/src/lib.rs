@@ -1,0 +1,22 @@
+//! # chorus common
+//!
+//! Everything the master and the secondaries share.
+//!
+//! # Layout
+//! - [`protocol`]: the frames of the replication protocol and their length-prefixed
+//!   MessagePack codec.
+//! - [`storage`]: the [`storage::LogStore`] interface every node keeps its log behind,
+//!   with an in-memory implementation and a conformance suite.
+//! - [`replication`]: the sans-IO state machines of the master and the secondary. No
+//!   sockets, no tasks, no clock: time is an argument.
+//! - [`api`]: the HTTP API's request validation and response bodies, free of any web
+//!   framework.
+//! - [`config`]: parsing of command-line values shared by both binaries.
+//! - [`telemetry`]: logging set-up.
+
+pub mod api;
+pub mod config;
+pub mod protocol;
+pub mod replication;
+pub mod storage;
+pub mod telemetry;

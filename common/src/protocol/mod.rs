@@ -1,0 +1,141 @@
+//! The replication protocol spoken between the master and its secondaries.
+//!
+//! Every frame on the wire is a `u32` big-endian length followed by that many bytes of
+//! MessagePack (rmp-serde, maps with field names so that fields can be added later).
+//! The secondary opens with [`SecondaryFrame::Hello`]; the master answers with
+//! [`MasterFrame::Welcome`] or an [`ErrorFrame`] and closes. `docs/protocol.md` walks
+//! through a whole session.
+
+pub mod codec;
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The protocol version this build speaks. A peer with another version is refused with
+/// [`ErrorCode::VersionMismatch`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest frame body either side accepts or sends. Checked before anything is
+/// allocated for a frame.
+pub const MAX_FRAME_LEN: usize = 64 * 1024 * 1024;
+
+/// The term every entry carries until elections exist.
+pub const INITIAL_TERM: u64 = 1;
+
+/// One message in the replicated log.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The term of the master that accepted it (always [`INITIAL_TERM`] for now).
+    pub term: u64,
+    /// Position in the log: 1, 2, 3, ... without gaps.
+    pub id: u64,
+    /// The payload, as the client sent it.
+    pub message: String,
+}
+
+/// Frames a secondary sends to the master.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum SecondaryFrame {
+    /// First frame of every connection.
+    Hello {
+        /// [`PROTOCOL_VERSION`] of the sender.
+        version: u32,
+        /// The secondary's name (`--name`); its identity as a member.
+        name: String,
+        /// The first id the secondary does not hold yet (its last id + 1).
+        next_expected: u64,
+        /// Identity of the log the secondary holds (0: none yet).
+        log_id: u64,
+    },
+    /// Ask for every message from `start_id` on (the seed's `getMessages(startMsgId)`).
+    GetMessages { start_id: u64 },
+    /// The secondary has caught up and registers for live traffic.
+    Ready,
+    /// Acknowledgement: the secondary holds every id up to `upto`, and also the ids in
+    /// `buffered`, which it keeps back until the gap before them is filled.
+    Ack { upto: u64, buffered: Vec<u64> },
+    /// Liveness signal with the same `upto` as an ack.
+    Heartbeat { upto: u64 },
+    /// Something went wrong; the sender closes the connection after it.
+    Error(ErrorFrame),
+}
+
+/// Frames the master sends to a secondary.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum MasterFrame {
+    /// Answer to a valid [`SecondaryFrame::Hello`].
+    Welcome {
+        version: u32,
+        /// The master's name.
+        name: String,
+        /// Identity of the master's log.
+        log_id: u64,
+        /// The master's last id at the time of the handshake.
+        last_id: u64,
+    },
+    /// A batch of the answer to [`SecondaryFrame::GetMessages`]. `last` marks the batch
+    /// that reaches the master's last id at the time it was sent: after it, the
+    /// secondary sends [`SecondaryFrame::Ready`] once it holds everything up to it.
+    Messages { entries: Vec<Entry>, last: bool },
+    /// Live replication (the seed's `addMessage`): one or more new messages.
+    AddMessages { entries: Vec<Entry> },
+    /// The master took the secondary's [`SecondaryFrame::Ready`].
+    ReadyAck,
+    /// Liveness signal, with the master's last id.
+    Heartbeat { last_id: u64 },
+    /// Something went wrong; the master closes the connection after it.
+    Error(ErrorFrame),
+}
+
+/// An error reported to the peer before the connection is closed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ErrorFrame {
+    pub code: ErrorCode,
+    /// For a person reading the peer's log.
+    pub message: String,
+}
+
+impl ErrorFrame {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ErrorFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+/// Why a connection is being closed.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The peer speaks another [`PROTOCOL_VERSION`].
+    VersionMismatch,
+    /// A frame could not be decoded.
+    MalformedFrame,
+    /// A frame's length is over [`MAX_FRAME_LEN`].
+    FrameTooLarge,
+    /// The first frame was not a `Hello`.
+    HandshakeRequired,
+    /// A frame that makes no sense in the connection's current state.
+    UnexpectedFrame,
+    /// The secondary's name is already taken by the master.
+    NameConflict,
+    /// The two logs do not share a history (another log identity, or the secondary is
+    /// ahead of the master).
+    LogMismatch,
+    /// Another connection with the same name replaced this one.
+    Replaced,
+    /// Anything else (for forward compatibility, an unknown code decodes as this).
+    #[serde(other)]
+    Other,
+}
+
+/// Encode a frame body (without the length prefix).
+pub fn encode_body<T: Serialize>(frame: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    rmp_serde::to_vec_named(frame)
+}

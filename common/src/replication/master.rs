@@ -1,0 +1,788 @@
+//! The master's replication state machine.
+
+use super::{ConnId, RetryPolicy, WriteConcern};
+use crate::protocol::{
+    Entry, ErrorCode, ErrorFrame, INITIAL_TERM, MasterFrame, PROTOCOL_VERSION, SecondaryFrame,
+};
+use crate::storage::{LogStore, StorageError};
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+/// Identifies a client write waiting for its write concern, assigned by the shell.
+pub type Token = u64;
+
+/// Knobs of the master core.
+#[derive(Clone, Debug)]
+pub struct MasterConfig {
+    /// The master's name; it counts as a member under this name.
+    pub name: String,
+    /// Resend schedule for unacknowledged messages (`--ack-timeout-ms`).
+    pub retry: RetryPolicy,
+    /// Most entries in one frame.
+    pub batch_max_entries: usize,
+    /// Most payload bytes in one frame (a single larger message still goes alone).
+    pub batch_max_bytes: usize,
+    /// Most unacknowledged entries in flight to one secondary.
+    pub window: usize,
+    /// Seed of the jitter generator.
+    pub seed: u64,
+}
+
+impl MasterConfig {
+    pub fn new(name: impl Into<String>, ack_timeout: Duration) -> Self {
+        Self {
+            name: name.into(),
+            retry: RetryPolicy::for_ack_timeout(ack_timeout),
+            batch_max_entries: 512,
+            batch_max_bytes: 4 * 1024 * 1024,
+            window: 4096,
+            seed: 0,
+        }
+    }
+}
+
+/// A client write.
+#[derive(Clone, Debug)]
+pub struct WriteRequest {
+    pub message: String,
+    pub write_concern: WriteConcern,
+    /// Give up waiting after this long (the message stays and keeps replicating).
+    pub timeout: Option<Duration>,
+    /// Idempotency key.
+    pub request_id: Option<String>,
+}
+
+/// Who held a message when a write was answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    pub id: u64,
+    pub acks: usize,
+    #[serde(rename = "ackedBy")]
+    pub acked_by: Vec<String>,
+}
+
+/// How a write ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The write concern was met.
+    Committed(Receipt),
+    /// The timeout passed first; the message is stored and still replicating.
+    TimedOut(Receipt),
+}
+
+/// What the core asks its shell to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MasterOutput {
+    /// Write `frame` on connection `conn`.
+    Send { conn: ConnId, frame: MasterFrame },
+    /// Close connection `conn` (after writing what was sent before).
+    Close { conn: ConnId },
+    /// Answer the client write `token`.
+    Reply { token: Token, outcome: WriteOutcome },
+    /// The store failed; the shell reports it.
+    StorageFailed(StorageError),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Disconnected,
+    /// Hello accepted, waiting for GetMessages.
+    Handshaken,
+    /// Streaming the answer to GetMessages.
+    CatchingUp,
+    /// The last catch-up batch is sent; waiting for Ready.
+    AwaitingReady,
+    /// Live traffic.
+    Live,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Disconnected => "disconnected",
+            Phase::Handshaken => "handshaken",
+            Phase::CatchingUp => "catching_up",
+            Phase::AwaitingReady => "awaiting_ready",
+            Phase::Live => "live",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Retry {
+    deadline: Instant,
+    attempt: u32,
+}
+
+#[derive(Debug)]
+struct Member {
+    name: String,
+    address: String,
+    conn: Option<ConnId>,
+    phase: Phase,
+    /// Highest id this member holds with every earlier one.
+    upto: u64,
+    /// Next id to send for the first time on this connection.
+    next_send: u64,
+    /// Sent, not yet acknowledged.
+    inflight: BTreeMap<u64, Retry>,
+    last_heard: Option<Instant>,
+    resends: u64,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    token: Token,
+    need: usize,
+    deadline: Option<Instant>,
+}
+
+/// A secondary as the master sees it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    pub name: String,
+    pub address: String,
+    pub connected: bool,
+    pub phase: &'static str,
+    pub last_acked_id: u64,
+    pub lag: u64,
+    /// Milliseconds since the last frame from this member (None: never heard).
+    pub last_heard_ms_ago: Option<u64>,
+    pub in_flight: usize,
+    pub resends: u64,
+}
+
+/// A snapshot of the master's replication state.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MasterStatus {
+    pub name: String,
+    pub log_id: u64,
+    pub last_id: u64,
+    /// Members reachable now (connected secondaries plus the master).
+    pub reachable: usize,
+    /// All members, the master included.
+    pub member_count: usize,
+    pub has_quorum: bool,
+    pub pending_writes: usize,
+    pub members: Vec<MemberStatus>,
+}
+
+/// The master's replication state machine. See the module docs of
+/// [`crate::replication`].
+pub struct MasterCore<S> {
+    cfg: MasterConfig,
+    store: S,
+    log_id: u64,
+    last_id: u64,
+    members: Vec<Member>,
+    /// Open connections and the member each one belongs to, once handshaken.
+    conns: HashMap<ConnId, Option<usize>>,
+    waiters: BTreeMap<u64, Vec<Waiter>>,
+    request_ids: HashMap<String, u64>,
+    outputs: Vec<MasterOutput>,
+    rng: StdRng,
+}
+
+impl<S: LogStore> MasterCore<S> {
+    /// A core over `store`, which may already hold a log. A log without an identity gets
+    /// a fresh one.
+    pub fn new(cfg: MasterConfig, store: S) -> Result<Self, StorageError> {
+        let mut rng = StdRng::seed_from_u64(cfg.seed);
+        let mut log_id = store.log_id();
+        if log_id == 0 {
+            log_id = rng.random_range(1..=u64::MAX);
+            store.set_log_id(log_id)?;
+        }
+        Ok(Self {
+            last_id: store.last_id(),
+            cfg,
+            store,
+            log_id,
+            members: Vec::new(),
+            conns: HashMap::new(),
+            waiters: BTreeMap::new(),
+            request_ids: HashMap::new(),
+            outputs: Vec::new(),
+            rng,
+        })
+    }
+
+    pub fn last_id(&self) -> u64 {
+        self.last_id
+    }
+
+    pub fn log_id(&self) -> u64 {
+        self.log_id
+    }
+
+    /// Everything decided since the last call, in order.
+    pub fn take_outputs(&mut self) -> Vec<MasterOutput> {
+        std::mem::take(&mut self.outputs)
+    }
+
+    /// A connection was accepted.
+    pub fn connection_opened(&mut self, conn: ConnId) {
+        self.conns.insert(conn, None);
+    }
+
+    /// A connection is gone (closed by either side or failed).
+    pub fn connection_closed(&mut self, conn: ConnId) {
+        if let Some(Some(idx)) = self.conns.remove(&conn) {
+            let m = &mut self.members[idx];
+            if m.conn == Some(conn) {
+                m.conn = None;
+                m.phase = Phase::Disconnected;
+                m.inflight.clear();
+            }
+        }
+    }
+
+    /// Accept a client write: store it, start replicating it, and answer `token` once its
+    /// write concern is met (possibly right away) or its timeout passes. Returns the id.
+    pub fn submit(
+        &mut self,
+        now: Instant,
+        req: WriteRequest,
+        token: Token,
+    ) -> Result<u64, StorageError> {
+        let known = req
+            .request_id
+            .as_ref()
+            .and_then(|k| self.request_ids.get(k).copied());
+        let id = match known {
+            Some(id) => id,
+            None => {
+                let id = self.last_id + 1;
+                let entry = Entry {
+                    term: INITIAL_TERM,
+                    id,
+                    message: req.message,
+                };
+                self.store.append(std::slice::from_ref(&entry))?;
+                self.last_id = id;
+                if let Some(key) = req.request_id {
+                    self.request_ids.insert(key, id);
+                }
+                id
+            }
+        };
+        let need = req.write_concern.required(self.members.len() + 1);
+        let acks = self.acks(id);
+        if acks >= need {
+            let receipt = self.receipt(id);
+            self.outputs.push(MasterOutput::Reply {
+                token,
+                outcome: WriteOutcome::Committed(receipt),
+            });
+        } else {
+            self.waiters.entry(id).or_default().push(Waiter {
+                token,
+                need,
+                deadline: req.timeout.map(|t| now + t),
+            });
+        }
+        if known.is_none() {
+            for idx in 0..self.members.len() {
+                if self.members[idx].phase == Phase::Live {
+                    self.pump(idx, now);
+                }
+            }
+        }
+        Ok(id)
+    }
+
+    /// A frame arrived on `conn`.
+    pub fn handle_frame(&mut self, now: Instant, conn: ConnId, frame: SecondaryFrame) {
+        let Some(&member) = self.conns.get(&conn) else {
+            return; // already closed
+        };
+        let Some(idx) = member else {
+            self.handle_handshake(now, conn, frame);
+            return;
+        };
+        self.members[idx].last_heard = Some(now);
+        match frame {
+            SecondaryFrame::Hello { .. } => {
+                self.refuse(conn, ErrorCode::UnexpectedFrame, "Hello sent twice");
+            }
+            SecondaryFrame::GetMessages { start_id } => {
+                if start_id == 0 || start_id > self.last_id + 1 {
+                    let msg = format!(
+                        "getMessages from id {start_id}, but the master's log holds ids 1..={}",
+                        self.last_id
+                    );
+                    self.refuse(conn, ErrorCode::LogMismatch, msg);
+                    return;
+                }
+                let m = &mut self.members[idx];
+                m.phase = Phase::CatchingUp;
+                m.inflight.clear();
+                m.next_send = start_id;
+                self.pump(idx, now);
+            }
+            SecondaryFrame::Ready => match self.members[idx].phase {
+                Phase::AwaitingReady | Phase::Live => {
+                    self.members[idx].phase = Phase::Live;
+                    self.outputs.push(MasterOutput::Send {
+                        conn,
+                        frame: MasterFrame::ReadyAck,
+                    });
+                    self.pump(idx, now);
+                }
+                _ => self.refuse(
+                    conn,
+                    ErrorCode::UnexpectedFrame,
+                    "Ready before the end of the catch-up stream",
+                ),
+            },
+            SecondaryFrame::Ack { upto, buffered } => {
+                if !self.progress(conn, idx, upto) {
+                    return;
+                }
+                let m = &mut self.members[idx];
+                for id in buffered {
+                    m.inflight.remove(&id);
+                }
+                self.pump(idx, now);
+            }
+            SecondaryFrame::Heartbeat { upto } => {
+                self.progress(conn, idx, upto);
+            }
+            SecondaryFrame::Error(e) => {
+                tracing::warn!(member = %self.members[idx].name, error = %e, "secondary reported an error");
+                self.outputs.push(MasterOutput::Close { conn });
+            }
+        }
+    }
+
+    /// Record that member `idx` holds everything up to `upto`. Returns false (and refuses
+    /// the connection) when `upto` is beyond the log.
+    fn progress(&mut self, conn: ConnId, idx: usize, upto: u64) -> bool {
+        if upto > self.last_id {
+            let msg = format!(
+                "acknowledged id {upto}, but the master's log ends at {}",
+                self.last_id
+            );
+            self.refuse(conn, ErrorCode::LogMismatch, msg);
+            return false;
+        }
+        let m = &mut self.members[idx];
+        // Acks may arrive out of order: only ever move forward.
+        if upto > m.upto {
+            m.upto = upto;
+            m.inflight = m.inflight.split_off(&(upto + 1));
+            self.check_waiters();
+        }
+        true
+    }
+
+    fn handle_handshake(&mut self, now: Instant, conn: ConnId, frame: SecondaryFrame) {
+        let SecondaryFrame::Hello {
+            version,
+            name,
+            next_expected,
+            log_id,
+        } = frame
+        else {
+            self.refuse(
+                conn,
+                ErrorCode::HandshakeRequired,
+                "the first frame must be Hello",
+            );
+            return;
+        };
+        if version != PROTOCOL_VERSION {
+            let msg = format!(
+                "this master speaks protocol version {PROTOCOL_VERSION}, the peer sent version {version}"
+            );
+            self.refuse(conn, ErrorCode::VersionMismatch, msg);
+            return;
+        }
+        if name.is_empty() || name.len() > 128 {
+            self.refuse(
+                conn,
+                ErrorCode::MalformedFrame,
+                "a secondary's name must be 1 to 128 bytes",
+            );
+            return;
+        }
+        if name == self.cfg.name {
+            let msg = format!("the name {name:?} is the master's own");
+            self.refuse(conn, ErrorCode::NameConflict, msg);
+            return;
+        }
+        let holds = next_expected.saturating_sub(1);
+        if next_expected == 0
+            || (log_id != 0 && log_id != self.log_id)
+            || (log_id == 0 && holds > 0)
+            || holds > self.last_id
+        {
+            let msg = format!(
+                "the secondary holds ids up to {holds} of log {log_id:#x}; the master holds ids up to {} of log {:#x}",
+                self.last_id, self.log_id
+            );
+            self.refuse(conn, ErrorCode::LogMismatch, msg);
+            return;
+        }
+        let idx = match self.members.iter().position(|m| m.name == name) {
+            Some(idx) => idx,
+            None => {
+                self.members.push(Member {
+                    name,
+                    address: String::new(),
+                    conn: None,
+                    phase: Phase::Disconnected,
+                    upto: 0,
+                    next_send: 1,
+                    inflight: BTreeMap::new(),
+                    last_heard: None,
+                    resends: 0,
+                });
+                self.members.len() - 1
+            }
+        };
+        if let Some(old) = self.members[idx].conn {
+            let msg = format!("replaced by connection {conn} of the same name");
+            self.refuse(old, ErrorCode::Replaced, msg);
+            // Whatever still arrives on the old connection is ignored.
+            self.conns.remove(&old);
+        }
+        let m = &mut self.members[idx];
+        m.conn = Some(conn);
+        m.phase = Phase::Handshaken;
+        m.upto = holds;
+        m.next_send = next_expected;
+        m.inflight.clear();
+        m.last_heard = Some(now);
+        self.conns.insert(conn, Some(idx));
+        self.outputs.push(MasterOutput::Send {
+            conn,
+            frame: MasterFrame::Welcome {
+                version: PROTOCOL_VERSION,
+                name: self.cfg.name.clone(),
+                log_id: self.log_id,
+                last_id: self.last_id,
+            },
+        });
+        // A member joining (or coming back holding messages) can complete waiting writes.
+        self.check_waiters();
+    }
+
+    /// Tell the shell the peer address of a handshaken connection (for status only).
+    pub fn set_address(&mut self, conn: ConnId, address: String) {
+        if let Some(Some(idx)) = self.conns.get(&conn) {
+            self.members[*idx].address = address;
+        }
+    }
+
+    /// Send the error frame, then close.
+    fn refuse(&mut self, conn: ConnId, code: ErrorCode, message: impl Into<String>) {
+        let e = ErrorFrame::new(code, message);
+        tracing::warn!(conn, error = %e, "refusing connection");
+        self.outputs.push(MasterOutput::Send {
+            conn,
+            frame: MasterFrame::Error(e),
+        });
+        self.outputs.push(MasterOutput::Close { conn });
+    }
+
+    /// Send member `idx` whatever it has not been sent yet, as far as its window allows.
+    fn pump(&mut self, idx: usize, now: Instant) {
+        let Some(conn) = self.members[idx].conn else {
+            return;
+        };
+        loop {
+            let m = &self.members[idx];
+            if !matches!(m.phase, Phase::CatchingUp | Phase::Live) {
+                return;
+            }
+            if m.next_send > self.last_id {
+                if m.phase == Phase::CatchingUp {
+                    // Nothing (left) to stream: close the catch-up with an empty batch.
+                    self.members[idx].phase = Phase::AwaitingReady;
+                    self.outputs.push(MasterOutput::Send {
+                        conn,
+                        frame: MasterFrame::Messages {
+                            entries: Vec::new(),
+                            last: true,
+                        },
+                    });
+                }
+                return;
+            }
+            let room = self.cfg.window.saturating_sub(m.inflight.len());
+            if room == 0 {
+                return;
+            }
+            let want = (self.last_id - m.next_send + 1)
+                .min(room as u64)
+                .min(self.cfg.batch_max_entries as u64) as usize;
+            let mut entries = match self.store.read(m.next_send, want) {
+                Ok(e) if !e.is_empty() => e,
+                Ok(_) => {
+                    let err = StorageError::Io(format!("entry {} missing", m.next_send));
+                    self.outputs.push(MasterOutput::StorageFailed(err));
+                    return;
+                }
+                Err(err) => {
+                    self.outputs.push(MasterOutput::StorageFailed(err));
+                    return;
+                }
+            };
+            self.trim_to_bytes(&mut entries);
+            let first_delay = self.cfg.retry.jittered(0, &mut self.rng);
+            let m = &mut self.members[idx];
+            for e in &entries {
+                m.inflight.insert(
+                    e.id,
+                    Retry {
+                        deadline: now + first_delay,
+                        attempt: 0,
+                    },
+                );
+            }
+            m.next_send = entries[entries.len() - 1].id + 1;
+            let frame = if m.phase == Phase::Live {
+                MasterFrame::AddMessages { entries }
+            } else {
+                let last = m.next_send > self.last_id;
+                if last {
+                    m.phase = Phase::AwaitingReady;
+                }
+                MasterFrame::Messages { entries, last }
+            };
+            self.outputs.push(MasterOutput::Send { conn, frame });
+        }
+    }
+
+    fn trim_to_bytes(&self, entries: &mut Vec<Entry>) {
+        let mut bytes = 0;
+        let keep = entries
+            .iter()
+            .position(|e| {
+                bytes += e.message.len();
+                bytes > self.cfg.batch_max_bytes
+            })
+            .unwrap_or(entries.len())
+            .max(1);
+        entries.truncate(keep);
+    }
+
+    /// Resend what is overdue and expire waiting writes whose timeout has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for idx in 0..self.members.len() {
+            let m = &mut self.members[idx];
+            let Some(conn) = m.conn else { continue };
+            if !matches!(
+                m.phase,
+                Phase::CatchingUp | Phase::AwaitingReady | Phase::Live
+            ) {
+                continue;
+            }
+            let mut due = Vec::new();
+            for (&id, r) in m.inflight.iter_mut() {
+                if r.deadline <= now {
+                    r.attempt = r.attempt.saturating_add(1);
+                    r.deadline = now + self.cfg.retry.jittered(r.attempt, &mut self.rng);
+                    due.push(id);
+                }
+            }
+            if due.is_empty() {
+                continue;
+            }
+            m.resends += due.len() as u64;
+            let live = m.phase == Phase::Live;
+            tracing::debug!(member = %m.name, count = due.len(), first = due[0], "resending unacknowledged messages");
+            let mut batch: Vec<Entry> = Vec::new();
+            for run in runs(&due) {
+                let entries = match self.store.read(run.0, (run.1 - run.0 + 1) as usize) {
+                    Ok(e) => e,
+                    Err(err) => {
+                        self.outputs.push(MasterOutput::StorageFailed(err));
+                        return;
+                    }
+                };
+                for e in entries {
+                    batch.push(e);
+                    if batch.len() >= self.cfg.batch_max_entries {
+                        self.send_batch(conn, live, std::mem::take(&mut batch));
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                self.send_batch(conn, live, batch);
+            }
+        }
+        let expired: Vec<(u64, Token)> = self
+            .waiters
+            .iter()
+            .flat_map(|(&id, ws)| {
+                ws.iter()
+                    .filter(|w| w.deadline.is_some_and(|d| d <= now))
+                    .map(move |w| (id, w.token))
+            })
+            .collect();
+        for (id, token) in expired {
+            if let Some(ws) = self.waiters.get_mut(&id) {
+                ws.retain(|w| w.token != token);
+                if ws.is_empty() {
+                    self.waiters.remove(&id);
+                }
+            }
+            let receipt = self.receipt(id);
+            self.outputs.push(MasterOutput::Reply {
+                token,
+                outcome: WriteOutcome::TimedOut(receipt),
+            });
+        }
+    }
+
+    fn send_batch(&mut self, conn: ConnId, live: bool, entries: Vec<Entry>) {
+        let frame = if live {
+            MasterFrame::AddMessages { entries }
+        } else {
+            MasterFrame::Messages {
+                entries,
+                last: false,
+            }
+        };
+        self.outputs.push(MasterOutput::Send { conn, frame });
+    }
+
+    /// When [`Self::handle_timeout`] next has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let resend = self
+            .members
+            .iter()
+            .filter(|m| m.conn.is_some())
+            .flat_map(|m| m.inflight.values().map(|r| r.deadline))
+            .min();
+        let waiter = self
+            .waiters
+            .values()
+            .flatten()
+            .filter_map(|w| w.deadline)
+            .min();
+        match (resend, waiter) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Heartbeat every handshaken connection.
+    pub fn tick_heartbeat(&mut self) {
+        for m in &self.members {
+            if let Some(conn) = m.conn {
+                self.outputs.push(MasterOutput::Send {
+                    conn,
+                    frame: MasterFrame::Heartbeat {
+                        last_id: self.last_id,
+                    },
+                });
+            }
+        }
+    }
+
+    /// How many members (the master included) hold `id`.
+    fn acks(&self, id: u64) -> usize {
+        let master = usize::from(id <= self.last_id);
+        master + self.members.iter().filter(|m| m.upto >= id).count()
+    }
+
+    fn receipt(&self, id: u64) -> Receipt {
+        let mut acked_by = Vec::new();
+        if id <= self.last_id {
+            acked_by.push(self.cfg.name.clone());
+        }
+        acked_by.extend(
+            self.members
+                .iter()
+                .filter(|m| m.upto >= id)
+                .map(|m| m.name.clone()),
+        );
+        Receipt {
+            id,
+            acks: acked_by.len(),
+            acked_by,
+        }
+    }
+
+    /// Answer every waiting write whose write concern is now met.
+    fn check_waiters(&mut self) {
+        let ids: Vec<u64> = self.waiters.keys().copied().collect();
+        for id in ids {
+            let acks = self.acks(id);
+            let Some(ws) = self.waiters.get_mut(&id) else {
+                continue;
+            };
+            let (done, keep): (Vec<Waiter>, Vec<Waiter>) =
+                std::mem::take(ws).into_iter().partition(|w| w.need <= acks);
+            if keep.is_empty() {
+                self.waiters.remove(&id);
+            } else {
+                *self.waiters.get_mut(&id).expect("present") = keep;
+            }
+            if !done.is_empty() {
+                let receipt = self.receipt(id);
+                for w in done {
+                    self.outputs.push(MasterOutput::Reply {
+                        token: w.token,
+                        outcome: WriteOutcome::Committed(receipt.clone()),
+                    });
+                }
+            }
+        }
+    }
+
+    /// A snapshot for `/health`.
+    pub fn status(&self, now: Instant) -> MasterStatus {
+        let members: Vec<MemberStatus> = self
+            .members
+            .iter()
+            .map(|m| MemberStatus {
+                name: m.name.clone(),
+                address: m.address.clone(),
+                connected: m.conn.is_some(),
+                phase: m.phase.name(),
+                last_acked_id: m.upto,
+                lag: self.last_id.saturating_sub(m.upto),
+                last_heard_ms_ago: m
+                    .last_heard
+                    .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                in_flight: m.inflight.len(),
+                resends: m.resends,
+            })
+            .collect();
+        let reachable = 1 + members.iter().filter(|m| m.connected).count();
+        let member_count = 1 + members.len();
+        MasterStatus {
+            name: self.cfg.name.clone(),
+            log_id: self.log_id,
+            last_id: self.last_id,
+            reachable,
+            member_count,
+            has_quorum: reachable > member_count / 2,
+            pending_writes: self.waiters.values().map(Vec::len).sum(),
+            members,
+        }
+    }
+}
+
+/// Group sorted ids into inclusive runs of consecutive ids.
+fn runs(ids: &[u64]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &id in ids {
+        match out.last_mut() {
+            Some(r) if r.1 + 1 == id => r.1 = id,
+            _ => out.push((id, id)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

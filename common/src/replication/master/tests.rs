@@ -1,0 +1,453 @@
+//! Exact-output tests of the master core: one input, then the precise decisions.
+
+use super::*;
+use crate::storage::MemStore;
+use std::sync::Arc;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn core() -> (MasterCore<Arc<MemStore>>, Instant) {
+    let mut cfg = MasterConfig::new("m", Duration::from_millis(100));
+    cfg.seed = 1;
+    (
+        MasterCore::new(cfg, Arc::new(MemStore::new())).unwrap(),
+        Instant::now(),
+    )
+}
+
+fn hello(name: &str, next_expected: u64, log_id: u64) -> SecondaryFrame {
+    SecondaryFrame::Hello {
+        version: PROTOCOL_VERSION,
+        name: name.into(),
+        next_expected,
+        log_id,
+    }
+}
+
+fn write(msg: &str, w: u32) -> WriteRequest {
+    WriteRequest {
+        message: msg.into(),
+        write_concern: WriteConcern::Count(w),
+        timeout: None,
+        request_id: None,
+    }
+}
+
+fn entry(id: u64, msg: &str) -> Entry {
+    Entry {
+        term: 1,
+        id,
+        message: msg.into(),
+    }
+}
+
+/// Bring a fresh secondary on `conn` to the live phase; returns nothing, checks outputs.
+fn join(c: &mut MasterCore<Arc<MemStore>>, now: Instant, conn: ConnId, name: &str) {
+    c.connection_opened(conn);
+    c.handle_frame(now, conn, hello(name, 1, 0));
+    c.handle_frame(now, conn, SecondaryFrame::GetMessages { start_id: 1 });
+    c.handle_frame(now, conn, SecondaryFrame::Ready);
+    c.take_outputs();
+}
+
+fn committed(token: Token, id: u64, acked_by: &[&str]) -> MasterOutput {
+    MasterOutput::Reply {
+        token,
+        outcome: WriteOutcome::Committed(Receipt {
+            id,
+            acks: acked_by.len(),
+            acked_by: acked_by.iter().map(|s| s.to_string()).collect(),
+        }),
+    }
+}
+
+#[test]
+fn handshake_catch_up_ready_then_live_write() {
+    let (mut c, now) = core();
+    c.connection_opened(1);
+    c.handle_frame(now, 1, hello("s1", 1, 0));
+    assert_eq!(
+        c.take_outputs(),
+        vec![MasterOutput::Send {
+            conn: 1,
+            frame: MasterFrame::Welcome {
+                version: PROTOCOL_VERSION,
+                name: "m".into(),
+                log_id: c.log_id(),
+                last_id: 0
+            }
+        }]
+    );
+    c.handle_frame(now, 1, SecondaryFrame::GetMessages { start_id: 1 });
+    assert_eq!(
+        c.take_outputs(),
+        vec![MasterOutput::Send {
+            conn: 1,
+            frame: MasterFrame::Messages {
+                entries: vec![],
+                last: true
+            }
+        }]
+    );
+    c.handle_frame(now, 1, SecondaryFrame::Ready);
+    assert_eq!(
+        c.take_outputs(),
+        vec![MasterOutput::Send {
+            conn: 1,
+            frame: MasterFrame::ReadyAck
+        }]
+    );
+    assert_eq!(c.submit(now, write("a", 2), 10).unwrap(), 1);
+    assert_eq!(
+        c.take_outputs(),
+        vec![MasterOutput::Send {
+            conn: 1,
+            frame: MasterFrame::AddMessages {
+                entries: vec![entry(1, "a")]
+            }
+        }]
+    );
+    c.handle_frame(
+        now,
+        1,
+        SecondaryFrame::Ack {
+            upto: 1,
+            buffered: vec![],
+        },
+    );
+    assert_eq!(c.take_outputs(), vec![committed(10, 1, &["m", "s1"])]);
+    assert_eq!(c.poll_timeout(), None, "nothing left to resend");
+}
+
+#[test]
+fn w1_is_answered_at_once_and_counts_only_the_master() {
+    let (mut c, now) = core();
+    join(&mut c, now, 1, "s1");
+    c.submit(now, write("a", 1), 7).unwrap();
+    let out = c.take_outputs();
+    assert_eq!(out[0], committed(7, 1, &["m"]));
+    assert!(matches!(out[1], MasterOutput::Send { conn: 1, .. }));
+}
+
+#[test]
+fn catch_up_streams_in_batches_and_holds_new_writes_until_ready() {
+    let (mut c, now) = core();
+    for i in 0..1200 {
+        c.submit(now, write(&format!("m{i}"), 1), i).unwrap();
+    }
+    c.take_outputs();
+    c.connection_opened(1);
+    c.handle_frame(now, 1, hello("s1", 1, 0));
+    c.handle_frame(now, 1, SecondaryFrame::GetMessages { start_id: 1 });
+    let batches: Vec<(usize, u64, bool)> = c
+        .take_outputs()
+        .into_iter()
+        .filter_map(|o| match o {
+            MasterOutput::Send {
+                frame: MasterFrame::Messages { entries, last },
+                ..
+            } => Some((entries.len(), entries[0].id, last)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        batches,
+        vec![(512, 1, false), (512, 513, false), (176, 1025, true)]
+    );
+    // A write during catch-up is not sent until the secondary is ready...
+    c.submit(now, write("late", 1), 5000).unwrap();
+    assert_eq!(c.take_outputs(), vec![committed(5000, 1201, &["m"])]);
+    // ...and then it goes out live, without a gap.
+    c.handle_frame(now, 1, SecondaryFrame::Ready);
+    assert_eq!(
+        c.take_outputs(),
+        vec![
+            MasterOutput::Send {
+                conn: 1,
+                frame: MasterFrame::ReadyAck
+            },
+            MasterOutput::Send {
+                conn: 1,
+                frame: MasterFrame::AddMessages {
+                    entries: vec![entry(1201, "late")]
+                }
+            }
+        ]
+    );
+}
+
+#[test]
+fn window_limits_what_is_in_flight() {
+    let mut cfg = MasterConfig::new("m", Duration::from_millis(100));
+    cfg.window = 3;
+    let mut c = MasterCore::new(cfg, Arc::new(MemStore::new())).unwrap();
+    let now = Instant::now();
+    join(&mut c, now, 1, "s1");
+    for i in 0..5 {
+        c.submit(now, write("x", 1), i).unwrap();
+    }
+    let sent: Vec<u64> = sent_ids(c.take_outputs());
+    assert_eq!(sent, vec![1, 2, 3]);
+    c.handle_frame(
+        now,
+        1,
+        SecondaryFrame::Ack {
+            upto: 2,
+            buffered: vec![],
+        },
+    );
+    assert_eq!(sent_ids(c.take_outputs()), vec![4, 5]);
+}
+
+fn sent_ids(out: Vec<MasterOutput>) -> Vec<u64> {
+    out.into_iter()
+        .flat_map(|o| match o {
+            MasterOutput::Send {
+                frame: MasterFrame::AddMessages { entries } | MasterFrame::Messages { entries, .. },
+                ..
+            } => entries.into_iter().map(|e| e.id).collect(),
+            _ => vec![],
+        })
+        .collect()
+}
+
+#[test]
+fn resends_back_off_exponentially_and_never_give_up() {
+    let (mut c, t0) = core();
+    join(&mut c, t0, 1, "s1");
+    c.submit(t0, write("a", 2), 1).unwrap();
+    c.take_outputs();
+    let mut now = t0;
+    let mut gaps = Vec::new();
+    for _ in 0..12 {
+        let next = c.poll_timeout().expect("a resend is always scheduled");
+        gaps.push((next - now).as_millis());
+        now = next;
+        c.handle_timeout(now);
+        assert_eq!(sent_ids(c.take_outputs()), vec![1]);
+    }
+    // base 100 ms doubling to the cap of 800 ms, each with up to 25% jitter.
+    let plain = [100, 200, 400, 800, 800, 800, 800, 800, 800, 800, 800, 800];
+    for (g, p) in gaps.iter().zip(plain) {
+        assert!(*g >= p && *g <= p + p / 4, "gaps {gaps:?}");
+    }
+    // Acknowledging stops the resends and answers the write.
+    c.handle_frame(
+        now,
+        1,
+        SecondaryFrame::Ack {
+            upto: 1,
+            buffered: vec![],
+        },
+    );
+    assert_eq!(c.take_outputs(), vec![committed(1, 1, &["m", "s1"])]);
+    assert_eq!(c.poll_timeout(), None);
+}
+
+#[test]
+fn out_of_order_and_duplicate_acks_never_move_backwards() {
+    let (mut c, now) = core();
+    join(&mut c, now, 1, "s1");
+    for i in 0..3 {
+        c.submit(now, write("x", 1), i).unwrap();
+    }
+    let ack = |upto| SecondaryFrame::Ack {
+        upto,
+        buffered: vec![],
+    };
+    c.handle_frame(now, 1, ack(3));
+    c.handle_frame(now, 1, ack(1));
+    c.handle_frame(now, 1, ack(3));
+    assert_eq!(c.status(now).members[0].last_acked_id, 3);
+}
+
+#[test]
+fn selective_acks_stop_resends_but_do_not_count() {
+    let (mut c, now) = core();
+    join(&mut c, now, 1, "s1");
+    c.submit(now, write("a", 1), 1).unwrap();
+    c.submit(now, write("b", 2), 2).unwrap();
+    c.take_outputs();
+    c.handle_frame(
+        now,
+        1,
+        SecondaryFrame::Ack {
+            upto: 0,
+            buffered: vec![2],
+        },
+    );
+    assert!(c.take_outputs().is_empty(), "2 is not held in order yet");
+    let t = c.poll_timeout().unwrap();
+    c.handle_timeout(t);
+    assert_eq!(sent_ids(c.take_outputs()), vec![1], "only 1 is resent");
+}
+
+#[test]
+fn timeout_answers_with_the_acks_so_far_and_replication_goes_on() {
+    let (mut c, now) = core();
+    join(&mut c, now, 1, "s1");
+    let mut req = write("a", 3);
+    req.timeout = Some(50 * MS);
+    c.submit(now, req, 9).unwrap();
+    c.take_outputs();
+    assert_eq!(c.poll_timeout(), Some(now + 50 * MS));
+    c.handle_timeout(now + 50 * MS);
+    assert_eq!(
+        c.take_outputs(),
+        vec![MasterOutput::Reply {
+            token: 9,
+            outcome: WriteOutcome::TimedOut(Receipt {
+                id: 1,
+                acks: 1,
+                acked_by: vec!["m".into()]
+            })
+        }]
+    );
+    // Still in flight to s1.
+    assert!(c.poll_timeout().is_some());
+    assert_eq!(c.status(now).members[0].in_flight, 1);
+}
+
+#[test]
+fn write_concern_above_membership_waits_for_members_to_join() {
+    let (mut c, now) = core();
+    join(&mut c, now, 1, "s1");
+    c.submit(now, write("m1", 3), 1).unwrap();
+    c.handle_frame(
+        now,
+        1,
+        SecondaryFrame::Ack {
+            upto: 1,
+            buffered: vec![],
+        },
+    );
+    assert!(
+        !c.take_outputs()
+            .iter()
+            .any(|o| matches!(o, MasterOutput::Reply { .. }))
+    );
+    c.connection_opened(2);
+    c.handle_frame(now, 2, hello("s2", 1, 0));
+    c.handle_frame(now, 2, SecondaryFrame::GetMessages { start_id: 1 });
+    c.take_outputs();
+    c.handle_frame(
+        now,
+        2,
+        SecondaryFrame::Ack {
+            upto: 1,
+            buffered: vec![],
+        },
+    );
+    assert_eq!(c.take_outputs(), vec![committed(1, 1, &["m", "s1", "s2"])]);
+}
+
+#[test]
+fn majority_counts_every_known_member_even_disconnected() {
+    let (mut c, now) = core();
+    join(&mut c, now, 1, "s1");
+    join(&mut c, now, 2, "s2");
+    c.connection_closed(2);
+    let req = WriteRequest {
+        write_concern: WriteConcern::Majority,
+        ..write("a", 1)
+    };
+    c.submit(now, req, 1).unwrap();
+    assert!(
+        !c.take_outputs()
+            .iter()
+            .any(|o| matches!(o, MasterOutput::Reply { .. })),
+        "majority of 3 is 2"
+    );
+    c.handle_frame(
+        now,
+        1,
+        SecondaryFrame::Ack {
+            upto: 1,
+            buffered: vec![],
+        },
+    );
+    assert_eq!(c.take_outputs(), vec![committed(1, 1, &["m", "s1"])]);
+    let st = c.status(now);
+    assert_eq!((st.reachable, st.member_count, st.has_quorum), (2, 3, true));
+}
+
+#[test]
+fn request_ids_never_append_twice() {
+    let (mut c, now) = core();
+    let mut req = write("a", 1);
+    req.request_id = Some("k".into());
+    assert_eq!(c.submit(now, req.clone(), 1).unwrap(), 1);
+    assert_eq!(c.submit(now, req, 2).unwrap(), 1);
+    assert_eq!(c.last_id(), 1);
+    assert_eq!(
+        c.take_outputs(),
+        vec![committed(1, 1, &["m"]), committed(2, 1, &["m"])]
+    );
+}
+
+fn refused(out: &[MasterOutput], conn: ConnId, code: ErrorCode) -> bool {
+    matches!(&out[..], [MasterOutput::Send { conn: c1, frame: MasterFrame::Error(e) }, MasterOutput::Close { conn: c2 }]
+        if *c1 == conn && *c2 == conn && e.code == code)
+}
+
+#[test]
+fn bad_handshakes_are_refused_with_an_error_frame() {
+    let (mut c, now) = core();
+    let cases: Vec<(SecondaryFrame, ErrorCode)> = vec![
+        (
+            SecondaryFrame::GetMessages { start_id: 1 },
+            ErrorCode::HandshakeRequired,
+        ),
+        (
+            SecondaryFrame::Hello {
+                version: 99,
+                name: "s".into(),
+                next_expected: 1,
+                log_id: 0,
+            },
+            ErrorCode::VersionMismatch,
+        ),
+        (hello("m", 1, 0), ErrorCode::NameConflict),
+        (hello("", 1, 0), ErrorCode::MalformedFrame),
+        (hello("s", 1, 12345), ErrorCode::LogMismatch),
+        (hello("s", 5, c.log_id()), ErrorCode::LogMismatch),
+        (hello("s", 0, 0), ErrorCode::LogMismatch),
+    ];
+    for (i, (frame, code)) in cases.into_iter().enumerate() {
+        let conn = i as ConnId + 100;
+        c.connection_opened(conn);
+        c.handle_frame(now, conn, frame);
+        let out = c.take_outputs();
+        assert!(refused(&out, conn, code), "case {i}: {out:?}");
+        c.connection_closed(conn);
+    }
+    assert_eq!(c.status(now).members.len(), 0, "no member was added");
+}
+
+#[test]
+fn protocol_violations_after_handshake_close_the_connection() {
+    let (mut c, now) = core();
+    join(&mut c, now, 1, "s1");
+    c.handle_frame(now, 1, SecondaryFrame::Heartbeat { upto: 99 });
+    assert!(refused(&c.take_outputs(), 1, ErrorCode::LogMismatch));
+    c.connection_opened(2);
+    c.handle_frame(now, 2, hello("s2", 1, 0));
+    c.take_outputs();
+    c.handle_frame(now, 2, SecondaryFrame::Ready);
+    assert!(refused(&c.take_outputs(), 2, ErrorCode::UnexpectedFrame));
+}
+
+#[test]
+fn a_second_connection_with_the_same_name_replaces_the_first() {
+    let (mut c, now) = core();
+    join(&mut c, now, 1, "s1");
+    c.connection_opened(2);
+    c.handle_frame(now, 2, hello("s1", 1, 0));
+    let out = c.take_outputs();
+    assert!(refused(&out[..2], 1, ErrorCode::Replaced), "{out:?}");
+    // The old connection closing later does not disturb the new one.
+    c.connection_closed(1);
+    let st = c.status(now);
+    assert_eq!(st.members.len(), 1);
+    assert!(st.members[0].connected);
+}

@@ -1,0 +1,349 @@
+//! The secondary's replication state machine: total order and deduplication.
+
+use crate::protocol::{
+    Entry, ErrorCode, ErrorFrame, MasterFrame, PROTOCOL_VERSION, SecondaryFrame,
+};
+use crate::storage::LogStore;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// How far past the next expected id the secondary buffers messages. Anything further is
+/// a protocol violation (the master never has that much in flight).
+pub const MAX_BUFFER_AHEAD: u64 = 1 << 20;
+
+/// What the core asks its shell to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecondaryOutput {
+    /// Write `frame` to the master.
+    Send(SecondaryFrame),
+    /// Close the connection (the shell reconnects later).
+    Close,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Disconnected,
+    AwaitingWelcome,
+    /// `target`: the id the catch-up stream reaches, once its last batch arrived.
+    CatchingUp {
+        requested_from: u64,
+        target: Option<u64>,
+    },
+    AwaitingReadyAck,
+    Live,
+}
+
+/// A snapshot for `/health`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecondaryStatus {
+    pub name: String,
+    pub connected: bool,
+    pub phase: &'static str,
+    pub master: Option<String>,
+    pub last_id: u64,
+    pub master_last_id: u64,
+    pub buffered: usize,
+    pub duplicates: u64,
+    pub last_heard_ms_ago: Option<u64>,
+    /// The last refusal, by either side, in words.
+    pub last_error: Option<String>,
+}
+
+/// The secondary's replication state machine.
+pub struct SecondaryCore<S> {
+    name: String,
+    store: S,
+    next_expected: u64,
+    /// Messages that arrived before an earlier one, keyed by id.
+    buffer: BTreeMap<u64, Entry>,
+    phase: Phase,
+    master: Option<String>,
+    master_last_id: u64,
+    last_heard: Option<Instant>,
+    duplicates: u64,
+    last_error: Option<String>,
+    outputs: Vec<SecondaryOutput>,
+}
+
+impl<S: LogStore> SecondaryCore<S> {
+    pub fn new(name: impl Into<String>, store: S) -> Self {
+        Self {
+            name: name.into(),
+            next_expected: store.last_id() + 1,
+            store,
+            buffer: BTreeMap::new(),
+            phase: Phase::Disconnected,
+            master: None,
+            master_last_id: 0,
+            last_heard: None,
+            duplicates: 0,
+            last_error: None,
+            outputs: Vec::new(),
+        }
+    }
+
+    pub fn take_outputs(&mut self) -> Vec<SecondaryOutput> {
+        std::mem::take(&mut self.outputs)
+    }
+
+    /// The highest id held with every earlier one.
+    pub fn last_id(&self) -> u64 {
+        self.next_expected - 1
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.phase != Phase::Disconnected
+    }
+
+    /// A connection to the master is open: introduce ourselves.
+    pub fn connected(&mut self, now: Instant) {
+        self.phase = Phase::AwaitingWelcome;
+        self.buffer.clear();
+        self.last_heard = Some(now);
+        self.outputs
+            .push(SecondaryOutput::Send(SecondaryFrame::Hello {
+                version: PROTOCOL_VERSION,
+                name: self.name.clone(),
+                next_expected: self.next_expected,
+                log_id: self.store.log_id(),
+            }));
+    }
+
+    /// The connection is gone. The buffer is dropped: catch-up on the next connection
+    /// resends whatever it held.
+    pub fn disconnected(&mut self) {
+        self.phase = Phase::Disconnected;
+        self.buffer.clear();
+    }
+
+    /// Close after telling the master why.
+    fn fail(&mut self, code: ErrorCode, message: String) {
+        tracing::warn!(?code, %message, "closing the connection to the master");
+        self.last_error = Some(message.clone());
+        self.outputs
+            .push(SecondaryOutput::Send(SecondaryFrame::Error(
+                ErrorFrame::new(code, message),
+            )));
+        self.outputs.push(SecondaryOutput::Close);
+    }
+
+    /// A frame arrived from the master.
+    pub fn handle_frame(&mut self, now: Instant, frame: MasterFrame) {
+        if self.phase == Phase::Disconnected {
+            return;
+        }
+        self.last_heard = Some(now);
+        match (self.phase, frame) {
+            (_, MasterFrame::Error(e)) => {
+                tracing::warn!(error = %e, "the master refused us");
+                self.last_error = Some(format!("master: {e}"));
+                self.outputs.push(SecondaryOutput::Close);
+            }
+            (
+                Phase::AwaitingWelcome,
+                MasterFrame::Welcome {
+                    version,
+                    name,
+                    log_id,
+                    last_id,
+                },
+            ) => self.welcome(version, name, log_id, last_id),
+            // Frames are delayed independently, so a heartbeat may overtake the Welcome.
+            (Phase::AwaitingWelcome, MasterFrame::Heartbeat { .. }) => {}
+            (Phase::AwaitingWelcome, other) => self.fail(
+                ErrorCode::HandshakeRequired,
+                format!("expected Welcome, got {}", frame_name(&other)),
+            ),
+            (_, MasterFrame::Welcome { .. }) => {
+                self.fail(ErrorCode::UnexpectedFrame, "Welcome sent twice".into())
+            }
+            (_, MasterFrame::Messages { entries, last }) => {
+                if let (
+                    Phase::CatchingUp {
+                        requested_from,
+                        target: None,
+                    },
+                    true,
+                ) = (self.phase, last)
+                {
+                    let target = entries.last().map_or(requested_from - 1, |e| e.id);
+                    self.phase = Phase::CatchingUp {
+                        requested_from,
+                        target: Some(target),
+                    };
+                }
+                self.accept(entries);
+            }
+            (_, MasterFrame::AddMessages { entries }) => self.accept(entries),
+            (_, MasterFrame::ReadyAck) => {
+                if self.phase == Phase::AwaitingReadyAck {
+                    self.phase = Phase::Live;
+                    tracing::info!(last_id = self.last_id(), "caught up; live replication");
+                }
+            }
+            (_, MasterFrame::Heartbeat { last_id }) => {
+                self.master_last_id = self.master_last_id.max(last_id);
+                self.outputs
+                    .push(SecondaryOutput::Send(SecondaryFrame::Heartbeat {
+                        upto: self.last_id(),
+                    }));
+            }
+        }
+    }
+
+    fn welcome(&mut self, version: u32, name: String, log_id: u64, last_id: u64) {
+        if version != PROTOCOL_VERSION {
+            return self.fail(
+                ErrorCode::VersionMismatch,
+                format!(
+                    "this secondary speaks protocol version {PROTOCOL_VERSION}, the master version {version}"
+                ),
+            );
+        }
+        let ours = self.store.log_id();
+        if (ours != 0 && ours != log_id) || self.last_id() > last_id {
+            return self.fail(
+                ErrorCode::LogMismatch,
+                format!(
+                    "this secondary holds ids up to {} of log {ours:#x}; master {name} holds ids up to {last_id} of log {log_id:#x}",
+                    self.last_id()
+                ),
+            );
+        }
+        if ours == 0
+            && let Err(e) = self.store.set_log_id(log_id)
+        {
+            return self.fail(ErrorCode::Other, format!("storage failure: {e}"));
+        }
+        tracing::info!(master = %name, master_last_id = last_id, from = self.next_expected, "handshake done; asking for missed messages");
+        self.master = Some(name);
+        self.master_last_id = self.master_last_id.max(last_id);
+        self.last_error = None;
+        self.phase = Phase::CatchingUp {
+            requested_from: self.next_expected,
+            target: None,
+        };
+        self.outputs
+            .push(SecondaryOutput::Send(SecondaryFrame::GetMessages {
+                start_id: self.next_expected,
+            }));
+        self.maybe_ready();
+    }
+
+    /// Take in entries in any order: store the ones that continue the log, buffer the
+    /// ones after a gap, drop the ones already held; then acknowledge.
+    fn accept(&mut self, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            self.maybe_ready();
+            return;
+        }
+        let mut received = Vec::with_capacity(entries.len());
+        for e in entries {
+            if e.id == 0 || e.id >= self.next_expected.saturating_add(MAX_BUFFER_AHEAD) {
+                return self.fail(
+                    ErrorCode::UnexpectedFrame,
+                    format!(
+                        "message id {} is outside the window starting at {}",
+                        e.id, self.next_expected
+                    ),
+                );
+            }
+            self.master_last_id = self.master_last_id.max(e.id);
+            received.push(e.id);
+            if e.id < self.next_expected || self.buffer.contains_key(&e.id) {
+                self.duplicates += 1;
+                continue;
+            }
+            self.buffer.insert(e.id, e);
+        }
+        let mut run = Vec::new();
+        let mut next = self.next_expected;
+        while let Some(e) = self.buffer.remove(&next) {
+            run.push(e);
+            next += 1;
+        }
+        if !run.is_empty() {
+            if let Err(e) = self.store.append(&run) {
+                // Put them back; the master resends what stays unacknowledged.
+                for entry in run {
+                    self.buffer.insert(entry.id, entry);
+                }
+                return self.fail(ErrorCode::Other, format!("storage failure: {e}"));
+            }
+            self.next_expected = next;
+        }
+        let upto = self.last_id();
+        let buffered = received
+            .into_iter()
+            .filter(|id| *id > upto && self.buffer.contains_key(id))
+            .collect();
+        self.outputs
+            .push(SecondaryOutput::Send(SecondaryFrame::Ack {
+                upto,
+                buffered,
+            }));
+        self.maybe_ready();
+    }
+
+    fn maybe_ready(&mut self) {
+        if let Phase::CatchingUp {
+            target: Some(t), ..
+        } = self.phase
+            && self.last_id() >= t
+        {
+            self.phase = Phase::AwaitingReadyAck;
+            self.outputs
+                .push(SecondaryOutput::Send(SecondaryFrame::Ready));
+        }
+    }
+
+    /// A heartbeat to send on the shell's timer (only once handshaken).
+    pub fn tick_heartbeat(&mut self) {
+        if !matches!(self.phase, Phase::Disconnected | Phase::AwaitingWelcome) {
+            self.outputs
+                .push(SecondaryOutput::Send(SecondaryFrame::Heartbeat {
+                    upto: self.last_id(),
+                }));
+        }
+    }
+
+    pub fn status(&self, now: Instant) -> SecondaryStatus {
+        SecondaryStatus {
+            name: self.name.clone(),
+            connected: self.is_connected(),
+            phase: match self.phase {
+                Phase::Disconnected => "disconnected",
+                Phase::AwaitingWelcome => "handshaking",
+                Phase::CatchingUp { .. } | Phase::AwaitingReadyAck => "catching_up",
+                Phase::Live => "live",
+            },
+            master: self.master.clone(),
+            last_id: self.last_id(),
+            master_last_id: self.master_last_id,
+            buffered: self.buffer.len(),
+            duplicates: self.duplicates,
+            last_heard_ms_ago: self
+                .last_heard
+                .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    /// Ids held back in the buffer (for tests and status).
+    pub fn buffered_ids(&self) -> Vec<u64> {
+        self.buffer.keys().copied().collect()
+    }
+}
+
+fn frame_name(f: &MasterFrame) -> &'static str {
+    match f {
+        MasterFrame::Welcome { .. } => "Welcome",
+        MasterFrame::Messages { .. } => "Messages",
+        MasterFrame::AddMessages { .. } => "AddMessages",
+        MasterFrame::ReadyAck => "ReadyAck",
+        MasterFrame::Heartbeat { .. } => "Heartbeat",
+        MasterFrame::Error(_) => "Error",
+    }
+}

@@ -1,0 +1,524 @@
+//! A seeded simulated network that drives one [`MasterCore`] and several
+//! [`SecondaryCore`]s with virtual time: random per-frame delays (which reorder frames),
+//! lost acknowledgements, duplicated frames and dropped connections. After every step it
+//! checks that each secondary's log is a prefix of the master's, comparing contents.
+
+use super::*;
+use crate::protocol::{MasterFrame, SecondaryFrame};
+use crate::storage::{LogStore, MemStore};
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy)]
+struct Faults {
+    delay_ms: (u64, u64),
+    drop_ack: f64,
+    duplicate: f64,
+    /// Chance per write that some connection is cut at that moment.
+    cut: f64,
+}
+
+const CALM: Faults = Faults {
+    delay_ms: (0, 5),
+    drop_ack: 0.0,
+    duplicate: 0.0,
+    cut: 0.0,
+};
+
+enum Event {
+    ToMaster(ConnId, SecondaryFrame),
+    ToSecondary(usize, ConnId, MasterFrame),
+    Submit(Token, WriteRequest),
+    Cut(usize),
+    Reconnect(usize),
+}
+
+struct Node {
+    core: SecondaryCore<Arc<MemStore>>,
+    store: Arc<MemStore>,
+    conn: Option<ConnId>,
+}
+
+struct Sim {
+    seed: u64,
+    rng: StdRng,
+    now: Instant,
+    faults: Faults,
+    master: MasterCore<Arc<MemStore>>,
+    master_store: Arc<MemStore>,
+    nodes: Vec<Node>,
+    queue: BTreeMap<(Instant, u64), Event>,
+    seq: u64,
+    next_conn: ConnId,
+    dead: HashSet<ConnId>,
+    replies: HashMap<Token, WriteOutcome>,
+    needs: HashMap<Token, u32>,
+    max_buffered: usize,
+}
+
+impl Sim {
+    fn new(seed: u64, secondaries: usize, faults: Faults, ack_timeout_ms: u64) -> Self {
+        let master_store = Arc::new(MemStore::new());
+        let mut cfg = MasterConfig::new("m", Duration::from_millis(ack_timeout_ms));
+        cfg.seed = seed;
+        cfg.batch_max_entries = 7; // small batches exercise batching and reordering
+        let master = MasterCore::new(cfg, master_store.clone()).unwrap();
+        let nodes = (0..secondaries)
+            .map(|i| {
+                let store = Arc::new(MemStore::new());
+                Node {
+                    core: SecondaryCore::new(format!("s{}", i + 1), store.clone()),
+                    store,
+                    conn: None,
+                }
+            })
+            .collect();
+        Self {
+            seed,
+            rng: StdRng::seed_from_u64(seed),
+            now: Instant::now(),
+            faults,
+            master,
+            master_store,
+            nodes,
+            queue: BTreeMap::new(),
+            seq: 0,
+            next_conn: 1,
+            dead: HashSet::new(),
+            replies: HashMap::new(),
+            needs: HashMap::new(),
+            max_buffered: 0,
+        }
+    }
+
+    fn at(&mut self, when: Instant, ev: Event) {
+        self.seq += 1;
+        self.queue.insert((when, self.seq), ev);
+    }
+
+    fn delay(&mut self) -> Duration {
+        let (a, b) = self.faults.delay_ms;
+        Duration::from_millis(self.rng.random_range(a..=b))
+    }
+
+    fn connect(&mut self, i: usize) {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        self.master.connection_opened(conn);
+        self.nodes[i].conn = Some(conn);
+        self.nodes[i].core.connected(self.now);
+        self.flush();
+    }
+
+    fn disconnect(&mut self, conn: ConnId) {
+        if !self.dead.insert(conn) {
+            return;
+        }
+        self.master.connection_closed(conn);
+        if let Some(i) = self.nodes.iter().position(|n| n.conn == Some(conn)) {
+            self.nodes[i].conn = None;
+            self.nodes[i].core.disconnected();
+            let back = self.now + Duration::from_millis(self.rng.random_range(100..=3000));
+            self.at(back, Event::Reconnect(i));
+        }
+    }
+
+    /// Route every output of every core until none is left.
+    fn flush(&mut self) {
+        loop {
+            let mut any = false;
+            for o in self.master.take_outputs() {
+                any = true;
+                match o {
+                    MasterOutput::Send { conn, frame } => {
+                        if self.dead.contains(&conn) {
+                            continue;
+                        }
+                        let Some(i) = self.nodes.iter().position(|n| n.conn == Some(conn)) else {
+                            continue;
+                        };
+                        let copies = if self.rng.random_bool(self.faults.duplicate) {
+                            2
+                        } else {
+                            1
+                        };
+                        for _ in 0..copies {
+                            let when = self.now + self.delay();
+                            self.at(when, Event::ToSecondary(i, conn, frame.clone()));
+                        }
+                    }
+                    MasterOutput::Close { conn } => self.disconnect(conn),
+                    MasterOutput::Reply { token, outcome } => {
+                        assert!(
+                            self.replies.insert(token, outcome).is_none(),
+                            "seed {}: token {token} answered twice",
+                            self.seed
+                        );
+                    }
+                    MasterOutput::StorageFailed(e) => panic!("seed {}: {e}", self.seed),
+                }
+            }
+            for i in 0..self.nodes.len() {
+                for o in self.nodes[i].core.take_outputs() {
+                    any = true;
+                    let Some(conn) = self.nodes[i].conn else {
+                        continue;
+                    };
+                    match o {
+                        SecondaryOutput::Send(frame) => {
+                            if matches!(frame, SecondaryFrame::Ack { .. })
+                                && self.rng.random_bool(self.faults.drop_ack)
+                            {
+                                continue;
+                            }
+                            let when = self.now + self.delay();
+                            self.at(when, Event::ToMaster(conn, frame));
+                        }
+                        SecondaryOutput::Close => self.disconnect(conn),
+                    }
+                }
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    fn deliver(&mut self, ev: Event) {
+        match ev {
+            Event::ToMaster(conn, frame) => {
+                if !self.dead.contains(&conn) {
+                    self.master.handle_frame(self.now, conn, frame);
+                }
+            }
+            Event::ToSecondary(i, conn, frame) => {
+                if !self.dead.contains(&conn) && self.nodes[i].conn == Some(conn) {
+                    self.nodes[i].core.handle_frame(self.now, frame);
+                    self.max_buffered = self
+                        .max_buffered
+                        .max(self.nodes[i].core.buffered_ids().len());
+                }
+            }
+            Event::Submit(token, req) => {
+                if self.rng.random_bool(self.faults.cut) {
+                    let i = self.rng.random_range(0..self.nodes.len());
+                    let when = self.now + self.delay();
+                    self.at(when, Event::Cut(i));
+                }
+                self.master.submit(self.now, req, token).unwrap();
+            }
+            Event::Cut(i) => {
+                if let Some(conn) = self.nodes[i].conn {
+                    self.disconnect(conn);
+                }
+            }
+            Event::Reconnect(i) => {
+                if self.nodes[i].conn.is_none() {
+                    self.connect(i);
+                }
+            }
+        }
+        self.flush();
+    }
+
+    /// Advance to the next thing that happens. False when nothing is left.
+    fn step(&mut self) -> bool {
+        let next_event = self.queue.keys().next().map(|k| k.0);
+        let next_timer = self.master.poll_timeout();
+        let next = match (next_event, next_timer) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => match a.or(b) {
+                Some(t) => t,
+                None => return false,
+            },
+        };
+        self.now = self.now.max(next);
+        if next_timer.is_some_and(|t| t <= self.now) {
+            self.master.handle_timeout(self.now);
+            self.flush();
+        }
+        while let Some(entry) = self.queue.first_entry() {
+            if entry.key().0 > self.now {
+                break;
+            }
+            let ev = entry.remove();
+            self.deliver(ev);
+        }
+        self.check_prefixes();
+        true
+    }
+
+    fn run(&mut self, max_virtual: Duration) {
+        let start = self.now;
+        while self.step() {
+            assert!(
+                self.now - start < max_virtual,
+                "seed {}: no quiet after {max_virtual:?} of virtual time; status {:?}",
+                self.seed,
+                self.master.status(self.now)
+            );
+        }
+    }
+
+    fn check_prefixes(&self) {
+        let master = self.master_store.read(1, usize::MAX).unwrap();
+        for n in &self.nodes {
+            let log = n.store.read(1, usize::MAX).unwrap();
+            assert!(
+                log.len() <= master.len() && log[..] == master[..log.len()],
+                "seed {}: a secondary's log is not a prefix of the master's",
+                self.seed
+            );
+        }
+    }
+
+    /// Schedule `count` writes spread over `over`, with random write concerns 1..=max_w.
+    fn writes(&mut self, count: u64, over: Duration, max_w: u32) {
+        for token in 0..count {
+            let when = self.now + over.mul_f64(self.rng.random::<f64>());
+            let w = self.rng.random_range(1..=max_w);
+            self.needs.insert(token, w);
+            let req = WriteRequest {
+                message: format!("msg-{token}"),
+                write_concern: WriteConcern::Count(w),
+                timeout: None,
+                request_id: None,
+            };
+            self.at(when, Event::Submit(token, req));
+        }
+    }
+
+    /// Everything converged: every log equals the master's, every write was answered
+    /// with at least its write concern.
+    fn assert_converged(&self, count: u64) {
+        let master = self.master_store.read(1, usize::MAX).unwrap();
+        assert_eq!(master.len() as u64, count, "seed {}", self.seed);
+        let mut ids: Vec<u64> = master.iter().map(|e| e.id).collect();
+        ids.dedup();
+        assert_eq!(ids, (1..=count).collect::<Vec<_>>(), "seed {}", self.seed);
+        for n in &self.nodes {
+            assert_eq!(
+                n.store.read(1, usize::MAX).unwrap(),
+                master,
+                "seed {}: a secondary differs",
+                self.seed
+            );
+            assert!(n.core.buffered_ids().is_empty());
+        }
+        for (token, need) in &self.needs {
+            match self.replies.get(token) {
+                Some(WriteOutcome::Committed(r)) => {
+                    assert!(r.acks >= *need as usize, "seed {}: {r:?}", self.seed)
+                }
+                other => panic!("seed {}: write {token} ended {other:?}", self.seed),
+            }
+        }
+    }
+}
+
+fn run_seeds(faults: Faults, ack_timeout_ms: u64, check: impl Fn(&Sim)) {
+    run_seeds_over(Duration::from_secs(30), faults, ack_timeout_ms, check)
+}
+
+fn run_seeds_over(over: Duration, faults: Faults, ack_timeout_ms: u64, check: impl Fn(&Sim)) {
+    for seed in 0..12 {
+        let mut sim = Sim::new(seed, 2, faults, ack_timeout_ms);
+        sim.connect(0);
+        sim.connect(1);
+        sim.writes(150, over, 3);
+        sim.run(Duration::from_secs(3600));
+        sim.assert_converged(150);
+        check(&sim);
+    }
+}
+
+#[test]
+fn calm_network_converges() {
+    run_seeds(CALM, 100, |s| {
+        let st = s.master.status(s.now);
+        assert!(
+            st.members.iter().all(|m| m.resends == 0),
+            "no resend needed"
+        );
+    });
+}
+
+#[test]
+fn seed_homework_delays_reorder_and_still_converge() {
+    // Every frame delayed 1000-2000 ms, ack timeout 1500 ms: as in the seed homework.
+    let faults = Faults {
+        delay_ms: (1000, 2000),
+        ..CALM
+    };
+    run_seeds(faults, 1500, |s| {
+        assert!(
+            s.max_buffered > 0,
+            "seed {}: no reordering happened",
+            s.seed
+        );
+        let resends: u64 = s
+            .master
+            .status(s.now)
+            .members
+            .iter()
+            .map(|m| m.resends)
+            .sum();
+        assert!(
+            resends > 0,
+            "seed {}: RTT above the ack timeout must resend",
+            s.seed
+        );
+    });
+}
+
+#[test]
+fn half_the_acks_lost() {
+    let faults = Faults {
+        drop_ack: 0.5,
+        delay_ms: (0, 50),
+        ..CALM
+    };
+    run_seeds(faults, 200, |s| {
+        let dups: u64 = s
+            .nodes
+            .iter()
+            .map(|n| n.core.status(s.now).duplicates)
+            .sum();
+        assert!(
+            dups > 0,
+            "seed {}: resends must arrive as duplicates",
+            s.seed
+        );
+    });
+}
+
+#[test]
+fn half_the_acks_lost_in_a_burst() {
+    // Many writes in flight at once: every one must still be resent until acknowledged.
+    let faults = Faults {
+        drop_ack: 0.5,
+        delay_ms: (0, 50),
+        ..CALM
+    };
+    run_seeds_over(Duration::from_millis(500), faults, 200, |_| {});
+}
+
+#[test]
+fn duplicated_frames_are_stored_once() {
+    let faults = Faults {
+        duplicate: 0.3,
+        delay_ms: (0, 300),
+        ..CALM
+    };
+    run_seeds(faults, 200, |_| {});
+}
+
+#[test]
+fn connections_cut_at_random_catch_up() {
+    let faults = Faults {
+        cut: 0.05,
+        delay_ms: (0, 400),
+        drop_ack: 0.2,
+        duplicate: 0.1,
+    };
+    run_seeds(faults, 300, |s| {
+        let total_conns = s.next_conn - 1;
+        assert!(total_conns > 2, "seed {}: no reconnect happened", s.seed);
+    });
+}
+
+#[test]
+fn a_secondary_joining_late_catches_up_then_goes_live() {
+    let mut sim = Sim::new(99, 2, CALM, 100);
+    sim.connect(0);
+    sim.writes(2000, Duration::from_secs(5), 2);
+    sim.run(Duration::from_secs(600));
+    assert_eq!(sim.nodes[1].store.last_id(), 0);
+    sim.connect(1);
+    sim.run(Duration::from_secs(600));
+    sim.assert_converged(2000);
+    let st = sim.master.status(sim.now);
+    assert!(st.members.iter().all(|m| m.phase == "live"));
+}
+
+#[test]
+fn out_of_order_delivery_is_buffered_until_the_gap_fills() {
+    let store = Arc::new(MemStore::new());
+    let mut s = SecondaryCore::new("s1", store.clone());
+    let now = Instant::now();
+    s.connected(now);
+    s.handle_frame(
+        now,
+        MasterFrame::Welcome {
+            version: crate::protocol::PROTOCOL_VERSION,
+            name: "m".into(),
+            log_id: 5,
+            last_id: 0,
+        },
+    );
+    s.take_outputs();
+    let e = |id: u64| crate::protocol::Entry {
+        term: 1,
+        id,
+        message: format!("m{id}"),
+    };
+    let add = |ids: &[u64]| MasterFrame::AddMessages {
+        entries: ids.iter().map(|&i| e(i)).collect(),
+    };
+    s.handle_frame(now, add(&[3]));
+    assert_eq!(store.last_id(), 0);
+    assert_eq!(
+        s.take_outputs(),
+        vec![SecondaryOutput::Send(SecondaryFrame::Ack {
+            upto: 0,
+            buffered: vec![3]
+        })]
+    );
+    s.handle_frame(now, add(&[1]));
+    assert_eq!(store.last_id(), 1);
+    s.handle_frame(now, add(&[3, 2]));
+    assert_eq!(store.read(1, 10).unwrap(), vec![e(1), e(2), e(3)]);
+    s.take_outputs();
+    // A resend of something held is acknowledged again, stored once.
+    s.handle_frame(now, add(&[2]));
+    assert_eq!(
+        s.take_outputs(),
+        vec![SecondaryOutput::Send(SecondaryFrame::Ack {
+            upto: 3,
+            buffered: vec![]
+        })]
+    );
+    assert_eq!(store.last_id(), 3);
+    assert_eq!(s.status(now).duplicates, 2);
+    // An id absurdly far ahead is a protocol violation, not a memory bomb.
+    s.handle_frame(now, add(&[u64::MAX]));
+    assert_eq!(s.take_outputs().last(), Some(&SecondaryOutput::Close));
+}
+
+#[test]
+fn a_secondary_refuses_a_master_with_another_log() {
+    let store = Arc::new(MemStore::new());
+    store.set_log_id(1).unwrap();
+    let mut s = SecondaryCore::new("s1", store);
+    let now = Instant::now();
+    s.connected(now);
+    s.take_outputs();
+    s.handle_frame(
+        now,
+        MasterFrame::Welcome {
+            version: crate::protocol::PROTOCOL_VERSION,
+            name: "m".into(),
+            log_id: 2,
+            last_id: 0,
+        },
+    );
+    let out = s.take_outputs();
+    assert!(matches!(
+        &out[..],
+        [SecondaryOutput::Send(SecondaryFrame::Error(e)), SecondaryOutput::Close]
+            if e.code == crate::protocol::ErrorCode::LogMismatch
+    ));
+    assert!(s.status(now).last_error.is_some());
+}

@@ -1,0 +1,76 @@
+use super::{LogStore, StorageError};
+use crate::protocol::Entry;
+use std::sync::RwLock;
+
+/// A log kept in memory. Lost when the process exits.
+#[derive(Debug, Default)]
+pub struct MemStore {
+    inner: RwLock<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: Vec<Entry>,
+    log_id: u64,
+}
+
+impl MemStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl LogStore for MemStore {
+    fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let mut expected = inner.entries.len() as u64 + 1;
+        for e in entries {
+            if e.id != expected {
+                return Err(StorageError::NotContiguous {
+                    expected,
+                    got: e.id,
+                });
+            }
+            expected += 1;
+        }
+        inner.entries.extend_from_slice(entries);
+        Ok(())
+    }
+
+    fn last_id(&self) -> u64 {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .entries
+            .len() as u64
+    }
+
+    fn read(&self, from: u64, limit: usize) -> Result<Vec<Entry>, StorageError> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let start = from.max(1) as usize - 1;
+        Ok(inner
+            .entries
+            .iter()
+            .skip(start)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    fn log_id(&self) -> u64 {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).log_id
+    }
+
+    fn set_log_id(&self, id: u64) -> Result<(), StorageError> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner()).log_id = id;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn conformance() {
+        super::super::conformance::run_all(super::MemStore::new);
+    }
+}

@@ -1,0 +1,67 @@
+//! The log store: the one interface every node keeps its log behind.
+//!
+//! The replication core reads and appends through [`LogStore`]; HTTP handlers read
+//! through the same handle. Today the only implementation is [`MemStore`]; a durable one
+//! plugs in behind the same trait and must pass [`conformance::run_all`].
+
+pub mod conformance;
+mod mem;
+
+pub use mem::MemStore;
+
+use crate::protocol::Entry;
+use thiserror::Error;
+
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum StorageError {
+    /// An append that does not continue the log exactly.
+    #[error("append out of order: the log expects id {expected}, got {got}")]
+    NotContiguous { expected: u64, got: u64 },
+    /// The underlying medium failed.
+    #[error("storage failure: {0}")]
+    Io(String),
+}
+
+/// An append-only log of [`Entry`] with ids 1, 2, 3, ...
+///
+/// Implementations are internally synchronised: appends come from one owner (the
+/// replication core), reads may come from any thread at the same time.
+pub trait LogStore: Send + Sync {
+    /// Append `entries`, whose ids must be `last_id() + 1`, `+ 2`, ... in order.
+    ///
+    /// # Errors
+    /// [`StorageError::NotContiguous`] if the ids do not continue the log (nothing is
+    /// written then); [`StorageError::Io`] if the medium failed.
+    fn append(&self, entries: &[Entry]) -> Result<(), StorageError>;
+
+    /// The highest id stored, 0 for an empty log.
+    fn last_id(&self) -> u64;
+
+    /// Up to `limit` entries starting at id `from` (ids below 1 are read from 1).
+    fn read(&self, from: u64, limit: usize) -> Result<Vec<Entry>, StorageError>;
+
+    /// Identity of this log's history (0: not set yet). A secondary only follows a
+    /// master whose log has the same identity.
+    fn log_id(&self) -> u64;
+
+    /// Set the log identity.
+    fn set_log_id(&self, id: u64) -> Result<(), StorageError>;
+}
+
+impl<T: LogStore + ?Sized> LogStore for std::sync::Arc<T> {
+    fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
+        (**self).append(entries)
+    }
+    fn last_id(&self) -> u64 {
+        (**self).last_id()
+    }
+    fn read(&self, from: u64, limit: usize) -> Result<Vec<Entry>, StorageError> {
+        (**self).read(from, limit)
+    }
+    fn log_id(&self) -> u64 {
+        (**self).log_id()
+    }
+    fn set_log_id(&self, id: u64) -> Result<(), StorageError> {
+        (**self).set_log_id(id)
+    }
+}
