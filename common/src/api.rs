@@ -63,13 +63,13 @@ impl ApiError {
     }
 
     /// 504 for a write whose write concern was not met in time.
-    pub fn write_concern_timeout(receipt: &Receipt, need: usize) -> Self {
+    pub fn write_concern_timeout(receipt: &Receipt, asked: WriteConcern) -> Self {
         let mut e = Self::new(
             504,
             "write_concern_timeout",
             format!(
-                "message {} is stored but only {} of the {} members asked for hold it yet; it keeps replicating",
-                receipt.id, receipt.acks, need
+                "message {} is stored but only {} member(s) held it before the timeout (writeConcern {}); it keeps replicating",
+                receipt.id, receipt.acks, asked
             ),
         );
         e.extra.insert("id".into(), json!(receipt.id));
@@ -362,7 +362,7 @@ mod tests {
             acks: 1,
             acked_by: vec!["m".into()],
         };
-        let b = ApiError::write_concern_timeout(&r, 3).body();
+        let b = ApiError::write_concern_timeout(&r, WriteConcern::Count(3)).body();
         assert_eq!(b["code"], "write_concern_timeout");
         assert_eq!(b["id"], 7);
         assert_eq!(b["acks"], 1);

@@ -13,6 +13,7 @@
 //!   framework.
 //! - [`config`]: parsing of command-line values shared by both binaries.
 //! - [`telemetry`]: logging set-up.
+//! - [`web`]: actix-web glue shared by both nodes (errors, 404/405, reading the log).
 
 pub mod api;
 pub mod config;
@@ -20,3 +21,4 @@ pub mod protocol;
 pub mod replication;
 pub mod storage;
 pub mod telemetry;
+pub mod web;

@@ -1,1 +1,69 @@
-fn main() {}
+use clap::Parser;
+use common::config::{DelaySpec, parse_cli, parse_positive_ms};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+/// The chorus master: takes writes over HTTP and replicates them to the secondaries
+/// that connect to its comm port.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// This node's name; it appears in every log line and in `ackedBy`.
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// Port of the HTTP API (0 picks a free port; the log says which).
+    #[arg(long, value_name = "P")]
+    http_port: u16,
+    /// Port secondaries connect to for replication (0 picks a free port).
+    #[arg(long, value_name = "C", default_value_t = 4000)]
+    comm_port: u16,
+    /// Address both ports listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    host: String,
+    /// Where the log is kept (default ./data/NAME). The log is held in memory for now;
+    /// durable storage will use this directory.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Hold back every replication frame this node sends by MIN-MAX milliseconds
+    /// (uniformly random; a single number is a fixed delay). For testing.
+    #[arg(long, value_name = "MIN[-MAX]", default_value = "0")]
+    delay_ms: DelaySpec,
+    /// Resend a message a secondary has not acknowledged within this many milliseconds;
+    /// later resends back off exponentially (with jitter) up to 8 times this.
+    #[arg(long, value_name = "T", default_value = "1000", value_parser = parse_positive_ms)]
+    ack_timeout_ms: u64,
+    /// Interval of the heartbeats on each replication connection.
+    #[arg(long, value_name = "H", default_value = "1000", value_parser = parse_positive_ms)]
+    heartbeat_ms: u64,
+    /// Largest message accepted, in bytes (larger ones get 413). At most 32 MiB.
+    #[arg(long, value_name = "BYTES", default_value_t = common::api::DEFAULT_MAX_MESSAGE_BYTES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=32 * 1024 * 1024))]
+    max_message_bytes: usize,
+}
+
+fn main() -> ExitCode {
+    let cli: Cli = parse_cli();
+    common::telemetry::init(&cli.name);
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("data").join(&cli.name));
+    let cfg = master_node::Config {
+        name: cli.name,
+        host: cli.host,
+        http_port: cli.http_port,
+        comm_port: cli.comm_port,
+        data_dir,
+        delay: cli.delay_ms,
+        ack_timeout: Duration::from_millis(cli.ack_timeout_ms),
+        heartbeat: Duration::from_millis(cli.heartbeat_ms),
+        max_message_bytes: cli.max_message_bytes,
+    };
+    match actix_web::rt::System::new().block_on(master_node::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("master-node: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

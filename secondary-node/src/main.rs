@@ -1,1 +1,65 @@
-fn main() {}
+use clap::Parser;
+use common::config::{DelaySpec, parse_cli, parse_probability};
+use std::{path::PathBuf, process::ExitCode};
+
+/// A chorus secondary: follows the master's log over the replication protocol and
+/// serves it over HTTP.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// This node's name: its identity as a member of the cluster.
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// Port of the HTTP API (0 picks a free port; the log says which).
+    #[arg(long, value_name = "P")]
+    http_port: u16,
+    /// Host or IP of the master.
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
+    master_ip: String,
+    /// The master's comm port (its `--comm-port`).
+    #[arg(long, value_name = "C", default_value_t = 4000)]
+    master_comm_port: u16,
+    /// Address the HTTP API listens on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    host: String,
+    /// Where the log is kept (default ./data/NAME). The log is held in memory for now;
+    /// durable storage will use this directory.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Hold back every replication frame this node sends by MIN-MAX milliseconds
+    /// (uniformly random; a single number is a fixed delay). For testing.
+    #[arg(long, value_name = "MIN[-MAX]", default_value = "0")]
+    delay_ms: DelaySpec,
+    /// Probability (0.0 to 1.0) that the acknowledgement of a received message is
+    /// "lost": the message is stored, the ack never sent, so the master must retry.
+    /// For testing.
+    #[arg(long, value_name = "R", default_value = "0", value_parser = parse_probability)]
+    drop_rate: f64,
+}
+
+fn main() -> ExitCode {
+    let cli: Cli = parse_cli();
+    common::telemetry::init(&cli.name);
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("data").join(&cli.name));
+    let cfg = secondary_node::Config {
+        name: cli.name,
+        host: cli.host,
+        http_port: cli.http_port,
+        master_ip: cli.master_ip,
+        master_comm_port: cli.master_comm_port,
+        data_dir,
+        delay: cli.delay_ms,
+        drop_rate: cli.drop_rate,
+    };
+    match actix_web::rt::System::new().block_on(secondary_node::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("secondary-node: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,402 @@
+//! Harness for the black-box tests: start the real `master-node` and `secondary-node`
+//! binaries on ports they pick themselves, talk to them over HTTP and TCP only, stop
+//! them with SIGKILL or SIGTERM.
+//!
+//! The binaries are found next to the test executable (`target/<profile>/`), or at
+//! `$CHORUS_MASTER_BIN` / `$CHORUS_SECONDARY_BIN`. `cargo test --workspace` builds them.
+//! Each node logs to `<tempdir>/<name>.log`; on a failed wait the last lines are shown.
+//! Set `CHORUS_KEEP_LOGS=1` to keep the directory.
 
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+use std::future::Future;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+/// Where the node binaries are.
+pub fn bin(name: &str) -> PathBuf {
+    let var = match name {
+        "master-node" => "CHORUS_MASTER_BIN",
+        _ => "CHORUS_SECONDARY_BIN",
+    };
+    if let Ok(p) = std::env::var(var) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found; build it first (cargo build --workspace) or set {var}",
+        path.display()
+    );
+    path
+}
+
+/// A directory for one test's node logs.
+pub struct TestDir {
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(test: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("chorus-{test}-"))
+            .tempdir()
+            .expect("tempdir");
+        let path = dir.path().to_path_buf();
+        Self {
+            dir: Some(dir),
+            path,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::env::var_os("CHORUS_KEEP_LOGS").is_some() || std::thread::panicking() {
+            if let Some(d) = self.dir.take() {
+                eprintln!("node logs kept in {}", d.keep().display());
+            }
+        }
+    }
+}
+
+/// One running node process.
+pub struct Node {
+    pub name: String,
+    pub http: SocketAddr,
+    pub comm: Option<SocketAddr>,
+    child: Child,
+    log: PathBuf,
+    binary: PathBuf,
+    args: Vec<String>,
+    dir: PathBuf,
+}
+
+impl Node {
+    /// Start a master with the given extra flags on free ports.
+    pub fn master(dir: &TestDir, name: &str, extra: &[&str]) -> Result<Node> {
+        Self::master_on(dir, name, 0, extra)
+    }
+
+    /// Start a master on a given comm port (0: any).
+    pub fn master_on(dir: &TestDir, name: &str, comm_port: u16, extra: &[&str]) -> Result<Node> {
+        let mut args = vec![
+            "--name".to_string(),
+            name.into(),
+            "--http-port".into(),
+            "0".into(),
+            "--comm-port".into(),
+            comm_port.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(dir.path(), bin("master-node"), name, args)
+    }
+
+    /// Start a secondary following the master at `comm`.
+    pub fn secondary(dir: &TestDir, name: &str, comm: SocketAddr, extra: &[&str]) -> Result<Node> {
+        let mut args = vec![
+            "--name".to_string(),
+            name.into(),
+            "--http-port".into(),
+            "0".into(),
+            "--master-ip".into(),
+            comm.ip().to_string(),
+            "--master-comm-port".into(),
+            comm.port().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(dir.path(), bin("secondary-node"), name, args)
+    }
+
+    fn spawn(dir: &Path, binary: PathBuf, name: &str, args: Vec<String>) -> Result<Node> {
+        let log = dir.join(format!("{name}.log"));
+        let mut child = Command::new(&binary)
+            .args(&args)
+            .current_dir(dir)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or("info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawn {}", binary.display()))?;
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = writeln!(file, "{line}");
+                if let Some(rest) = line.split("listening ").nth(1) {
+                    let _ = tx.send(rest.to_string());
+                }
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                bail!("{name} did not start:\n{}", tail(&log, 30));
+            }
+        };
+        let field = |key: &str| -> Option<SocketAddr> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+        };
+        Ok(Node {
+            name: name.to_string(),
+            http: field("http=").ok_or_else(|| anyhow!("no http address in {line:?}"))?,
+            comm: field("comm="),
+            child,
+            log,
+            binary,
+            args,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Send a signal (SIGTERM, SIGSTOP, ...).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety requirements.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// SIGTERM, then wait up to `within` for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                bail!("{} still running {within:?} after SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Start the same command again (after kill9/terminate). Ports chosen by the OS may
+    /// change, except the flags given explicitly.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        let binary = self.binary.clone();
+        let fresh = Self::spawn(&self.dir, binary, &self.name, self.args.clone())?;
+        // The old handle's process is already reaped; dropping it is a no-op.
+        drop(std::mem::replace(self, fresh));
+        Ok(())
+    }
+
+    /// The last lines of this node's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log, lines)
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// An HTTP client for the tests (actix's own `awc`).
+#[derive(Clone)]
+pub struct Http {
+    client: Arc<awc::Client>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Http {
+    pub fn new() -> Self {
+        let client = awc::Client::builder()
+            .timeout(Duration::from_secs(180))
+            .finish();
+        Self {
+            client: Arc::new(client),
+        }
+    }
+
+    /// POST a raw body; returns status and parsed JSON (Null if the body is not JSON).
+    pub async fn post_raw(&self, url: &str, body: impl Into<bytes::Bytes>) -> Result<(u16, Value)> {
+        let mut resp = self
+            .client
+            .post(url)
+            .insert_header(("content-type", "application/json"))
+            .send_body(body.into())
+            .await
+            .map_err(|e| anyhow!("POST {url}: {e}"))?;
+        let bytes = resp
+            .body()
+            .limit(64 * 1024 * 1024)
+            .await
+            .map_err(|e| anyhow!("POST {url} body: {e}"))?;
+        Ok((
+            resp.status().as_u16(),
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+
+    pub async fn post(&self, url: &str, body: &Value) -> Result<(u16, Value)> {
+        self.post_raw(url, body.to_string()).await
+    }
+
+    /// POST /newMessage.
+    pub async fn write(&self, node: &Node, message: &str, wc: Value) -> Result<(u16, Value)> {
+        self.post(
+            &node.url("/newMessage"),
+            &serde_json::json!({"message": message, "writeConcern": wc}),
+        )
+        .await
+    }
+
+    pub async fn get(&self, url: &str) -> Result<(u16, Value)> {
+        let mut resp = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| anyhow!("GET {url}: {e}"))?;
+        let bytes = resp
+            .body()
+            .limit(256 * 1024 * 1024)
+            .await
+            .map_err(|e| anyhow!("GET {url} body: {e}"))?;
+        Ok((
+            resp.status().as_u16(),
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+
+    /// A node's log as (id, message) pairs.
+    pub async fn messages(&self, node: &Node) -> Result<Vec<(u64, String)>> {
+        let (status, v) = self.get(&node.url("/messages")).await?;
+        if status != 200 {
+            bail!("GET /messages on {}: {status} {v}", node.name);
+        }
+        v.as_array()
+            .ok_or_else(|| anyhow!("not an array: {v}"))?
+            .iter()
+            .map(|m| {
+                Ok((
+                    m["id"].as_u64().ok_or_else(|| anyhow!("no id in {m}"))?,
+                    m["message"]
+                        .as_str()
+                        .ok_or_else(|| anyhow!("no message in {m}"))?
+                        .to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    pub async fn health(&self, node: &Node) -> Result<Value> {
+        Ok(self.get(&node.url("/health")).await?.1)
+    }
+}
+
+/// Poll `check` every 50 ms until it returns `Some`, or fail after `within`.
+pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + within;
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {within:?} waiting for {what} (last error: {last_err:?})");
+        }
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Wait until every node's log equals the master's and holds `n` messages.
+pub async fn wait_converged(
+    http: &Http,
+    master: &Node,
+    others: &[&Node],
+    n: usize,
+    within: Duration,
+) -> Result<Vec<(u64, String)>> {
+    wait_for("all logs to converge", within, || async {
+        let m = http.messages(master).await?;
+        if m.len() != n {
+            return Ok(None);
+        }
+        for o in others {
+            if http.messages(o).await? != m {
+                return Ok(None);
+            }
+        }
+        Ok(Some(m))
+    })
+    .await
+}
+
+/// Ids are exactly 1..=n, in order (no gap, no duplicate).
+pub fn assert_gap_free(log: &[(u64, String)]) {
+    let ids: Vec<u64> = log.iter().map(|e| e.0).collect();
+    let want: Vec<u64> = (1..=log.len() as u64).collect();
+    assert_eq!(ids, want, "ids are not 1..=n");
+}

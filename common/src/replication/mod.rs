@@ -20,6 +20,7 @@ pub use master::{
     WriteOutcome, WriteRequest,
 };
 pub use retry::RetryPolicy;
+
 pub use secondary::{SecondaryCore, SecondaryOutput, SecondaryStatus};
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,37 @@ pub enum WriteConcern {
     Count(u32),
     /// More than half of the members known when the write is accepted.
     Majority,
+}
+
+impl std::fmt::Display for WriteConcern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteConcern::Count(n) => write!(f, "{n}"),
+            WriteConcern::Majority => f.write_str("majority"),
+        }
+    }
+}
+
+/// A member's health as `/health` reports it, from what the master last heard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Health {
+    /// Connected and heard from within two heartbeat intervals.
+    Healthy,
+    /// Connected, but silent for two heartbeat intervals or more.
+    Suspected,
+    /// Disconnected, or silent for five heartbeat intervals or more.
+    Unhealthy,
+}
+
+impl Health {
+    pub fn of(connected: bool, last_heard_ms_ago: Option<u64>, heartbeat_ms: u64) -> Self {
+        match (connected, last_heard_ms_ago) {
+            (false, _) | (true, None) => Health::Unhealthy,
+            (true, Some(ms)) if ms >= 5 * heartbeat_ms => Health::Unhealthy,
+            (true, Some(ms)) if ms >= 2 * heartbeat_ms => Health::Suspected,
+            _ => Health::Healthy,
+        }
+    }
 }
 
 impl WriteConcern {

@@ -299,16 +299,6 @@ impl<S: LogStore> SecondaryCore<S> {
         }
     }
 
-    /// A heartbeat to send on the shell's timer (only once handshaken).
-    pub fn tick_heartbeat(&mut self) {
-        if !matches!(self.phase, Phase::Disconnected | Phase::AwaitingWelcome) {
-            self.outputs
-                .push(SecondaryOutput::Send(SecondaryFrame::Heartbeat {
-                    upto: self.last_id(),
-                }));
-        }
-    }
-
     pub fn status(&self, now: Instant) -> SecondaryStatus {
         SecondaryStatus {
             name: self.name.clone(),

@@ -1,0 +1,69 @@
+//! actix-web glue shared by both nodes: JSON errors, 404/405, the log read endpoint and
+//! a size-limited body reader. The rules themselves live in [`crate::api`].
+
+use crate::api::{self, ApiError};
+use crate::storage::LogStore;
+use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
+use futures::StreamExt;
+use std::sync::Arc;
+
+/// The response for an [`ApiError`].
+pub fn error_response(e: &ApiError) -> HttpResponse {
+    HttpResponse::build(StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .json(e.body())
+}
+
+/// Default service: 404 with a JSON body.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    error_response(&ApiError::not_found(req.path()))
+}
+
+/// A handler answering 405 for the methods a resource does not take.
+pub fn method_not_allowed(
+    allowed: &'static str,
+) -> impl Fn(HttpRequest) -> std::future::Ready<HttpResponse> + Clone + 'static {
+    move |req: HttpRequest| {
+        let e = ApiError::method_not_allowed(req.method().as_str(), req.path(), allowed);
+        let mut resp = error_response(&e);
+        resp.headers_mut().insert(
+            actix_web::http::header::ALLOW,
+            actix_web::http::header::HeaderValue::from_static(allowed),
+        );
+        std::future::ready(resp)
+    }
+}
+
+/// Read a request body of at most `limit` bytes; a larger one is a 413.
+pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request("invalid_body", format!("could not read the body: {e}"))
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::new(
+                413,
+                "message_too_large",
+                format!("the request body is larger than the limit of {limit} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// `GET /messages?from=&limit=` from `store`.
+pub async fn messages(req: HttpRequest, store: Arc<dyn LogStore>) -> HttpResponse {
+    let q = match api::parse_messages_query(req.query_string()) {
+        Ok(q) => q,
+        Err(e) => return error_response(&e),
+    };
+    let limit = q.limit.unwrap_or(usize::MAX);
+    match web::block(move || store.read(q.from, limit)).await {
+        Ok(Ok(entries)) => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(api::messages_json(&entries)),
+        Ok(Err(e)) => error_response(&ApiError::new(500, "storage_error", e.to_string())),
+        Err(e) => error_response(&ApiError::new(500, "internal_error", e.to_string())),
+    }
+}

@@ -1,0 +1,139 @@
+//! The master's HTTP API (see `docs/api.md`).
+
+use crate::Config;
+use crate::replicator::{GetStatus, Replicator, Submit};
+use actix::Addr;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::Server, web};
+use common::api::{self, ApiError};
+use common::replication::{Health, WriteOutcome, WriteRequest};
+use common::storage::{LogStore, MemStore};
+use common::web::{error_response, method_not_allowed, not_found, read_body};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+
+struct State {
+    replicator: Addr<Replicator>,
+    store: Arc<dyn LogStore>,
+    max_message_bytes: usize,
+    heartbeat_ms: u64,
+    started: Instant,
+}
+
+/// Build the HTTP server on an already bound listener.
+pub fn server(
+    cfg: &Config,
+    listener: std::net::TcpListener,
+    replicator: Addr<Replicator>,
+    store: Arc<MemStore>,
+) -> anyhow::Result<Server> {
+    let state = web::Data::new(State {
+        replicator,
+        store,
+        max_message_bytes: cfg.max_message_bytes,
+        heartbeat_ms: cfg.heartbeat.as_millis() as u64,
+        started: Instant::now(),
+    });
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .service(
+                web::resource("/newMessage")
+                    .route(web::post().to(new_message))
+                    .default_service(web::to(method_not_allowed("POST"))),
+            )
+            .service(
+                web::resource("/messages")
+                    .route(web::get().to(messages))
+                    .default_service(web::to(method_not_allowed("GET"))),
+            )
+            .service(
+                web::resource("/health")
+                    .route(web::get().to(health))
+                    .default_service(web::to(method_not_allowed("GET"))),
+            )
+            .default_service(web::to(not_found))
+    })
+    .shutdown_timeout(5)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+async fn new_message(state: web::Data<State>, payload: web::Payload) -> HttpResponse {
+    // JSON escapes can make a message up to 6 times its size on the wire.
+    let limit = state.max_message_bytes.saturating_mul(6) + 64 * 1024;
+    let body = match read_body(payload, limit).await {
+        Ok(b) => b,
+        Err(e) => return error_response(&e),
+    };
+    let req = match api::parse_new_message(&body, state.max_message_bytes) {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
+    let asked = req.write_concern;
+    let submit = Submit(WriteRequest {
+        message: req.message,
+        write_concern: req.write_concern,
+        timeout: req.timeout,
+        request_id: req.request_id,
+    });
+    let rx = match state.replicator.send(submit).await {
+        Ok(Ok((_, rx))) => rx,
+        Ok(Err(e)) => {
+            return error_response(&ApiError::new(500, "storage_error", e.to_string()));
+        }
+        Err(_) => return error_response(&ApiError::not_writable("the master is shutting down")),
+    };
+    match rx.await {
+        Ok(WriteOutcome::Committed(r)) => HttpResponse::Created().json(api::receipt_json(&r)),
+        Ok(WriteOutcome::TimedOut(r)) => {
+            error_response(&ApiError::write_concern_timeout(&r, asked))
+        }
+        Err(_) => error_response(&ApiError::not_writable(
+            "the master stopped before the write concern was met",
+        )),
+    }
+}
+
+async fn messages(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    common::web::messages(req, state.store.clone()).await
+}
+
+async fn health(state: web::Data<State>) -> HttpResponse {
+    let Ok(st) = state.replicator.send(GetStatus).await else {
+        return error_response(&ApiError::not_writable("the master is shutting down"));
+    };
+    let members: Vec<_> = st
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name,
+                "address": m.address,
+                "status": Health::of(m.connected, m.last_heard_ms_ago, state.heartbeat_ms),
+                "connected": m.connected,
+                "phase": m.phase,
+                "lastAckedId": m.last_acked_id,
+                "lag": m.lag,
+                "lastHeardMsAgo": m.last_heard_ms_ago,
+                "inFlight": m.in_flight,
+                "resends": m.resends,
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({
+        "status": "ok",
+        "role": "master",
+        "name": st.name,
+        "lastId": st.last_id,
+        "logId": format!("{:#x}", st.log_id),
+        "members": members,
+        "memberCount": st.member_count,
+        "reachable": st.reachable,
+        "hasQuorum": st.has_quorum,
+        "writable": true,
+        "pendingWrites": st.pending_writes,
+        "uptimeMs": state.started.elapsed().as_millis() as u64,
+    }))
+}

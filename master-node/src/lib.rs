@@ -1,0 +1,55 @@
+//! # master-node
+//!
+//! A thin shell around [`common::replication::MasterCore`]:
+//! - [`replicator::Replicator`], one actor that owns the core, its timers and the
+//!   waiting client writes;
+//! - [`session::Session`], one actor per secondary connection, which only turns frames
+//!   into messages for the replicator and back (and applies `--delay-ms`);
+//! - [`http`], the actix-web API.
+
+pub mod http;
+pub mod replicator;
+pub mod session;
+
+use anyhow::Context;
+use common::config::DelaySpec;
+use std::{path::PathBuf, time::Duration};
+
+/// Everything the master needs to run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub name: String,
+    pub host: String,
+    pub http_port: u16,
+    pub comm_port: u16,
+    pub data_dir: PathBuf,
+    pub delay: DelaySpec,
+    pub ack_timeout: Duration,
+    pub heartbeat: Duration,
+    pub max_message_bytes: usize,
+}
+
+/// Bind both ports, run until SIGINT/SIGTERM, then stop cleanly. Must be called inside
+/// an actix system.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let comm = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.comm_port))
+        .await
+        .with_context(|| format!("cannot listen on comm port {}:{}", cfg.host, cfg.comm_port))?;
+    let http = std::net::TcpListener::bind((cfg.host.as_str(), cfg.http_port))
+        .with_context(|| format!("cannot listen on http port {}:{}", cfg.host, cfg.http_port))?;
+    let comm_addr = comm.local_addr()?;
+    let http_addr = http.local_addr()?;
+
+    let store = std::sync::Arc::new(common::storage::MemStore::new());
+    let replicator = replicator::Replicator::start_with(&cfg, store.clone())?;
+    actix_web::rt::spawn(session::accept_loop(comm, replicator.clone(), cfg.delay));
+
+    let server = http::server(&cfg, http, replicator, store)?;
+    tracing::info!(
+        data_dir = %cfg.data_dir.display(),
+        "listening http={http_addr} comm={comm_addr}"
+    );
+    server.await.context("http server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! The one owner of the master's replication state.
+
+use crate::Config;
+use actix::prelude::*;
+use common::protocol::{MasterFrame, SecondaryFrame};
+use common::replication::{
+    ConnId, MasterConfig, MasterCore, MasterOutput, MasterStatus, Token, WriteOutcome, WriteRequest,
+};
+use common::storage::{MemStore, StorageError};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// What the replicator tells a session.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub enum ToSession {
+    /// Write this frame.
+    Frame(MasterFrame),
+    /// Close the connection once everything before this is written.
+    Close,
+}
+
+/// A session's connection completed and is ready for frames.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Register {
+    pub conn: ConnId,
+    pub peer: String,
+    pub session: Recipient<ToSession>,
+}
+
+/// A frame arrived on a session's connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Inbound {
+    pub conn: ConnId,
+    pub frame: SecondaryFrame,
+}
+
+/// A session's connection is gone.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unregister {
+    pub conn: ConnId,
+}
+
+/// A client write. The answer is the message id and a receiver for the outcome, so the
+/// replicator never waits on a client.
+#[derive(Message)]
+#[rtype(result = "Result<(u64, oneshot::Receiver<WriteOutcome>), StorageError>")]
+pub struct Submit(pub WriteRequest);
+
+/// A snapshot of the replication state.
+#[derive(Message)]
+#[rtype(result = "MasterStatus")]
+pub struct GetStatus;
+
+pub struct Replicator {
+    core: MasterCore<Arc<MemStore>>,
+    /// Open connections: where to send their frames, and the peer's address.
+    sessions: HashMap<ConnId, (Recipient<ToSession>, String)>,
+    pending: HashMap<Token, oneshot::Sender<WriteOutcome>>,
+    next_token: Token,
+    timer: Option<(Instant, SpawnHandle)>,
+    heartbeat: Duration,
+}
+
+impl Replicator {
+    pub fn start_with(cfg: &Config, store: Arc<MemStore>) -> anyhow::Result<Addr<Self>> {
+        let mut core_cfg = MasterConfig::new(cfg.name.clone(), cfg.ack_timeout);
+        core_cfg.seed = rand::random();
+        let core = MasterCore::new(core_cfg, store)?;
+        tracing::info!(
+            log_id = format!("{:#x}", core.log_id()),
+            last_id = core.last_id(),
+            "log opened"
+        );
+        let heartbeat = cfg.heartbeat;
+        Ok(Replicator {
+            core,
+            sessions: HashMap::new(),
+            pending: HashMap::new(),
+            next_token: 0,
+            timer: None,
+            heartbeat,
+        }
+        .start())
+    }
+
+    /// Carry out the core's decisions, then re-arm the resend/timeout timer.
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        for out in self.core.take_outputs() {
+            match out {
+                MasterOutput::Send { conn, frame } => {
+                    if let Some((s, _)) = self.sessions.get(&conn) {
+                        s.do_send(ToSession::Frame(frame));
+                    }
+                }
+                MasterOutput::Close { conn } => {
+                    if let Some((s, _)) = self.sessions.remove(&conn) {
+                        s.do_send(ToSession::Close);
+                    }
+                    self.core.connection_closed(conn);
+                }
+                MasterOutput::Reply { token, outcome } => {
+                    if let Some(tx) = self.pending.remove(&token) {
+                        let _ = tx.send(outcome); // the client may have gone
+                    }
+                }
+                MasterOutput::StorageFailed(e) => {
+                    tracing::error!(error = %e, "storage failure while replicating");
+                }
+            }
+        }
+        let wanted = self.core.poll_timeout();
+        match (wanted, self.timer) {
+            (Some(at), Some((armed, _))) if armed <= at => {}
+            (None, None) => {}
+            _ => {
+                if let Some((_, h)) = self.timer.take() {
+                    ctx.cancel_future(h);
+                }
+                if let Some(at) = wanted {
+                    let wait = at.saturating_duration_since(Instant::now());
+                    let h = ctx.run_later(wait, |act, ctx| {
+                        act.timer = None;
+                        act.core.handle_timeout(Instant::now());
+                        act.drain(ctx);
+                    });
+                    self.timer = Some((at, h));
+                }
+            }
+        }
+    }
+}
+
+impl Actor for Replicator {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // HTTP handlers wait (`send().await`) when this many messages are queued; sessions
+        // use `do_send`, which is not bounded by it.
+        ctx.set_mailbox_capacity(4096);
+        ctx.run_interval(self.heartbeat, |act, ctx| {
+            act.core.tick_heartbeat();
+            act.drain(ctx);
+        });
+    }
+}
+
+impl Handler<Register> for Replicator {
+    type Result = ();
+    fn handle(&mut self, msg: Register, ctx: &mut Context<Self>) {
+        tracing::info!(conn = msg.conn, peer = %msg.peer, "secondary connected");
+        self.sessions.insert(msg.conn, (msg.session, msg.peer));
+        self.core.connection_opened(msg.conn);
+        self.drain(ctx);
+    }
+}
+
+impl Handler<Inbound> for Replicator {
+    type Result = ();
+    fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) {
+        let hello = matches!(&msg.frame, SecondaryFrame::Hello { .. });
+        if let SecondaryFrame::Hello {
+            name,
+            next_expected,
+            ..
+        } = &msg.frame
+        {
+            tracing::info!(conn = msg.conn, peer = %name, next_expected, "hello");
+        }
+        self.core.handle_frame(Instant::now(), msg.conn, msg.frame);
+        if hello && let Some((_, address)) = self.sessions.get(&msg.conn) {
+            self.core.set_address(msg.conn, address.clone());
+        }
+        self.drain(ctx);
+    }
+}
+
+impl Handler<Unregister> for Replicator {
+    type Result = ();
+    fn handle(&mut self, msg: Unregister, ctx: &mut Context<Self>) {
+        if self.sessions.remove(&msg.conn).is_some() {
+            tracing::info!(conn = msg.conn, "secondary disconnected");
+        }
+        self.core.connection_closed(msg.conn);
+        self.drain(ctx);
+    }
+}
+
+impl Handler<Submit> for Replicator {
+    type Result = Result<(u64, oneshot::Receiver<WriteOutcome>), StorageError>;
+    fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
+        let token = self.next_token;
+        self.next_token += 1;
+        let (tx, rx) = oneshot::channel();
+        self.pending.insert(token, tx);
+        let result = self.core.submit(Instant::now(), msg.0, token);
+        if result.is_err() {
+            self.pending.remove(&token);
+        }
+        self.drain(ctx);
+        result.map(|id| (id, rx))
+    }
+}
+
+impl Handler<GetStatus> for Replicator {
+    type Result = MessageResult<GetStatus>;
+    fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.core.status(Instant::now()))
+    }
+}

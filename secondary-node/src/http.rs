@@ -1,0 +1,90 @@
+//! The secondary's HTTP API (see `docs/api.md`): reads only.
+
+use crate::{Config, SharedCore};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::Server, web};
+use common::api::ApiError;
+use common::storage::{LogStore, MemStore};
+use common::web::{error_response, method_not_allowed, not_found};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+
+struct State {
+    core: SharedCore,
+    store: Arc<dyn LogStore>,
+    master: String,
+    started: Instant,
+}
+
+pub fn server(
+    cfg: &Config,
+    listener: std::net::TcpListener,
+    core: SharedCore,
+    store: Arc<MemStore>,
+) -> anyhow::Result<Server> {
+    let state = web::Data::new(State {
+        core,
+        store,
+        master: format!("{}:{}", cfg.master_ip, cfg.master_comm_port),
+        started: Instant::now(),
+    });
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .service(
+                web::resource("/newMessage")
+                    .route(web::post().to(new_message))
+                    .default_service(web::to(method_not_allowed("POST"))),
+            )
+            .service(
+                web::resource("/messages")
+                    .route(web::get().to(messages))
+                    .default_service(web::to(method_not_allowed("GET"))),
+            )
+            .service(
+                web::resource("/health")
+                    .route(web::get().to(health))
+                    .default_service(web::to(method_not_allowed("GET"))),
+            )
+            .default_service(web::to(not_found))
+    })
+    .shutdown_timeout(5)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+async fn new_message(state: web::Data<State>) -> HttpResponse {
+    error_response(&ApiError::not_writable(format!(
+        "this node is a secondary and takes no writes; send them to the master (comm address {})",
+        state.master
+    )))
+}
+
+async fn messages(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    common::web::messages(req, state.store.clone()).await
+}
+
+async fn health(state: web::Data<State>) -> HttpResponse {
+    let st = {
+        let core = state.core.lock().unwrap_or_else(|e| e.into_inner());
+        core.status(Instant::now())
+    };
+    HttpResponse::Ok().json(json!({
+        "status": "ok",
+        "role": "secondary",
+        "name": st.name,
+        "connected": st.connected,
+        "phase": st.phase,
+        "master": state.master,
+        "masterName": st.master,
+        "lastId": st.last_id,
+        "masterLastId": st.master_last_id,
+        "lag": st.master_last_id.saturating_sub(st.last_id),
+        "buffered": st.buffered,
+        "duplicatesIgnored": st.duplicates,
+        "lastHeardMsAgo": st.last_heard_ms_ago,
+        "lastError": st.last_error,
+        "uptimeMs": state.started.elapsed().as_millis() as u64,
+    }))
+}

@@ -1,0 +1,55 @@
+//! # secondary-node
+//!
+//! A thin shell around [`common::replication::SecondaryCore`]:
+//! - [`replication`]: keeps a connection to the master (reconnecting with backoff),
+//!   feeds the frames to the core and writes what it answers, applying `--delay-ms`
+//!   and `--drop-rate`;
+//! - [`http`]: the actix-web API (reads only; writes go to the master).
+
+pub mod http;
+pub mod replication;
+
+use anyhow::Context;
+use common::config::DelaySpec;
+use common::replication::SecondaryCore;
+use common::storage::MemStore;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub name: String,
+    pub host: String,
+    pub http_port: u16,
+    pub master_ip: String,
+    pub master_comm_port: u16,
+    pub data_dir: PathBuf,
+    pub delay: DelaySpec,
+    pub drop_rate: f64,
+}
+
+/// The core, shared by the replication task and the HTTP handlers. The lock is only
+/// held for a single synchronous step of the core.
+pub type SharedCore = Arc<Mutex<SecondaryCore<Arc<MemStore>>>>;
+
+/// Bind the HTTP port, follow the master, serve until SIGINT/SIGTERM.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let http = std::net::TcpListener::bind((cfg.host.as_str(), cfg.http_port))
+        .with_context(|| format!("cannot listen on http port {}:{}", cfg.host, cfg.http_port))?;
+    let http_addr = http.local_addr()?;
+    let store = Arc::new(MemStore::new());
+    let core: SharedCore = Arc::new(Mutex::new(SecondaryCore::new(
+        cfg.name.clone(),
+        store.clone(),
+    )));
+    actix_web::rt::spawn(replication::follow(cfg.clone(), core.clone()));
+    let server = http::server(&cfg, http, core, store)?;
+    tracing::info!(
+        master = format!("{}:{}", cfg.master_ip, cfg.master_comm_port),
+        data_dir = %cfg.data_dir.display(),
+        "listening http={http_addr}"
+    );
+    server.await.context("http server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}

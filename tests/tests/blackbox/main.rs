@@ -1,0 +1,5 @@
+//! Black-box tests: the real binaries on loopback ports they pick at run time, driven
+//! through HTTP and raw TCP only, as a user (or a misbehaving peer) would.
+
+mod bad_input;
+mod replication;

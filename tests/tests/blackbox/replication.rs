@@ -1,0 +1,363 @@
+use chorus_tests::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// The seed assignment's acceptance scenario.
+#[actix_rt::test]
+async fn seed_acceptance_scenario() -> anyhow::Result<()> {
+    let dir = TestDir::new("acceptance");
+    let http = Http::new();
+    let master = Node::master(&dir, "m", &[])?;
+    let comm = master.comm.unwrap();
+    let s1 = Node::secondary(&dir, "s1", comm, &[])?;
+    wait_member_live(&http, &master, "s1").await?;
+
+    let (st, body) = http.write(&master, "m1", json!(1)).await?;
+    assert_eq!((st, body["id"].as_u64()), (201, Some(1)), "{body}");
+    let (st, body) = http.write(&master, "m2", json!(2)).await?;
+    assert_eq!((st, body["id"].as_u64()), (201, Some(2)), "{body}");
+    assert_eq!(body["ackedBy"], json!(["m", "s1"]));
+
+    // m3 with w=3 must wait: only two members exist.
+    let h3 = {
+        let http = http.clone();
+        let url = master.url("/newMessage");
+        actix_rt::spawn(async move {
+            http.post(&url, &json!({"message": "m3", "writeConcern": 3}))
+                .await
+        })
+    };
+    // m4 with w=1 completes while m3 waits.
+    wait_for("m3 to be accepted", LONG, || async {
+        Ok((http.messages(&master).await?.len() == 3).then_some(()))
+    })
+    .await?;
+    let (st, body) = http.write(&master, "m4", json!(1)).await?;
+    assert_eq!((st, body["id"].as_u64()), (201, Some(4)), "{body}");
+    assert!(!h3.is_finished(), "m3 (w=3) returned with only 2 members");
+
+    let s2 = Node::secondary(&dir, "s2", comm, &[])?;
+    let (st, body) = actix_rt::time::timeout(LONG, h3).await???;
+    assert_eq!(st, 201, "{body}");
+    assert_eq!(body["id"], 3);
+    assert_eq!(body["acks"], 3);
+
+    let log = wait_converged(&http, &master, &[&s1, &s2], 4, LONG).await?;
+    let msgs: Vec<&str> = log.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(msgs, ["m1", "m2", "m3", "m4"]);
+    assert_gap_free(&log);
+    Ok(())
+}
+
+async fn wait_member_live(http: &Http, master: &Node, name: &str) -> anyhow::Result<()> {
+    wait_for(&format!("{name} to be live"), LONG, || async {
+        let h = http.health(master).await?;
+        let live = h["members"].as_array().is_some_and(|ms| {
+            ms.iter()
+                .any(|m| m["name"] == name && m["phase"] == "live" && m["connected"] == true)
+        });
+        Ok(live.then_some(()))
+    })
+    .await
+}
+
+/// w=1 does not wait for a slow secondary; w=all does.
+#[actix_rt::test]
+async fn w1_is_not_slowed_by_a_delayed_secondary() -> anyhow::Result<()> {
+    let dir = TestDir::new("slow");
+    let http = Http::new();
+    let master = Node::master(&dir, "m", &["--ack-timeout-ms", "3000"])?;
+    let _slow = Node::secondary(&dir, "slow", master.comm.unwrap(), &["--delay-ms", "1500"])?;
+    wait_member_live(&http, &master, "slow").await?;
+
+    let t = Instant::now();
+    for i in 0..5 {
+        let (st, _) = http.write(&master, &format!("fast{i}"), json!(1)).await?;
+        assert_eq!(st, 201);
+    }
+    let fast = t.elapsed();
+    assert!(
+        fast < Duration::from_millis(1500),
+        "5 w=1 writes took {fast:?}"
+    );
+
+    let t = Instant::now();
+    let (st, body) = http.write(&master, "all", json!(2)).await?;
+    let all = t.elapsed();
+    assert_eq!(st, 201, "{body}");
+    assert!(
+        all >= Duration::from_millis(1500),
+        "w=2 returned in {all:?}, before the delayed ack"
+    );
+    assert_eq!(body["ackedBy"], json!(["m", "slow"]));
+    Ok(())
+}
+
+/// A w=all writer blocked on a dead member never holds up w=1 writers.
+#[actix_rt::test]
+async fn a_blocked_write_concern_never_blocks_other_clients() -> anyhow::Result<()> {
+    let dir = TestDir::new("blocked");
+    let http = Http::new();
+    let master = Node::master(&dir, "m", &[])?;
+    let comm = master.comm.unwrap();
+    let s1 = Node::secondary(&dir, "s1", comm, &[])?;
+    let mut s2 = Node::secondary(&dir, "s2", comm, &[])?;
+    wait_member_live(&http, &master, "s1").await?;
+    wait_member_live(&http, &master, "s2").await?;
+    s2.kill9();
+
+    let blocked: Vec<_> = (0..3)
+        .map(|i| {
+            let http = http.clone();
+            let url = master.url("/newMessage");
+            actix_rt::spawn(async move {
+                http.post(
+                    &url,
+                    &json!({"message": format!("all{i}"), "writeConcern": 3}),
+                )
+                .await
+            })
+        })
+        .collect();
+    let t = Instant::now();
+    let quick: Vec<_> = (0..40)
+        .map(|i| {
+            let http = http.clone();
+            let url = master.url("/newMessage");
+            actix_rt::spawn(async move {
+                http.post(
+                    &url,
+                    &json!({"message": format!("one{i}"), "writeConcern": 1}),
+                )
+                .await
+            })
+        })
+        .collect();
+    for h in quick {
+        let (st, body) = h.await??;
+        assert_eq!(st, 201, "{body}");
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "w=1 writers were held up"
+    );
+    let (st, _) = http.write(&master, "two", json!(2)).await?;
+    assert_eq!(st, 201, "w=2 is met by m + s1");
+    assert!(blocked.iter().all(|h| !h.is_finished()));
+
+    s2.restart()?;
+    for h in blocked {
+        let (st, body) = actix_rt::time::timeout(LONG, h).await???;
+        assert_eq!(st, 201, "{body}");
+        assert_eq!(body["acks"], 3);
+    }
+    wait_converged(&http, &master, &[&s1, &s2], 44, LONG).await?;
+    Ok(())
+}
+
+/// Under random delays in both directions, every snapshot of a secondary's log is a
+/// prefix of the master's.
+#[actix_rt::test]
+async fn secondary_snapshots_are_always_prefixes_under_random_delays() -> anyhow::Result<()> {
+    let dir = TestDir::new("prefix");
+    let http = Http::new();
+    let master = Node::master(
+        &dir,
+        "m",
+        &["--delay-ms", "0-300", "--ack-timeout-ms", "200"],
+    )?;
+    let comm = master.comm.unwrap();
+    let s1 = Node::secondary(&dir, "s1", comm, &["--delay-ms", "0-300"])?;
+    let s2 = Node::secondary(
+        &dir,
+        "s2",
+        comm,
+        &["--delay-ms", "0-300", "--drop-rate", "0.2"],
+    )?;
+    wait_member_live(&http, &master, "s1").await?;
+    wait_member_live(&http, &master, "s2").await?;
+
+    const N: usize = 80;
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let http = http.clone();
+            let url = master.url("/newMessage");
+            actix_rt::spawn(async move {
+                for i in 0..N / 8 {
+                    let wc = 1 + (i + w) % 3;
+                    let (st, body) = http
+                        .post(
+                            &url,
+                            &json!({"message": format!("w{w}-{i}"), "writeConcern": wc}),
+                        )
+                        .await?;
+                    anyhow::ensure!(st == 201, "{st} {body}");
+                    anyhow::ensure!(body["acks"].as_u64().unwrap() >= wc as u64, "{body}");
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    let mut snapshots = Vec::new();
+    while writers.iter().any(|h| !h.is_finished()) {
+        snapshots.push(http.messages(&s1).await?);
+        snapshots.push(http.messages(&s2).await?);
+    }
+    for h in writers {
+        h.await??;
+    }
+    let log = wait_converged(&http, &master, &[&s1, &s2], N, LONG).await?;
+    assert_gap_free(&log);
+    assert!(snapshots.len() > 4, "too few snapshots to mean anything");
+    for snap in &snapshots {
+        assert!(
+            snap.len() <= log.len() && snap[..] == log[..snap.len()],
+            "a secondary showed {snap:?}, not a prefix of the master's log"
+        );
+    }
+    let distinct: std::collections::BTreeSet<usize> = snapshots.iter().map(Vec::len).collect();
+    assert!(
+        distinct.len() > 2,
+        "snapshots never saw the log grow: {distinct:?}"
+    );
+    Ok(())
+}
+
+/// The seed homework's setting: every frame delayed 1000-2000 ms, ack timeout 1500 ms.
+#[actix_rt::test]
+async fn seed_homework_delays_end_with_identical_logs() -> anyhow::Result<()> {
+    let dir = TestDir::new("seed-delays");
+    let http = Http::new();
+    let master = Node::master(
+        &dir,
+        "m",
+        &["--delay-ms", "1000-2000", "--ack-timeout-ms", "1500"],
+    )?;
+    let comm = master.comm.unwrap();
+    let s1 = Node::secondary(&dir, "s1", comm, &["--delay-ms", "1000-2000"])?;
+    let s2 = Node::secondary(&dir, "s2", comm, &["--delay-ms", "1000-2000"])?;
+    wait_member_live(&http, &master, "s1").await?;
+    wait_member_live(&http, &master, "s2").await?;
+    let writes: Vec<_> = (0..12)
+        .map(|i| {
+            let http = http.clone();
+            let url = master.url("/newMessage");
+            actix_rt::spawn(async move {
+                http.post(
+                    &url,
+                    &json!({"message": format!("d{i}"), "writeConcern": 1 + i % 3}),
+                )
+                .await
+            })
+        })
+        .collect();
+    for h in writes {
+        let (st, body) = h.await??;
+        assert_eq!(st, 201, "{body}");
+    }
+    let log = wait_converged(&http, &master, &[&s1, &s2], 12, LONG).await?;
+    assert_gap_free(&log);
+    let h = http.health(&master).await?;
+    let resends: u64 = h["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["resends"].as_u64().unwrap())
+        .sum();
+    assert!(
+        resends > 0,
+        "round trips above the ack timeout must cause resends: {h}"
+    );
+    Ok(())
+}
+
+/// Half the acknowledgements lost: the master retries, secondaries ignore duplicates.
+#[actix_rt::test]
+async fn drop_rate_half_converges_without_duplicates() -> anyhow::Result<()> {
+    let dir = TestDir::new("drop");
+    let http = Http::new();
+    let master = Node::master(&dir, "m", &["--ack-timeout-ms", "100"])?;
+    let comm = master.comm.unwrap();
+    let s1 = Node::secondary(&dir, "s1", comm, &["--drop-rate", "0.5"])?;
+    let s2 = Node::secondary(&dir, "s2", comm, &["--drop-rate", "0.5"])?;
+    wait_member_live(&http, &master, "s1").await?;
+    wait_member_live(&http, &master, "s2").await?;
+    for i in 0..40 {
+        let (st, body) = http.write(&master, &format!("x{i}"), json!(3)).await?;
+        assert_eq!(st, 201, "{body}");
+        assert_eq!(body["acks"], 3);
+    }
+    let log = wait_converged(&http, &master, &[&s1, &s2], 40, LONG).await?;
+    assert_gap_free(&log);
+    let dups = http.health(&s1).await?["duplicatesIgnored"]
+        .as_u64()
+        .unwrap()
+        + http.health(&s2).await?["duplicatesIgnored"]
+            .as_u64()
+            .unwrap();
+    assert!(
+        dups > 0,
+        "lost acks must lead to resends the secondaries ignore"
+    );
+    Ok(())
+}
+
+/// kill -9 a secondary, keep writing, restart it: it catches up.
+#[actix_rt::test]
+async fn a_killed_secondary_catches_up_after_restart() -> anyhow::Result<()> {
+    let dir = TestDir::new("kill9");
+    let http = Http::new();
+    let master = Node::master(&dir, "m", &[])?;
+    let comm = master.comm.unwrap();
+    let mut s1 = Node::secondary(&dir, "s1", comm, &[])?;
+    let s2 = Node::secondary(&dir, "s2", comm, &[])?;
+    wait_member_live(&http, &master, "s1").await?;
+    wait_member_live(&http, &master, "s2").await?;
+    for i in 0..30 {
+        assert_eq!(
+            http.write(&master, &format!("a{i}"), json!(3)).await?.0,
+            201
+        );
+    }
+    s1.kill9();
+    for i in 0..30 {
+        assert_eq!(
+            http.write(&master, &format!("b{i}"), json!(2)).await?.0,
+            201
+        );
+    }
+    let h = http.health(&master).await?;
+    let s1h = h["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "s1")
+        .unwrap()
+        .clone();
+    assert_eq!(s1h["connected"], false, "{h}");
+    assert_eq!(s1h["status"], "Unhealthy", "{h}");
+    s1.restart()?;
+    let log = wait_converged(&http, &master, &[&s1, &s2], 60, LONG).await?;
+    assert_gap_free(&log);
+    Ok(())
+}
+
+/// A secondary started before its master keeps trying until the master is up.
+#[actix_rt::test]
+async fn a_secondary_may_start_before_the_master() -> anyhow::Result<()> {
+    let dir = TestDir::new("early");
+    let http = Http::new();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}").parse()?;
+    let s1 = Node::secondary(&dir, "s1", addr, &[])?;
+    let h = http.health(&s1).await?;
+    assert_eq!(h["connected"], false, "{h}");
+    let master = Node::master_on(&dir, "m", port, &[])?;
+    wait_member_live(&http, &master, "s1").await?;
+    let (st, body) = http.write(&master, "hi", json!(2)).await?;
+    assert_eq!(st, 201, "{body}");
+    assert_eq!(http.messages(&s1).await?, vec![(1, "hi".to_string())]);
+    Ok(())
+}
