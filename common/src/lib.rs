@@ -12,6 +12,7 @@
 //! - [`api`]: the HTTP API's request validation and response bodies, free of any web
 //!   framework.
 //! - [`config`]: parsing of command-line values shared by both binaries.
+//! - [`shutdown`]: the signals that stop a node.
 //! - [`telemetry`]: logging set-up.
 //! - [`web`]: actix-web glue shared by both nodes (errors, 404/405, reading the log).
 
@@ -19,6 +20,7 @@ pub mod api;
 pub mod config;
 pub mod protocol;
 pub mod replication;
+pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
 pub mod web;

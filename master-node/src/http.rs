@@ -1,7 +1,7 @@
 //! The master's HTTP API (see `docs/api.md`).
 
 use crate::Config;
-use crate::replicator::{GetStatus, Replicator, Submit};
+use crate::replicator::{GetStatus, Replicator, Submit, SubmitError};
 use actix::Addr;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::Server, web};
 use common::api::{self, ApiError};
@@ -55,6 +55,7 @@ pub fn server(
             .default_service(web::to(not_found))
     })
     .shutdown_timeout(5)
+    .disable_signals() // lib.rs handles SIGINT/SIGTERM
     .listen(listener)?
     .run();
     Ok(server)
@@ -80,7 +81,10 @@ async fn new_message(state: web::Data<State>, payload: web::Payload) -> HttpResp
     });
     let rx = match state.replicator.send(submit).await {
         Ok(Ok((_, rx))) => rx,
-        Ok(Err(e)) => {
+        Ok(Err(SubmitError::ShuttingDown)) => {
+            return error_response(&ApiError::not_writable("the master is shutting down"));
+        }
+        Ok(Err(SubmitError::Storage(e))) => {
             return error_response(&ApiError::new(500, "storage_error", e.to_string()));
         }
         Err(_) => return error_response(&ApiError::not_writable("the master is shutting down")),
@@ -91,7 +95,7 @@ async fn new_message(state: web::Data<State>, payload: web::Payload) -> HttpResp
             error_response(&ApiError::write_concern_timeout(&r, asked))
         }
         Err(_) => error_response(&ApiError::not_writable(
-            "the master stopped before the write concern was met",
+            "the master is shutting down; the message is stored but its write concern was not confirmed",
         )),
     }
 }

@@ -44,7 +44,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let replicator = replicator::Replicator::start_with(&cfg, store.clone())?;
     actix_web::rt::spawn(session::accept_loop(comm, replicator.clone(), cfg.delay));
 
-    let server = http::server(&cfg, http, replicator, store)?;
+    let server = http::server(&cfg, http, replicator.clone(), store)?;
+    let handle = server.handle();
+    actix_web::rt::spawn(async move {
+        let signal = common::shutdown::signal().await;
+        tracing::info!(
+            signal,
+            "stopping: refusing new writes, answering waiting ones"
+        );
+        let failed = replicator
+            .send(replicator::Shutdown)
+            .await
+            .unwrap_or_default();
+        if failed > 0 {
+            tracing::warn!(
+                failed,
+                "writes still waiting for their write concern were answered 503"
+            );
+        }
+        handle.stop(true).await;
+    });
     tracing::info!(
         data_dir = %cfg.data_dir.display(),
         "listening http={http_addr} comm={comm_addr}"

@@ -49,8 +49,23 @@ pub struct Unregister {
 /// A client write. The answer is the message id and a receiver for the outcome, so the
 /// replicator never waits on a client.
 #[derive(Message)]
-#[rtype(result = "Result<(u64, oneshot::Receiver<WriteOutcome>), StorageError>")]
+#[rtype(result = "Result<(u64, oneshot::Receiver<WriteOutcome>), SubmitError>")]
 pub struct Submit(pub WriteRequest);
+
+/// Why a write was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("the master is shutting down")]
+    ShuttingDown,
+}
+
+/// Stop taking writes and fail every write still waiting for its write concern (their
+/// HTTP requests answer 503 at once instead of being cut off).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Shutdown;
 
 /// A snapshot of the replication state.
 #[derive(Message)]
@@ -65,6 +80,7 @@ pub struct Replicator {
     next_token: Token,
     timer: Option<(Instant, SpawnHandle)>,
     heartbeat: Duration,
+    stopping: bool,
 }
 
 impl Replicator {
@@ -85,6 +101,7 @@ impl Replicator {
             next_token: 0,
             timer: None,
             heartbeat,
+            stopping: false,
         }
         .start())
     }
@@ -192,8 +209,11 @@ impl Handler<Unregister> for Replicator {
 }
 
 impl Handler<Submit> for Replicator {
-    type Result = Result<(u64, oneshot::Receiver<WriteOutcome>), StorageError>;
+    type Result = Result<(u64, oneshot::Receiver<WriteOutcome>), SubmitError>;
     fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
+        if self.stopping {
+            return Err(SubmitError::ShuttingDown);
+        }
         let token = self.next_token;
         self.next_token += 1;
         let (tx, rx) = oneshot::channel();
@@ -203,7 +223,18 @@ impl Handler<Submit> for Replicator {
             self.pending.remove(&token);
         }
         self.drain(ctx);
-        result.map(|id| (id, rx))
+        Ok(result.map(|id| (id, rx))?)
+    }
+}
+
+impl Handler<Shutdown> for Replicator {
+    type Result = usize;
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> usize {
+        self.stopping = true;
+        let failed = self.pending.len();
+        // Dropping the senders answers every waiting request.
+        self.pending.clear();
+        failed
     }
 }
 

@@ -49,6 +49,7 @@ pub fn server(
             .default_service(web::to(not_found))
     })
     .shutdown_timeout(5)
+    .disable_signals() // lib.rs handles SIGINT/SIGTERM
     .listen(listener)?
     .run();
     Ok(server)

@@ -44,6 +44,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     )));
     actix_web::rt::spawn(replication::follow(cfg.clone(), core.clone()));
     let server = http::server(&cfg, http, core, store)?;
+    let handle = server.handle();
+    actix_web::rt::spawn(async move {
+        let signal = common::shutdown::signal().await;
+        tracing::info!(signal, "stopping");
+        handle.stop(true).await;
+    });
     tracing::info!(
         master = format!("{}:{}", cfg.master_ip, cfg.master_comm_port),
         data_dir = %cfg.data_dir.display(),

@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, mpsc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Where the node binaries are.
@@ -64,10 +64,10 @@ impl TestDir {
 
 impl Drop for TestDir {
     fn drop(&mut self) {
-        if std::env::var_os("CHORUS_KEEP_LOGS").is_some() || std::thread::panicking() {
-            if let Some(d) = self.dir.take() {
-                eprintln!("node logs kept in {}", d.keep().display());
-            }
+        if (std::env::var_os("CHORUS_KEEP_LOGS").is_some() || std::thread::panicking())
+            && let Some(d) = self.dir.take()
+        {
+            eprintln!("node logs kept in {}", d.keep().display());
         }
     }
 }
@@ -254,7 +254,8 @@ pub fn free_port() -> u16 {
 /// An HTTP client for the tests (actix's own `awc`).
 #[derive(Clone)]
 pub struct Http {
-    client: Arc<awc::Client>,
+    /// Cheap to clone; shared by every task of one test.
+    client: awc::Client,
 }
 
 impl Default for Http {
@@ -268,9 +269,7 @@ impl Http {
         let client = awc::Client::builder()
             .timeout(Duration::from_secs(180))
             .finish();
-        Self {
-            client: Arc::new(client),
-        }
+        Self { client }
     }
 
     /// POST a raw body; returns status and parsed JSON (Null if the body is not JSON).

@@ -23,15 +23,14 @@ impl MemStore {
 impl LogStore for MemStore {
     fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        let mut expected = inner.entries.len() as u64 + 1;
-        for e in entries {
+        let first = inner.entries.len() as u64 + 1;
+        for (expected, e) in (first..).zip(entries) {
             if e.id != expected {
                 return Err(StorageError::NotContiguous {
                     expected,
                     got: e.id,
                 });
             }
-            expected += 1;
         }
         inner.entries.extend_from_slice(entries);
         Ok(())

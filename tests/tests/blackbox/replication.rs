@@ -361,3 +361,38 @@ async fn a_secondary_may_start_before_the_master() -> anyhow::Result<()> {
     assert_eq!(http.messages(&s1).await?, vec![(1, "hi".to_string())]);
     Ok(())
 }
+
+/// SIGTERM: a write still waiting for its write concern is answered (503, not a cut
+/// connection), new writes are refused, and both kinds of node exit 0.
+#[actix_rt::test]
+async fn sigterm_answers_waiting_writes_and_exits_0() -> anyhow::Result<()> {
+    let dir = TestDir::new("sigterm");
+    let http = Http::new();
+    let mut master = Node::master(&dir, "m", &[])?;
+    let mut s1 = Node::secondary(&dir, "s1", master.comm.unwrap(), &[])?;
+    wait_member_live(&http, &master, "s1").await?;
+    let waiting = {
+        let http = http.clone();
+        let url = master.url("/newMessage");
+        actix_rt::spawn(async move {
+            http.post(&url, &json!({"message": "never 5", "writeConcern": 5}))
+                .await
+        })
+    };
+    wait_for("the write to be pending", LONG, || async {
+        Ok((http.health(&master).await?["pendingWrites"] == 1).then_some(()))
+    })
+    .await?;
+
+    let status = s1.terminate(Duration::from_secs(10))?;
+    assert_eq!(status.code(), Some(0), "{}", s1.log_tail(10));
+    let status = master.terminate(Duration::from_secs(10))?;
+    assert_eq!(status.code(), Some(0), "{}", master.log_tail(10));
+    let (st, body) = waiting.await??;
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (503, Some("not_writable")),
+        "{body}"
+    );
+    Ok(())
+}

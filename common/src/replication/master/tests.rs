@@ -386,7 +386,7 @@ fn request_ids_never_append_twice() {
 }
 
 fn refused(out: &[MasterOutput], conn: ConnId, code: ErrorCode) -> bool {
-    matches!(&out[..], [MasterOutput::Send { conn: c1, frame: MasterFrame::Error(e) }, MasterOutput::Close { conn: c2 }]
+    matches!(out, [MasterOutput::Send { conn: c1, frame: MasterFrame::Error(e) }, MasterOutput::Close { conn: c2 }]
         if *c1 == conn && *c2 == conn && e.code == code)
 }
 
