@@ -33,6 +33,14 @@ pub fn method_not_allowed(
     }
 }
 
+/// A resource at `path` served by `route`, answering 405 (with `Allow: method`) to
+/// every other method.
+pub fn endpoint(path: &str, method: &'static str, route: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(method_not_allowed(method)))
+}
+
 /// Read a request body of at most `limit` bytes; a larger one is a 413.
 pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut body = Vec::new();

@@ -4,7 +4,7 @@ use crate::{Config, SharedCore};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::Server, web};
 use common::api::ApiError;
 use common::storage::{LogStore, MemStore};
-use common::web::{error_response, method_not_allowed, not_found};
+use common::web::{endpoint, error_response, not_found};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,21 +31,9 @@ pub fn server(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .service(
-                web::resource("/newMessage")
-                    .route(web::post().to(new_message))
-                    .default_service(web::to(method_not_allowed("POST"))),
-            )
-            .service(
-                web::resource("/messages")
-                    .route(web::get().to(messages))
-                    .default_service(web::to(method_not_allowed("GET"))),
-            )
-            .service(
-                web::resource("/health")
-                    .route(web::get().to(health))
-                    .default_service(web::to(method_not_allowed("GET"))),
-            )
+            .service(endpoint("/newMessage", "POST", web::post().to(new_message)))
+            .service(endpoint("/messages", "GET", web::get().to(messages)))
+            .service(endpoint("/health", "GET", web::get().to(health)))
             .default_service(web::to(not_found))
     })
     .shutdown_timeout(5)

@@ -399,3 +399,55 @@ pub fn assert_gap_free(log: &[(u64, String)]) {
     let want: Vec<u64> = (1..=log.len() as u64).collect();
     assert_eq!(ids, want, "ids are not 1..=n");
 }
+
+/// Wait until the master reports member `name` connected and live.
+pub async fn wait_member_live(http: &Http, master: &Node, name: &str) -> Result<()> {
+    wait_for(
+        &format!("{name} to be live"),
+        Duration::from_secs(60),
+        || async {
+            let h = http.health(master).await?;
+            let live = h["members"].as_array().is_some_and(|ms| {
+                ms.iter()
+                    .any(|m| m["name"] == name && m["phase"] == "live" && m["connected"] == true)
+            });
+            Ok(live.then_some(()))
+        },
+    )
+    .await
+}
+
+/// Start a master `m` with `master_args` and one secondary `s1`, `s2`, ... per entry of
+/// `secondaries` (its flags), and wait until every secondary is live.
+pub async fn cluster(
+    dir: &TestDir,
+    http: &Http,
+    master_args: &[&str],
+    secondaries: &[&[&str]],
+) -> Result<(Node, Vec<Node>)> {
+    let master = Node::master(dir, "m", master_args)?;
+    let comm = master
+        .comm
+        .ok_or_else(|| anyhow!("master without comm address"))?;
+    let mut nodes = Vec::new();
+    for (i, args) in secondaries.iter().enumerate() {
+        nodes.push(Node::secondary(dir, &format!("s{}", i + 1), comm, args)?);
+    }
+    for n in &nodes {
+        wait_member_live(http, &master, &n.name).await?;
+    }
+    Ok((master, nodes))
+}
+
+/// POST /newMessage in the background.
+pub fn spawn_write(
+    http: &Http,
+    node: &Node,
+    message: impl Into<String>,
+    write_concern: Value,
+) -> actix_rt::task::JoinHandle<Result<(u16, Value)>> {
+    let http = http.clone();
+    let url = node.url("/newMessage");
+    let body = serde_json::json!({"message": message.into(), "writeConcern": write_concern});
+    actix_rt::spawn(async move { http.post(&url, &body).await })
+}

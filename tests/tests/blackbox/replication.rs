@@ -9,10 +9,8 @@ const LONG: Duration = Duration::from_secs(60);
 async fn seed_acceptance_scenario() -> anyhow::Result<()> {
     let dir = TestDir::new("acceptance");
     let http = Http::new();
-    let master = Node::master(&dir, "m", &[])?;
-    let comm = master.comm.unwrap();
-    let s1 = Node::secondary(&dir, "s1", comm, &[])?;
-    wait_member_live(&http, &master, "s1").await?;
+    let (master, mut nodes) = cluster(&dir, &http, &[], &[&[]]).await?;
+    let s1 = nodes.remove(0);
 
     let (st, body) = http.write(&master, "m1", json!(1)).await?;
     assert_eq!((st, body["id"].as_u64()), (201, Some(1)), "{body}");
@@ -21,14 +19,7 @@ async fn seed_acceptance_scenario() -> anyhow::Result<()> {
     assert_eq!(body["ackedBy"], json!(["m", "s1"]));
 
     // m3 with w=3 must wait: only two members exist.
-    let h3 = {
-        let http = http.clone();
-        let url = master.url("/newMessage");
-        actix_rt::spawn(async move {
-            http.post(&url, &json!({"message": "m3", "writeConcern": 3}))
-                .await
-        })
-    };
+    let h3 = spawn_write(&http, &master, "m3", json!(3));
     // m4 with w=1 completes while m3 waits.
     wait_for("m3 to be accepted", LONG, || async {
         Ok((http.messages(&master).await?.len() == 3).then_some(()))
@@ -38,7 +29,7 @@ async fn seed_acceptance_scenario() -> anyhow::Result<()> {
     assert_eq!((st, body["id"].as_u64()), (201, Some(4)), "{body}");
     assert!(!h3.is_finished(), "m3 (w=3) returned with only 2 members");
 
-    let s2 = Node::secondary(&dir, "s2", comm, &[])?;
+    let s2 = Node::secondary(&dir, "s2", master.comm.unwrap(), &[])?;
     let (st, body) = actix_rt::time::timeout(LONG, h3).await???;
     assert_eq!(st, 201, "{body}");
     assert_eq!(body["id"], 3);
@@ -51,26 +42,18 @@ async fn seed_acceptance_scenario() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_member_live(http: &Http, master: &Node, name: &str) -> anyhow::Result<()> {
-    wait_for(&format!("{name} to be live"), LONG, || async {
-        let h = http.health(master).await?;
-        let live = h["members"].as_array().is_some_and(|ms| {
-            ms.iter()
-                .any(|m| m["name"] == name && m["phase"] == "live" && m["connected"] == true)
-        });
-        Ok(live.then_some(()))
-    })
-    .await
-}
-
 /// w=1 does not wait for a slow secondary; w=all does.
 #[actix_rt::test]
 async fn w1_is_not_slowed_by_a_delayed_secondary() -> anyhow::Result<()> {
     let dir = TestDir::new("slow");
     let http = Http::new();
-    let master = Node::master(&dir, "m", &["--ack-timeout-ms", "3000"])?;
-    let _slow = Node::secondary(&dir, "slow", master.comm.unwrap(), &["--delay-ms", "1500"])?;
-    wait_member_live(&http, &master, "slow").await?;
+    let (master, _slow) = cluster(
+        &dir,
+        &http,
+        &["--ack-timeout-ms", "3000"],
+        &[&["--delay-ms", "1500"]],
+    )
+    .await?;
 
     let t = Instant::now();
     for i in 0..5 {
@@ -91,7 +74,7 @@ async fn w1_is_not_slowed_by_a_delayed_secondary() -> anyhow::Result<()> {
         all >= Duration::from_millis(1500),
         "w=2 returned in {all:?}, before the delayed ack"
     );
-    assert_eq!(body["ackedBy"], json!(["m", "slow"]));
+    assert_eq!(body["ackedBy"], json!(["m", "s1"]));
     Ok(())
 }
 
@@ -100,40 +83,16 @@ async fn w1_is_not_slowed_by_a_delayed_secondary() -> anyhow::Result<()> {
 async fn a_blocked_write_concern_never_blocks_other_clients() -> anyhow::Result<()> {
     let dir = TestDir::new("blocked");
     let http = Http::new();
-    let master = Node::master(&dir, "m", &[])?;
-    let comm = master.comm.unwrap();
-    let s1 = Node::secondary(&dir, "s1", comm, &[])?;
-    let mut s2 = Node::secondary(&dir, "s2", comm, &[])?;
-    wait_member_live(&http, &master, "s1").await?;
-    wait_member_live(&http, &master, "s2").await?;
+    let (master, mut nodes) = cluster(&dir, &http, &[], &[&[], &[]]).await?;
+    let (s1, mut s2) = (nodes.remove(0), nodes.remove(0));
     s2.kill9();
 
     let blocked: Vec<_> = (0..3)
-        .map(|i| {
-            let http = http.clone();
-            let url = master.url("/newMessage");
-            actix_rt::spawn(async move {
-                http.post(
-                    &url,
-                    &json!({"message": format!("all{i}"), "writeConcern": 3}),
-                )
-                .await
-            })
-        })
+        .map(|i| spawn_write(&http, &master, format!("all{i}"), json!(3)))
         .collect();
     let t = Instant::now();
     let quick: Vec<_> = (0..40)
-        .map(|i| {
-            let http = http.clone();
-            let url = master.url("/newMessage");
-            actix_rt::spawn(async move {
-                http.post(
-                    &url,
-                    &json!({"message": format!("one{i}"), "writeConcern": 1}),
-                )
-                .await
-            })
-        })
+        .map(|i| spawn_write(&http, &master, format!("one{i}"), json!(1)))
         .collect();
     for h in quick {
         let (st, body) = h.await??;
@@ -163,21 +122,17 @@ async fn a_blocked_write_concern_never_blocks_other_clients() -> anyhow::Result<
 async fn secondary_snapshots_are_always_prefixes_under_random_delays() -> anyhow::Result<()> {
     let dir = TestDir::new("prefix");
     let http = Http::new();
-    let master = Node::master(
+    let (master, nodes) = cluster(
         &dir,
-        "m",
+        &http,
         &["--delay-ms", "0-300", "--ack-timeout-ms", "200"],
-    )?;
-    let comm = master.comm.unwrap();
-    let s1 = Node::secondary(&dir, "s1", comm, &["--delay-ms", "0-300"])?;
-    let s2 = Node::secondary(
-        &dir,
-        "s2",
-        comm,
-        &["--delay-ms", "0-300", "--drop-rate", "0.2"],
-    )?;
-    wait_member_live(&http, &master, "s1").await?;
-    wait_member_live(&http, &master, "s2").await?;
+        &[
+            &["--delay-ms", "0-300"],
+            &["--delay-ms", "0-300", "--drop-rate", "0.2"],
+        ],
+    )
+    .await?;
+    let (s1, s2) = (&nodes[0], &nodes[1]);
 
     const N: usize = 80;
     let writers: Vec<_> = (0..8)
@@ -202,13 +157,13 @@ async fn secondary_snapshots_are_always_prefixes_under_random_delays() -> anyhow
         .collect();
     let mut snapshots = Vec::new();
     while writers.iter().any(|h| !h.is_finished()) {
-        snapshots.push(http.messages(&s1).await?);
-        snapshots.push(http.messages(&s2).await?);
+        snapshots.push(http.messages(s1).await?);
+        snapshots.push(http.messages(s2).await?);
     }
     for h in writers {
         h.await??;
     }
-    let log = wait_converged(&http, &master, &[&s1, &s2], N, LONG).await?;
+    let log = wait_converged(&http, &master, &[s1, s2], N, LONG).await?;
     assert_gap_free(&log);
     assert!(snapshots.len() > 4, "too few snapshots to mean anything");
     for snap in &snapshots {
@@ -230,34 +185,22 @@ async fn secondary_snapshots_are_always_prefixes_under_random_delays() -> anyhow
 async fn seed_homework_delays_end_with_identical_logs() -> anyhow::Result<()> {
     let dir = TestDir::new("seed-delays");
     let http = Http::new();
-    let master = Node::master(
+    let delayed: &[&str] = &["--delay-ms", "1000-2000"];
+    let (master, nodes) = cluster(
         &dir,
-        "m",
+        &http,
         &["--delay-ms", "1000-2000", "--ack-timeout-ms", "1500"],
-    )?;
-    let comm = master.comm.unwrap();
-    let s1 = Node::secondary(&dir, "s1", comm, &["--delay-ms", "1000-2000"])?;
-    let s2 = Node::secondary(&dir, "s2", comm, &["--delay-ms", "1000-2000"])?;
-    wait_member_live(&http, &master, "s1").await?;
-    wait_member_live(&http, &master, "s2").await?;
+        &[delayed, delayed],
+    )
+    .await?;
     let writes: Vec<_> = (0..12)
-        .map(|i| {
-            let http = http.clone();
-            let url = master.url("/newMessage");
-            actix_rt::spawn(async move {
-                http.post(
-                    &url,
-                    &json!({"message": format!("d{i}"), "writeConcern": 1 + i % 3}),
-                )
-                .await
-            })
-        })
+        .map(|i| spawn_write(&http, &master, format!("d{i}"), json!(1 + i % 3)))
         .collect();
     for h in writes {
         let (st, body) = h.await??;
         assert_eq!(st, 201, "{body}");
     }
-    let log = wait_converged(&http, &master, &[&s1, &s2], 12, LONG).await?;
+    let log = wait_converged(&http, &master, &[&nodes[0], &nodes[1]], 12, LONG).await?;
     assert_gap_free(&log);
     let h = http.health(&master).await?;
     let resends: u64 = h["members"]
@@ -278,23 +221,21 @@ async fn seed_homework_delays_end_with_identical_logs() -> anyhow::Result<()> {
 async fn drop_rate_half_converges_without_duplicates() -> anyhow::Result<()> {
     let dir = TestDir::new("drop");
     let http = Http::new();
-    let master = Node::master(&dir, "m", &["--ack-timeout-ms", "100"])?;
-    let comm = master.comm.unwrap();
-    let s1 = Node::secondary(&dir, "s1", comm, &["--drop-rate", "0.5"])?;
-    let s2 = Node::secondary(&dir, "s2", comm, &["--drop-rate", "0.5"])?;
-    wait_member_live(&http, &master, "s1").await?;
-    wait_member_live(&http, &master, "s2").await?;
+    let lossy: &[&str] = &["--drop-rate", "0.5"];
+    let (master, nodes) =
+        cluster(&dir, &http, &["--ack-timeout-ms", "100"], &[lossy, lossy]).await?;
+    let (s1, s2) = (&nodes[0], &nodes[1]);
     for i in 0..40 {
         let (st, body) = http.write(&master, &format!("x{i}"), json!(3)).await?;
         assert_eq!(st, 201, "{body}");
         assert_eq!(body["acks"], 3);
     }
-    let log = wait_converged(&http, &master, &[&s1, &s2], 40, LONG).await?;
+    let log = wait_converged(&http, &master, &[s1, s2], 40, LONG).await?;
     assert_gap_free(&log);
-    let dups = http.health(&s1).await?["duplicatesIgnored"]
+    let dups = http.health(s1).await?["duplicatesIgnored"]
         .as_u64()
         .unwrap()
-        + http.health(&s2).await?["duplicatesIgnored"]
+        + http.health(s2).await?["duplicatesIgnored"]
             .as_u64()
             .unwrap();
     assert!(
@@ -309,12 +250,8 @@ async fn drop_rate_half_converges_without_duplicates() -> anyhow::Result<()> {
 async fn a_killed_secondary_catches_up_after_restart() -> anyhow::Result<()> {
     let dir = TestDir::new("kill9");
     let http = Http::new();
-    let master = Node::master(&dir, "m", &[])?;
-    let comm = master.comm.unwrap();
-    let mut s1 = Node::secondary(&dir, "s1", comm, &[])?;
-    let s2 = Node::secondary(&dir, "s2", comm, &[])?;
-    wait_member_live(&http, &master, "s1").await?;
-    wait_member_live(&http, &master, "s2").await?;
+    let (master, mut nodes) = cluster(&dir, &http, &[], &[&[], &[]]).await?;
+    let (mut s1, s2) = (nodes.remove(0), nodes.remove(0));
     for i in 0..30 {
         assert_eq!(
             http.write(&master, &format!("a{i}"), json!(3)).await?.0,
@@ -368,17 +305,9 @@ async fn a_secondary_may_start_before_the_master() -> anyhow::Result<()> {
 async fn sigterm_answers_waiting_writes_and_exits_0() -> anyhow::Result<()> {
     let dir = TestDir::new("sigterm");
     let http = Http::new();
-    let mut master = Node::master(&dir, "m", &[])?;
-    let mut s1 = Node::secondary(&dir, "s1", master.comm.unwrap(), &[])?;
-    wait_member_live(&http, &master, "s1").await?;
-    let waiting = {
-        let http = http.clone();
-        let url = master.url("/newMessage");
-        actix_rt::spawn(async move {
-            http.post(&url, &json!({"message": "never 5", "writeConcern": 5}))
-                .await
-        })
-    };
+    let (mut master, mut nodes) = cluster(&dir, &http, &[], &[&[]]).await?;
+    let mut s1 = nodes.remove(0);
+    let waiting = spawn_write(&http, &master, "never 5", json!(5));
     wait_for("the write to be pending", LONG, || async {
         Ok((http.health(&master).await?["pendingWrites"] == 1).then_some(()))
     })
