@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
+use tracing::Instrument;
 
 type Codec = FrameCodec<MasterFrame, SecondaryFrame>;
 
@@ -27,7 +28,9 @@ pub async fn follow(cfg: Config, core: SharedCore) {
                 tracing::info!(%master, "connected to the master");
                 warned = false;
                 let started = Instant::now();
-                session(stream, &cfg, &core).await;
+                session(stream, &cfg, &core)
+                    .instrument(tracing::info_span!("link", master = %master))
+                    .await;
                 lock(&core).disconnected();
                 tracing::info!(%master, "disconnected from the master");
                 if started.elapsed() > MAX_BACKOFF {

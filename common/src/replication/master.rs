@@ -353,7 +353,7 @@ impl<S: LogStore> MasterCore<S> {
                 self.progress(conn, idx, upto);
             }
             SecondaryFrame::Error(e) => {
-                tracing::warn!(member = %self.members[idx].name, error = %e, "secondary reported an error");
+                tracing::warn!(conn, peer = %self.members[idx].name, error = %e, "secondary reported an error");
                 self.outputs.push(MasterOutput::Close { conn });
             }
         }
@@ -482,7 +482,11 @@ impl<S: LogStore> MasterCore<S> {
     /// Send the error frame, then close.
     fn refuse(&mut self, conn: ConnId, code: ErrorCode, message: impl Into<String>) {
         let e = ErrorFrame::new(code, message);
-        tracing::warn!(conn, error = %e, "refusing connection");
+        let peer = match self.conns.get(&conn) {
+            Some(Some(idx)) => self.members[*idx].name.as_str(),
+            _ => "(before handshake)",
+        };
+        tracing::warn!(conn, peer, error = %e, "closing the connection");
         self.outputs.push(MasterOutput::Send {
             conn,
             frame: MasterFrame::Error(e),
@@ -596,7 +600,7 @@ impl<S: LogStore> MasterCore<S> {
             }
             m.resends += due.len() as u64;
             let live = m.phase == Phase::Live;
-            tracing::debug!(member = %m.name, count = due.len(), first = due[0], "resending unacknowledged messages");
+            tracing::debug!(peer = %m.name, count = due.len(), first = due[0], "resending unacknowledged messages");
             let mut batch: Vec<Entry> = Vec::new();
             for run in runs(&due) {
                 let entries = match self.store.read(run.0, (run.1 - run.0 + 1) as usize) {
