@@ -6,7 +6,7 @@ use actix::Addr;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::Server, web};
 use common::api::{self, ApiError};
 use common::replication::{Health, WriteOutcome, WriteRequest};
-use common::storage::{LogStore, MemStore};
+use common::storage::LogStore;
 use common::web::{endpoint, error_response, not_found, read_body};
 use serde_json::json;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ pub fn server(
     cfg: &Config,
     listener: std::net::TcpListener,
     replicator: Addr<Replicator>,
-    store: Arc<MemStore>,
+    store: Arc<dyn LogStore>,
 ) -> anyhow::Result<Server> {
     let state = web::Data::new(State {
         replicator,
@@ -93,7 +93,7 @@ async fn messages(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
 }
 
 async fn health(state: web::Data<State>) -> HttpResponse {
-    let Ok(st) = state.replicator.send(GetStatus).await else {
+    let Ok((st, syncs)) = state.replicator.send(GetStatus).await else {
         return error_response(&ApiError::not_writable("the master is shutting down"));
     };
     let members: Vec<_> = st
@@ -111,6 +111,8 @@ async fn health(state: web::Data<State>) -> HttpResponse {
                 "lastHeardMsAgo": m.last_heard_ms_ago,
                 "inFlight": m.in_flight,
                 "resends": m.resends,
+                "sent": m.sent,
+                "catchUpFrom": m.catch_up_from,
             })
         })
         .collect();
@@ -126,6 +128,8 @@ async fn health(state: web::Data<State>) -> HttpResponse {
         "hasQuorum": st.has_quorum,
         "writable": true,
         "pendingWrites": st.pending_writes,
+        "appendedId": st.appended_id,
+        "syncs": syncs,
         "uptimeMs": state.started.elapsed().as_millis() as u64,
     }))
 }

@@ -40,7 +40,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let comm_addr = comm.local_addr()?;
     let http_addr = http.local_addr()?;
 
-    let store = std::sync::Arc::new(common::storage::MemStore::new());
+    let store: replicator::Store = std::sync::Arc::new(common::storage::MemStore::new());
     let replicator = replicator::Replicator::start_with(&cfg, store.clone())?;
     actix_web::rt::spawn(session::accept_loop(comm, replicator.clone(), cfg.delay));
 

@@ -6,7 +6,7 @@ use common::protocol::{MasterFrame, SecondaryFrame};
 use common::replication::{
     ConnId, MasterConfig, MasterCore, MasterOutput, MasterStatus, Token, WriteOutcome, WriteRequest,
 };
-use common::storage::{MemStore, StorageError};
+use common::storage::{LogStore, StorageError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,13 +67,21 @@ pub enum SubmitError {
 #[rtype(result = "usize")]
 pub struct Shutdown;
 
-/// A snapshot of the replication state.
+/// A snapshot of the replication state, and how many syncs ran.
 #[derive(Message)]
-#[rtype(result = "MasterStatus")]
+#[rtype(result = "(MasterStatus, u64)")]
 pub struct GetStatus;
 
+/// The store the master writes to; the binary chooses the implementation.
+pub type Store = Arc<dyn LogStore>;
+
 pub struct Replicator {
-    core: MasterCore<Arc<MemStore>>,
+    core: MasterCore<Store>,
+    store: Store,
+    /// A sync is running on the blocking pool.
+    syncing: bool,
+    /// Syncs completed (each one a group commit).
+    syncs: u64,
     /// Open connections: where to send their frames, and the peer's address.
     sessions: HashMap<ConnId, (Recipient<ToSession>, String)>,
     pending: HashMap<Token, oneshot::Sender<WriteOutcome>>,
@@ -84,10 +92,10 @@ pub struct Replicator {
 }
 
 impl Replicator {
-    pub fn start_with(cfg: &Config, store: Arc<MemStore>) -> anyhow::Result<Addr<Self>> {
+    pub fn start_with(cfg: &Config, store: Store) -> anyhow::Result<Addr<Self>> {
         let mut core_cfg = MasterConfig::new(cfg.name.clone(), cfg.ack_timeout);
         core_cfg.seed = rand::random();
-        let core = MasterCore::new(core_cfg, store)?;
+        let core = MasterCore::new(core_cfg, store.clone())?;
         tracing::info!(
             log_id = format!("{:#x}", core.log_id()),
             last_id = core.last_id(),
@@ -96,6 +104,9 @@ impl Replicator {
         let heartbeat = cfg.heartbeat;
         Ok(Replicator {
             core,
+            store,
+            syncing: false,
+            syncs: 0,
             sessions: HashMap::new(),
             pending: HashMap::new(),
             next_token: 0,
@@ -131,6 +142,7 @@ impl Replicator {
                 }
             }
         }
+        self.maybe_sync(ctx);
         let wanted = self.core.poll_timeout();
         match (wanted, self.timer) {
             (Some(at), Some((armed, _))) if armed <= at => {}
@@ -150,6 +162,35 @@ impl Replicator {
                 }
             }
         }
+    }
+}
+
+impl Replicator {
+    /// Group commit: if entries are waiting to be made durable and no sync is running,
+    /// start one on the blocking pool. It covers everything appended before it starts;
+    /// whatever arrives meanwhile waits for the next one.
+    fn maybe_sync(&mut self, ctx: &mut Context<Self>) {
+        if self.syncing || !self.core.needs_sync() {
+            return;
+        }
+        self.syncing = true;
+        let store = self.store.clone();
+        let sync = async move { tokio::task::spawn_blocking(move || store.sync()).await };
+        ctx.spawn(sync.into_actor(self).map(|result, act, ctx| {
+            act.syncing = false;
+            match result {
+                Ok(Ok(upto)) => {
+                    act.syncs += 1;
+                    act.core.persisted(Instant::now(), upto);
+                    act.drain(ctx);
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "sync failed; writes wait until it succeeds");
+                    ctx.run_later(Duration::from_millis(200), |act, ctx| act.drain(ctx));
+                }
+                Err(e) => tracing::error!(error = %e, "sync task failed"),
+            }
+        }));
     }
 }
 
@@ -241,6 +282,6 @@ impl Handler<Shutdown> for Replicator {
 impl Handler<GetStatus> for Replicator {
     type Result = MessageResult<GetStatus>;
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.core.status(Instant::now()))
+        MessageResult((self.core.status(Instant::now()), self.syncs))
     }
 }

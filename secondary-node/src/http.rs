@@ -3,7 +3,7 @@
 use crate::{Config, SharedCore};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::Server, web};
 use common::api::ApiError;
-use common::storage::{LogStore, MemStore};
+use common::storage::LogStore;
 use common::web::{endpoint, error_response, not_found};
 use serde_json::json;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ pub fn server(
     cfg: &Config,
     listener: std::net::TcpListener,
     core: SharedCore,
-    store: Arc<MemStore>,
+    store: Arc<dyn LogStore>,
 ) -> anyhow::Result<Server> {
     let state = web::Data::new(State {
         core,

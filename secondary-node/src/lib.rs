@@ -12,7 +12,7 @@ pub mod replication;
 use anyhow::Context;
 use common::config::DelaySpec;
 use common::replication::SecondaryCore;
-use common::storage::MemStore;
+use common::storage::{LogStore, MemStore};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -28,21 +28,31 @@ pub struct Config {
     pub drop_rate: f64,
 }
 
+/// The store the secondary keeps its log in; the binary chooses the implementation.
+pub type Store = Arc<dyn LogStore>;
+
+/// The secondary's replication state machine over its store.
+pub type Core = SecondaryCore<Store>;
+
 /// The core, shared by the replication task and the HTTP handlers. The lock is only
 /// held for a single synchronous step of the core.
-pub type SharedCore = Arc<Mutex<SecondaryCore<Arc<MemStore>>>>;
+pub type SharedCore = Arc<Mutex<Core>>;
 
 /// Bind the HTTP port, follow the master, serve until SIGINT/SIGTERM.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let http = std::net::TcpListener::bind((cfg.host.as_str(), cfg.http_port))
         .with_context(|| format!("cannot listen on http port {}:{}", cfg.host, cfg.http_port))?;
     let http_addr = http.local_addr()?;
-    let store = Arc::new(MemStore::new());
+    let store: Store = Arc::new(MemStore::new());
     let core: SharedCore = Arc::new(Mutex::new(SecondaryCore::new(
         cfg.name.clone(),
         store.clone(),
     )));
-    actix_web::rt::spawn(replication::follow(cfg.clone(), core.clone()));
+    actix_web::rt::spawn(replication::follow(
+        cfg.clone(),
+        core.clone(),
+        store.clone(),
+    ));
     let server = http::server(&cfg, http, core, store)?;
     let handle = server.handle();
     actix_web::rt::spawn(async move {

@@ -1,9 +1,10 @@
 //! The secondary's side of the replication connection.
 
-use crate::{Config, SharedCore};
+use crate::{Config, SharedCore, Store};
 use common::protocol::codec::{CodecError, FrameCodec};
 use common::protocol::{ErrorCode, ErrorFrame, MasterFrame, SecondaryFrame};
 use common::replication::SecondaryOutput;
+use futures::FutureExt;
 use futures::{SinkExt, StreamExt};
 use rand::RngExt;
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Keep a connection to the master for as long as the process runs.
-pub async fn follow(cfg: Config, core: SharedCore) {
+pub async fn follow(cfg: Config, core: SharedCore, store: Store) {
     let master = format!("{}:{}", cfg.master_ip, cfg.master_comm_port);
     let mut backoff = MIN_BACKOFF;
     let mut warned = false;
@@ -28,7 +29,7 @@ pub async fn follow(cfg: Config, core: SharedCore) {
                 tracing::info!(%master, "connected to the master");
                 warned = false;
                 let started = Instant::now();
-                session(stream, &cfg, &core)
+                session(stream, &cfg, &core, &store)
                     .instrument(tracing::info_span!("link", master = %master))
                     .await;
                 lock(&core).disconnected();
@@ -50,12 +51,7 @@ pub async fn follow(cfg: Config, core: SharedCore) {
     }
 }
 
-fn lock(
-    core: &SharedCore,
-) -> std::sync::MutexGuard<
-    '_,
-    common::replication::SecondaryCore<std::sync::Arc<common::storage::MemStore>>,
-> {
+fn lock(core: &SharedCore) -> std::sync::MutexGuard<'_, crate::Core> {
     core.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -65,8 +61,17 @@ enum Out {
     Close,
 }
 
+/// Make what the core appended durable (no-op when nothing is pending).
+async fn sync(store: &Store) -> anyhow::Result<()> {
+    if store.last_id() > store.durable_id() {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.sync()).await??;
+    }
+    Ok(())
+}
+
 /// One connection, from handshake to close.
-async fn session(stream: TcpStream, cfg: &Config, core: &SharedCore) {
+async fn session(stream: TcpStream, cfg: &Config, core: &SharedCore, store: &Store) {
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
     let mut reader = FramedRead::new(read, Codec::new());
@@ -98,11 +103,23 @@ async fn session(stream: TcpStream, cfg: &Config, core: &SharedCore) {
         tokio::select! {
             item = reader.next() => match item {
                 Some(Ok(frame)) => {
+                    // Group commit: take every frame that has already arrived, make what
+                    // they stored durable with one sync, and only then acknowledge.
+                    let mut frames = vec![frame];
+                    while let Some(Some(Ok(f))) = reader.next().now_or_never() {
+                        frames.push(f);
+                    }
                     let outputs = {
                         let mut c = lock(core);
-                        c.handle_frame(Instant::now(), frame);
+                        for f in frames {
+                            c.handle_frame(Instant::now(), f);
+                        }
                         c.take_outputs()
                     };
+                    if let Err(e) = sync(store).await {
+                        tracing::error!(error = %e, "sync failed; reconnecting");
+                        break;
+                    }
                     closing = dispatch(outputs, cfg, &tx);
                 }
                 Some(Err(e)) => {

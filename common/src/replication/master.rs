@@ -130,6 +130,28 @@ struct Member {
     inflight: BTreeMap<u64, Retry>,
     last_heard: Option<Instant>,
     resends: u64,
+    /// Entries sent for the first time (resends not counted).
+    sent: u64,
+    /// Where the last catch-up started (the secondary's `GetMessages`).
+    catch_up_from: Option<u64>,
+}
+
+impl Member {
+    fn new(name: String) -> Self {
+        Self {
+            name,
+            address: String::new(),
+            conn: None,
+            phase: Phase::Disconnected,
+            upto: 0,
+            next_send: 1,
+            inflight: BTreeMap::new(),
+            last_heard: None,
+            resends: 0,
+            sent: 0,
+            catch_up_from: None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -153,6 +175,10 @@ pub struct MemberStatus {
     pub last_heard_ms_ago: Option<u64>,
     pub in_flight: usize,
     pub resends: u64,
+    /// Entries sent for the first time, over all connections.
+    pub sent: u64,
+    /// The id the member's last catch-up started from.
+    pub catch_up_from: Option<u64>,
 }
 
 /// A snapshot of the master's replication state.
@@ -161,7 +187,10 @@ pub struct MemberStatus {
 pub struct MasterStatus {
     pub name: String,
     pub log_id: u64,
+    /// Highest durable id (what readers and secondaries can see).
     pub last_id: u64,
+    /// Highest id appended, durable or not.
+    pub appended_id: u64,
     /// Members reachable now (connected secondaries plus the master).
     pub reachable: usize,
     /// All members, the master included.
@@ -177,7 +206,12 @@ pub struct MasterCore<S> {
     cfg: MasterConfig,
     store: S,
     log_id: u64,
+    /// Highest id appended to the store.
     last_id: u64,
+    /// Highest id the store has made durable. Only durable entries are sent to
+    /// secondaries or counted as held by the master, so no secondary ever holds a message
+    /// that a crash of the master could take back.
+    durable_id: u64,
     members: Vec<Member>,
     /// Open connections and the member each one belongs to, once handshaken.
     conns: HashMap<ConnId, Option<usize>>,
@@ -188,8 +222,9 @@ pub struct MasterCore<S> {
 }
 
 impl<S: LogStore> MasterCore<S> {
-    /// A core over `store`, which may already hold a log. A log without an identity gets
-    /// a fresh one.
+    /// A core over `store`, which may already hold a log and a membership. A log without
+    /// an identity gets a fresh one. Everything the store holds at this point counts as
+    /// durable (a store recovers only what it had made durable).
     pub fn new(cfg: MasterConfig, store: S) -> Result<Self, StorageError> {
         let mut rng = StdRng::seed_from_u64(cfg.seed);
         let mut log_id = store.log_id();
@@ -197,12 +232,19 @@ impl<S: LogStore> MasterCore<S> {
             log_id = rng.random_range(1..=u64::MAX);
             store.set_log_id(log_id)?;
         }
+        let members = store
+            .members()
+            .into_iter()
+            .map(Member::new)
+            .collect();
+        let durable_id = store.sync()?;
         Ok(Self {
-            last_id: store.last_id(),
+            last_id: durable_id,
+            durable_id,
             cfg,
             store,
             log_id,
-            members: Vec::new(),
+            members,
             conns: HashMap::new(),
             waiters: BTreeMap::new(),
             request_ids: HashMap::new(),
@@ -213,6 +255,33 @@ impl<S: LogStore> MasterCore<S> {
 
     pub fn last_id(&self) -> u64 {
         self.last_id
+    }
+
+    /// Highest id known durable in the master's store.
+    pub fn durable_id(&self) -> u64 {
+        self.durable_id
+    }
+
+    /// True when entries were appended since the last [`Self::persisted`]: the shell
+    /// should run the store's `sync` (one at a time; each covers everything appended
+    /// before it started: group commit) and report back.
+    pub fn needs_sync(&self) -> bool {
+        self.last_id > self.durable_id
+    }
+
+    /// The store made everything up to `upto` durable: count the master as holding it,
+    /// answer the writes this completes, and send it to the live secondaries.
+    pub fn persisted(&mut self, now: Instant, upto: u64) {
+        if upto <= self.durable_id {
+            return;
+        }
+        self.durable_id = upto.min(self.last_id);
+        self.check_waiters();
+        for idx in 0..self.members.len() {
+            if self.members[idx].phase == Phase::Live {
+                self.pump(idx, now);
+            }
+        }
     }
 
     pub fn log_id(&self) -> u64 {
@@ -285,13 +354,7 @@ impl<S: LogStore> MasterCore<S> {
                 deadline: req.timeout.map(|t| now + t),
             });
         }
-        if known.is_none() {
-            for idx in 0..self.members.len() {
-                if self.members[idx].phase == Phase::Live {
-                    self.pump(idx, now);
-                }
-            }
-        }
+        // New entries go out once durable: see `persisted`.
         Ok(id)
     }
 
@@ -310,10 +373,10 @@ impl<S: LogStore> MasterCore<S> {
                 self.refuse(conn, ErrorCode::UnexpectedFrame, "Hello sent twice");
             }
             SecondaryFrame::GetMessages { start_id } => {
-                if start_id == 0 || start_id > self.last_id + 1 {
+                if start_id == 0 || start_id > self.durable_id + 1 {
                     let msg = format!(
                         "getMessages from id {start_id}, but the master's log holds ids 1..={}",
-                        self.last_id
+                        self.durable_id
                     );
                     self.refuse(conn, ErrorCode::LogMismatch, msg);
                     return;
@@ -322,6 +385,7 @@ impl<S: LogStore> MasterCore<S> {
                 m.phase = Phase::CatchingUp;
                 m.inflight.clear();
                 m.next_send = start_id;
+                m.catch_up_from = Some(start_id);
                 self.pump(idx, now);
             }
             SecondaryFrame::Ready => match self.members[idx].phase {
@@ -362,10 +426,10 @@ impl<S: LogStore> MasterCore<S> {
     /// Record that member `idx` holds everything up to `upto`. Returns false (and refuses
     /// the connection) when `upto` is beyond the log.
     fn progress(&mut self, conn: ConnId, idx: usize, upto: u64) -> bool {
-        if upto > self.last_id {
+        if upto > self.durable_id {
             let msg = format!(
                 "acknowledged id {upto}, but the master's log ends at {}",
-                self.last_id
+                self.durable_id
             );
             self.refuse(conn, ErrorCode::LogMismatch, msg);
             return false;
@@ -419,11 +483,11 @@ impl<S: LogStore> MasterCore<S> {
         if next_expected == 0
             || (log_id != 0 && log_id != self.log_id)
             || (log_id == 0 && holds > 0)
-            || holds > self.last_id
+            || holds > self.durable_id
         {
             let msg = format!(
                 "the secondary holds ids up to {holds} of log {log_id:#x}; the master holds ids up to {} of log {:#x}",
-                self.last_id, self.log_id
+                self.durable_id, self.log_id
             );
             self.refuse(conn, ErrorCode::LogMismatch, msg);
             return;
@@ -431,17 +495,19 @@ impl<S: LogStore> MasterCore<S> {
         let idx = match self.members.iter().position(|m| m.name == name) {
             Some(idx) => idx,
             None => {
-                self.members.push(Member {
-                    name,
-                    address: String::new(),
-                    conn: None,
-                    phase: Phase::Disconnected,
-                    upto: 0,
-                    next_send: 1,
-                    inflight: BTreeMap::new(),
-                    last_heard: None,
-                    resends: 0,
-                });
+                let mut names: Vec<String> = self.members.iter().map(|m| m.name.clone()).collect();
+                names.push(name.clone());
+                if let Err(e) = self.store.set_members(&names) {
+                    self.outputs.push(MasterOutput::StorageFailed(e));
+                    self.refuse(
+                        conn,
+                        ErrorCode::Other,
+                        "the master cannot record a new member",
+                    );
+                    return;
+                }
+                tracing::info!(peer = %name, members = names.len() + 1, "a new member joined");
+                self.members.push(Member::new(name));
                 self.members.len() - 1
             }
         };
@@ -465,7 +531,7 @@ impl<S: LogStore> MasterCore<S> {
                 version: PROTOCOL_VERSION,
                 name: self.cfg.name.clone(),
                 log_id: self.log_id,
-                last_id: self.last_id,
+                last_id: self.durable_id,
             },
         });
         // A member joining (or coming back holding messages) can complete waiting writes.
@@ -504,7 +570,7 @@ impl<S: LogStore> MasterCore<S> {
             if !matches!(m.phase, Phase::CatchingUp | Phase::Live) {
                 return;
             }
-            if m.next_send > self.last_id {
+            if m.next_send > self.durable_id {
                 if m.phase == Phase::CatchingUp {
                     // Nothing (left) to stream: close the catch-up with an empty batch.
                     self.members[idx].phase = Phase::AwaitingReady;
@@ -522,7 +588,7 @@ impl<S: LogStore> MasterCore<S> {
             if room == 0 {
                 return;
             }
-            let want = (self.last_id - m.next_send + 1)
+            let want = (self.durable_id - m.next_send + 1)
                 .min(room as u64)
                 .min(self.cfg.batch_max_entries as u64) as usize;
             let mut entries = match self.store.read(m.next_send, want) {
@@ -550,10 +616,11 @@ impl<S: LogStore> MasterCore<S> {
                 );
             }
             m.next_send = entries[entries.len() - 1].id + 1;
+            m.sent += entries.len() as u64;
             let frame = if m.phase == Phase::Live {
                 MasterFrame::AddMessages { entries }
             } else {
-                let last = m.next_send > self.last_id;
+                let last = m.next_send > self.durable_id;
                 if last {
                     m.phase = Phase::AwaitingReady;
                 }
@@ -684,7 +751,7 @@ impl<S: LogStore> MasterCore<S> {
                 self.outputs.push(MasterOutput::Send {
                     conn,
                     frame: MasterFrame::Heartbeat {
-                        last_id: self.last_id,
+                        last_id: self.durable_id,
                     },
                 });
             }
@@ -693,13 +760,13 @@ impl<S: LogStore> MasterCore<S> {
 
     /// How many members (the master included) hold `id`.
     fn acks(&self, id: u64) -> usize {
-        let master = usize::from(id <= self.last_id);
+        let master = usize::from(id <= self.durable_id);
         master + self.members.iter().filter(|m| m.upto >= id).count()
     }
 
     fn receipt(&self, id: u64) -> Receipt {
         let mut acked_by = Vec::new();
-        if id <= self.last_id {
+        if id <= self.durable_id {
             acked_by.push(self.cfg.name.clone());
         }
         acked_by.extend(
@@ -753,12 +820,14 @@ impl<S: LogStore> MasterCore<S> {
                 connected: m.conn.is_some(),
                 phase: m.phase.name(),
                 last_acked_id: m.upto,
-                lag: self.last_id.saturating_sub(m.upto),
+                lag: self.durable_id.saturating_sub(m.upto),
                 last_heard_ms_ago: m
                     .last_heard
                     .map(|t| now.saturating_duration_since(t).as_millis() as u64),
                 in_flight: m.inflight.len(),
                 resends: m.resends,
+                sent: m.sent,
+                catch_up_from: m.catch_up_from,
             })
             .collect();
         let reachable = 1 + members.iter().filter(|m| m.connected).count();
@@ -766,7 +835,8 @@ impl<S: LogStore> MasterCore<S> {
         MasterStatus {
             name: self.cfg.name.clone(),
             log_id: self.log_id,
-            last_id: self.last_id,
+            last_id: self.durable_id,
+            appended_id: self.last_id,
             reachable,
             member_count,
             has_quorum: reachable > member_count / 2,

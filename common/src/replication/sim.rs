@@ -33,6 +33,8 @@ enum Event {
     Submit(Token, WriteRequest),
     Cut(usize),
     Reconnect(usize),
+    /// The master's store finished a sync (group commit).
+    MasterSynced,
 }
 
 struct Node {
@@ -56,6 +58,8 @@ struct Sim {
     replies: HashMap<Token, WriteOutcome>,
     needs: HashMap<Token, u32>,
     max_buffered: usize,
+    syncing: bool,
+    syncs: u64,
 }
 
 impl Sim {
@@ -90,6 +94,8 @@ impl Sim {
             replies: HashMap::new(),
             needs: HashMap::new(),
             max_buffered: 0,
+            syncing: false,
+            syncs: 0,
         }
     }
 
@@ -180,6 +186,13 @@ impl Sim {
                     }
                 }
             }
+            if !self.syncing && self.master.needs_sync() {
+                // One sync at a time, taking a few ms; writes arriving meanwhile wait for
+                // the next one, as with a real disk.
+                self.syncing = true;
+                let when = self.now + Duration::from_micros(self.rng.random_range(100..=3000));
+                self.at(when, Event::MasterSynced);
+            }
             if !any {
                 return;
             }
@@ -218,6 +231,12 @@ impl Sim {
                 if self.nodes[i].conn.is_none() {
                     self.connect(i);
                 }
+            }
+            Event::MasterSynced => {
+                self.syncing = false;
+                self.syncs += 1;
+                let upto = self.master_store.sync().unwrap();
+                self.master.persisted(self.now, upto);
             }
         }
         self.flush();
@@ -392,6 +411,21 @@ fn half_the_acks_lost() {
             s.seed
         );
     });
+}
+
+#[test]
+fn group_commit_covers_a_burst_with_few_syncs() {
+    let mut sim = Sim::new(5, 2, CALM, 100);
+    sim.connect(0);
+    sim.connect(1);
+    sim.writes(500, Duration::from_millis(50), 3);
+    sim.run(Duration::from_secs(60));
+    sim.assert_converged(500);
+    assert!(
+        sim.syncs < 100,
+        "500 writes in 50 ms took {} syncs: no group commit",
+        sim.syncs
+    );
 }
 
 #[test]

@@ -2,7 +2,8 @@ use super::{LogStore, StorageError};
 use crate::protocol::Entry;
 use std::sync::RwLock;
 
-/// A log kept in memory. Lost when the process exits.
+/// A log kept in memory: everything appended counts as durable at once. Lost when the
+/// process exits. For tests and the simulated network.
 #[derive(Debug, Default)]
 pub struct MemStore {
     inner: RwLock<Inner>,
@@ -12,6 +13,7 @@ pub struct MemStore {
 struct Inner {
     entries: Vec<Entry>,
     log_id: u64,
+    members: Vec<String>,
 }
 
 impl MemStore {
@@ -34,6 +36,14 @@ impl LogStore for MemStore {
         }
         inner.entries.extend_from_slice(entries);
         Ok(())
+    }
+
+    fn sync(&self) -> Result<u64, StorageError> {
+        Ok(self.last_id())
+    }
+
+    fn durable_id(&self) -> u64 {
+        self.last_id()
     }
 
     fn last_id(&self) -> u64 {
@@ -62,6 +72,22 @@ impl LogStore for MemStore {
 
     fn set_log_id(&self, id: u64) -> Result<(), StorageError> {
         self.inner.write().unwrap_or_else(|e| e.into_inner()).log_id = id;
+        Ok(())
+    }
+
+    fn members(&self) -> Vec<String> {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .members
+            .clone()
+    }
+
+    fn set_members(&self, names: &[String]) -> Result<(), StorageError> {
+        self.inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .members = names.to_vec();
         Ok(())
     }
 }

@@ -27,33 +27,55 @@ pub enum StorageError {
 /// Implementations are internally synchronised: appends come from one owner (the
 /// replication core), reads may come from any thread at the same time.
 pub trait LogStore: Send + Sync {
-    /// Append `entries`, whose ids must be `last_id() + 1`, `+ 2`, ... in order.
+    /// Append `entries`, whose ids must be `last_id() + 1`, `+ 2`, ... in order. The
+    /// entries are written but not necessarily durable until [`LogStore::sync`].
     ///
     /// # Errors
     /// [`StorageError::NotContiguous`] if the ids do not continue the log (nothing is
     /// written then); [`StorageError::Io`] if the medium failed.
     fn append(&self, entries: &[Entry]) -> Result<(), StorageError>;
 
-    /// The highest id stored, 0 for an empty log.
+    /// Make every entry appended so far durable (fsync or the medium's equivalent) and
+    /// return the highest durable id. Safe to call from another thread while appends go
+    /// on: it covers at least what was appended before the call.
+    fn sync(&self) -> Result<u64, StorageError>;
+
+    /// The highest id stored (durable or not), 0 for an empty log.
     fn last_id(&self) -> u64;
 
-    /// Up to `limit` entries starting at id `from` (ids below 1 are read from 1).
+    /// The highest id known durable.
+    fn durable_id(&self) -> u64;
+
+    /// Up to `limit` entries starting at id `from` (ids below 1 are read from 1), never
+    /// past [`LogStore::durable_id`]: a reader never sees what a crash could take back.
     fn read(&self, from: u64, limit: usize) -> Result<Vec<Entry>, StorageError>;
 
     /// Identity of this log's history (0: not set yet). A secondary only follows a
     /// master whose log has the same identity.
     fn log_id(&self) -> u64;
 
-    /// Set the log identity.
+    /// Set the log identity (durably).
     fn set_log_id(&self, id: u64) -> Result<(), StorageError>;
+
+    /// The names of the secondaries that have joined, as last saved.
+    fn members(&self) -> Vec<String>;
+
+    /// Save the membership (durably).
+    fn set_members(&self, names: &[String]) -> Result<(), StorageError>;
 }
 
 impl<T: LogStore + ?Sized> LogStore for std::sync::Arc<T> {
     fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
         (**self).append(entries)
     }
+    fn sync(&self) -> Result<u64, StorageError> {
+        (**self).sync()
+    }
     fn last_id(&self) -> u64 {
         (**self).last_id()
+    }
+    fn durable_id(&self) -> u64 {
+        (**self).durable_id()
     }
     fn read(&self, from: u64, limit: usize) -> Result<Vec<Entry>, StorageError> {
         (**self).read(from, limit)
@@ -63,5 +85,11 @@ impl<T: LogStore + ?Sized> LogStore for std::sync::Arc<T> {
     }
     fn set_log_id(&self, id: u64) -> Result<(), StorageError> {
         (**self).set_log_id(id)
+    }
+    fn members(&self) -> Vec<String> {
+        (**self).members()
+    }
+    fn set_members(&self, names: &[String]) -> Result<(), StorageError> {
+        (**self).set_members(names)
     }
 }

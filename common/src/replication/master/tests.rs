@@ -33,6 +33,12 @@ fn write(msg: &str, w: u32) -> WriteRequest {
     }
 }
 
+/// The store made everything appended durable.
+fn durable(c: &mut MasterCore<Arc<MemStore>>, now: Instant) {
+    let id = c.last_id();
+    c.persisted(now, id);
+}
+
 fn entry(id: u64, msg: &str) -> Entry {
     Entry {
         term: 1,
@@ -100,6 +106,14 @@ fn handshake_catch_up_ready_then_live_write() {
     assert_eq!(c.submit(now, write("a", 2), 10).unwrap(), 1);
     assert_eq!(
         c.take_outputs(),
+        vec![],
+        "nothing is sent before it is durable"
+    );
+    assert!(c.needs_sync());
+    durable(&mut c, now);
+    assert!(!c.needs_sync());
+    assert_eq!(
+        c.take_outputs(),
         vec![MasterOutput::Send {
             conn: 1,
             frame: MasterFrame::AddMessages {
@@ -124,6 +138,12 @@ fn w1_is_answered_at_once_and_counts_only_the_master() {
     let (mut c, now) = core();
     join(&mut c, now, 1, "s1");
     c.submit(now, write("a", 1), 7).unwrap();
+    assert_eq!(
+        c.take_outputs(),
+        vec![],
+        "not even w=1 before it is durable"
+    );
+    durable(&mut c, now);
     let out = c.take_outputs();
     assert_eq!(out[0], committed(7, 1, &["m"]));
     assert!(matches!(out[1], MasterOutput::Send { conn: 1, .. }));
@@ -135,6 +155,7 @@ fn catch_up_streams_in_batches_and_holds_new_writes_until_ready() {
     for i in 0..1200 {
         c.submit(now, write(&format!("m{i}"), 1), i).unwrap();
     }
+    durable(&mut c, now);
     c.take_outputs();
     c.connection_opened(1);
     c.handle_frame(now, 1, hello("s1", 1, 0));
@@ -156,6 +177,7 @@ fn catch_up_streams_in_batches_and_holds_new_writes_until_ready() {
     );
     // A write during catch-up is not sent until the secondary is ready...
     c.submit(now, write("late", 1), 5000).unwrap();
+    durable(&mut c, now);
     assert_eq!(c.take_outputs(), vec![committed(5000, 1201, &["m"])]);
     // ...and then it goes out live, without a gap.
     c.handle_frame(now, 1, SecondaryFrame::Ready);
@@ -186,6 +208,7 @@ fn window_limits_what_is_in_flight() {
     for i in 0..5 {
         c.submit(now, write("x", 1), i).unwrap();
     }
+    durable(&mut c, now);
     let sent: Vec<u64> = sent_ids(c.take_outputs());
     assert_eq!(sent, vec![1, 2, 3]);
     c.handle_frame(
@@ -216,6 +239,7 @@ fn resends_back_off_exponentially_and_never_give_up() {
     let (mut c, t0) = core();
     join(&mut c, t0, 1, "s1");
     c.submit(t0, write("a", 2), 1).unwrap();
+    durable(&mut c, t0);
     c.take_outputs();
     let mut now = t0;
     let mut gaps = Vec::new();
@@ -251,6 +275,7 @@ fn out_of_order_and_duplicate_acks_never_move_backwards() {
     for i in 0..3 {
         c.submit(now, write("x", 1), i).unwrap();
     }
+    durable(&mut c, now);
     let ack = |upto| SecondaryFrame::Ack {
         upto,
         buffered: vec![],
@@ -267,6 +292,7 @@ fn selective_acks_stop_resends_but_do_not_count() {
     join(&mut c, now, 1, "s1");
     c.submit(now, write("a", 1), 1).unwrap();
     c.submit(now, write("b", 2), 2).unwrap();
+    durable(&mut c, now);
     c.take_outputs();
     c.handle_frame(
         now,
@@ -289,6 +315,7 @@ fn timeout_answers_with_the_acks_so_far_and_replication_goes_on() {
     let mut req = write("a", 3);
     req.timeout = Some(50 * MS);
     c.submit(now, req, 9).unwrap();
+    durable(&mut c, now);
     c.take_outputs();
     assert_eq!(c.poll_timeout(), Some(now + 50 * MS));
     c.handle_timeout(now + 50 * MS);
@@ -313,6 +340,7 @@ fn write_concern_above_membership_waits_for_members_to_join() {
     let (mut c, now) = core();
     join(&mut c, now, 1, "s1");
     c.submit(now, write("m1", 3), 1).unwrap();
+    durable(&mut c, now);
     c.handle_frame(
         now,
         1,
@@ -352,6 +380,7 @@ fn majority_counts_every_known_member_even_disconnected() {
         ..write("a", 1)
     };
     c.submit(now, req, 1).unwrap();
+    durable(&mut c, now);
     assert!(
         !c.take_outputs()
             .iter()
@@ -377,6 +406,7 @@ fn request_ids_never_append_twice() {
     let mut req = write("a", 1);
     req.request_id = Some("k".into());
     assert_eq!(c.submit(now, req.clone(), 1).unwrap(), 1);
+    durable(&mut c, now);
     assert_eq!(c.submit(now, req, 2).unwrap(), 1);
     assert_eq!(c.last_id(), 1);
     assert_eq!(
@@ -450,4 +480,39 @@ fn a_second_connection_with_the_same_name_replaces_the_first() {
     let st = c.status(now);
     assert_eq!(st.members.len(), 1);
     assert!(st.members[0].connected);
+}
+
+#[test]
+fn membership_is_saved_and_restored() {
+    let store = Arc::new(MemStore::new());
+    let cfg = MasterConfig::new("m", Duration::from_millis(100));
+    let mut c = MasterCore::new(cfg.clone(), store.clone()).unwrap();
+    let now = Instant::now();
+    join(&mut c, now, 1, "s1");
+    join(&mut c, now, 2, "s2");
+    assert_eq!(store.members(), vec!["s1".to_string(), "s2".to_string()]);
+    // A restarted master knows both members before they reconnect: w=majority needs 2.
+    let mut c = MasterCore::new(cfg, store).unwrap();
+    let st = c.status(now);
+    assert_eq!((st.member_count, st.reachable), (3, 1));
+    let req = WriteRequest {
+        write_concern: WriteConcern::Majority,
+        ..write("a", 1)
+    };
+    c.submit(now, req, 1).unwrap();
+    durable(&mut c, now);
+    assert!(
+        c.take_outputs().is_empty(),
+        "majority of 3 waits for a secondary"
+    );
+}
+
+#[test]
+fn persisted_never_moves_backwards_or_past_the_log() {
+    let (mut c, now) = core();
+    c.submit(now, write("a", 1), 1).unwrap();
+    c.persisted(now, 99);
+    assert_eq!(c.durable_id(), 1);
+    c.persisted(now, 0);
+    assert_eq!(c.durable_id(), 1);
 }
