@@ -5,11 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 base=$((20000 + RANDOM % 20000))
-export CHORUS_HTTP_PORT=$base CHORUS_COMM_PORT=$((base + 3))
+data=$(mktemp -d)
+export CHORUS_HTTP_PORT=$base CHORUS_COMM_PORT=$((base + 3)) CHORUS_DATA_DIR=$data
 log=$(mktemp)
 setsid scripts/cluster.sh >"$log" 2>&1 &
 script=$!
-cleanup() { kill -KILL -- -"$script" 2>/dev/null || true; rm -f "$log"; }
+cleanup() { kill -KILL -- -"$script" 2>/dev/null || true; rm -rf "$log" "$data"; }
 trap cleanup EXIT
 
 up() { curl -fsS -m 2 "http://127.0.0.1:$1/health" >/dev/null 2>&1; }

@@ -269,6 +269,30 @@ pub fn messages_json(entries: &[Entry]) -> Vec<u8> {
     serde_json::to_vec(&views).expect("serialising strings and integers cannot fail")
 }
 
+/// A piece of the `GET /messages` array: `[` first (when `first`), then the entries,
+/// each preceded by a comma unless it opens the array. The caller closes with `]`.
+pub fn messages_json_chunk(entries: &[Entry], first: bool) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(entries.iter().map(|e| e.message.len() + 32).sum::<usize>() + 1);
+    if first {
+        out.push(b'[');
+    }
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 || !first {
+            out.push(b',');
+        }
+        serde_json::to_writer(
+            &mut out,
+            &MessageView {
+                id: e.id,
+                message: &e.message,
+            },
+        )
+        .expect("serialising strings and integers cannot fail");
+    }
+    out
+}
+
 /// The 201 body of a write.
 pub fn receipt_json(r: &Receipt) -> Value {
     json!({"id": r.id, "acks": r.acks, "ackedBy": r.acked_by})
@@ -393,6 +417,24 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn chunks_join_into_the_same_array() {
+        let es: Vec<Entry> = (1..=5)
+            .map(|id| Entry {
+                term: 1,
+                id,
+                message: format!("m{id}"),
+            })
+            .collect();
+        let mut joined = messages_json_chunk(&es[..2], true);
+        joined.extend(messages_json_chunk(&es[2..], false));
+        joined.push(b']');
+        assert_eq!(joined, messages_json(&es));
+        let mut empty = messages_json_chunk(&[], true);
+        empty.push(b']');
+        assert_eq!(empty, b"[]");
     }
 
     #[test]

@@ -60,18 +60,64 @@ pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8
     Ok(body)
 }
 
-/// `GET /messages?from=&limit=` from `store`.
+/// Entries read from the store per chunk of a `GET /messages` response.
+const READ_CHUNK: usize = 1000;
+
+/// `GET /messages?from=&limit=` from `store`, streamed in chunks: the whole log is never
+/// held in memory. The response ends at the durable end of the log as it was when the
+/// request arrived, so a log growing meanwhile cannot make it endless.
 pub async fn messages(req: HttpRequest, store: Arc<dyn LogStore>) -> HttpResponse {
     let q = match api::parse_messages_query(req.query_string()) {
         Ok(q) => q,
         Err(e) => return error_response(&e),
     };
-    let limit = q.limit.unwrap_or(usize::MAX);
-    match web::block(move || store.read(q.from, limit)).await {
-        Ok(Ok(entries)) => HttpResponse::Ok()
-            .content_type("application/json")
-            .body(api::messages_json(&entries)),
-        Ok(Err(e)) => error_response(&ApiError::new(500, "storage_error", e.to_string())),
-        Err(e) => error_response(&ApiError::new(500, "internal_error", e.to_string())),
-    }
+    let end = store.durable_id();
+    let from = q.from.max(1);
+    let wanted = q.limit.map_or(u64::MAX, |l| l as u64);
+    let total = end.saturating_sub(from - 1).min(wanted);
+    let state = (from, total, true);
+    let body = futures::stream::unfold(state, move |(next, left, first)| {
+        let store = store.clone();
+        async move {
+            if left == 0 && !first {
+                return None;
+            }
+            let n = left.min(READ_CHUNK as u64) as usize;
+            let entries = if n == 0 {
+                Vec::new()
+            } else {
+                match web::block(move || store.read(next, n)).await {
+                    Ok(Ok(e)) => e,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "reading the log for GET /messages failed");
+                        return Some((
+                            Err(actix_web::error::ErrorInternalServerError(e)),
+                            (next, 0, false),
+                        ));
+                    }
+                    Err(e) => {
+                        return Some((
+                            Err(actix_web::error::ErrorInternalServerError(e)),
+                            (next, 0, false),
+                        ));
+                    }
+                }
+            };
+            // The store can only return fewer than asked if its durable end moved back,
+            // which never happens; stop rather than loop.
+            let got = entries.len() as u64;
+            let left = if got < n as u64 { 0 } else { left - got };
+            let mut chunk = api::messages_json_chunk(&entries, first);
+            if left == 0 {
+                chunk.push(b']');
+            }
+            Some((
+                Ok::<_, actix_web::Error>(bytes::Bytes::from(chunk)),
+                (next + got, left, false),
+            ))
+        }
+    });
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .streaming(body)
 }

@@ -40,7 +40,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let comm_addr = comm.local_addr()?;
     let http_addr = http.local_addr()?;
 
-    let store: replicator::Store = std::sync::Arc::new(common::storage::MemStore::new());
+    let store = common::storage::FileStore::open(&cfg.data_dir)
+        .with_context(|| format!("cannot open the log in {}", cfg.data_dir.display()))?;
+    store.log_recovery();
+    let store: replicator::Store = std::sync::Arc::new(store);
     let replicator = replicator::Replicator::start_with(&cfg, store.clone())?;
     actix_web::rt::spawn(session::accept_loop(comm, replicator.clone(), cfg.delay));
 

@@ -12,7 +12,7 @@ pub mod replication;
 use anyhow::Context;
 use common::config::DelaySpec;
 use common::replication::SecondaryCore;
-use common::storage::{LogStore, MemStore};
+use common::storage::{FileStore, LogStore};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -43,7 +43,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let http = std::net::TcpListener::bind((cfg.host.as_str(), cfg.http_port))
         .with_context(|| format!("cannot listen on http port {}:{}", cfg.host, cfg.http_port))?;
     let http_addr = http.local_addr()?;
-    let store: Store = Arc::new(MemStore::new());
+    let store = FileStore::open(&cfg.data_dir)
+        .with_context(|| format!("cannot open the log in {}", cfg.data_dir.display()))?;
+    store.log_recovery();
+    let store: Store = Arc::new(store);
     let core: SharedCore = Arc::new(Mutex::new(SecondaryCore::new(
         cfg.name.clone(),
         store.clone(),

@@ -22,8 +22,8 @@ struct Cli {
     /// Address the HTTP API listens on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
     host: String,
-    /// Where the log is kept (default ./data/NAME). The log is held in memory for now;
-    /// durable storage will use this directory.
+    /// Directory of this node's log (default ./data/NAME). Created if missing; one
+    /// process at a time.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Hold back every replication frame this node sends by MIN-MAX milliseconds

@@ -232,11 +232,7 @@ impl<S: LogStore> MasterCore<S> {
             log_id = rng.random_range(1..=u64::MAX);
             store.set_log_id(log_id)?;
         }
-        let members = store
-            .members()
-            .into_iter()
-            .map(Member::new)
-            .collect();
+        let members = store.members().into_iter().map(Member::new).collect();
         let durable_id = store.sync()?;
         Ok(Self {
             last_id: durable_id,

@@ -1,5 +1,6 @@
-//! A conformance suite every [`LogStore`] implementation runs: `run_all(|| MyStore::new())`.
-//! Each case gets a fresh store from the builder.
+//! A conformance suite every [`LogStore`] implementation runs: `run_all(|| MyStore::new())`,
+//! each case on a fresh store from the builder; a durable store also runs
+//! [`run_reopen`], which closes and reopens it.
 
 use super::{LogStore, StorageError};
 use crate::protocol::Entry;
@@ -19,6 +20,50 @@ pub fn run_all<S: LogStore>(make: impl Fn() -> S) {
     refuses_gaps_and_repeats(&make());
     reads_clamp(&make());
     log_identity(&make());
+    sync_covers_every_append(&make());
+    membership(&make());
+}
+
+fn sync_covers_every_append<S: LogStore>(s: &S) {
+    assert_eq!(s.sync().unwrap(), 0);
+    s.append(&[entry(1), entry(2)]).unwrap();
+    assert_eq!(s.sync().unwrap(), 2);
+    assert_eq!(s.durable_id(), 2);
+    assert!(s.durable_id() <= s.last_id());
+    assert_eq!(s.read(1, 10).unwrap().len(), 2);
+}
+
+fn membership<S: LogStore>(s: &S) {
+    assert!(s.members().is_empty());
+    let names = vec!["s1".to_string(), "s2".to_string()];
+    s.set_members(&names).unwrap();
+    assert_eq!(s.members(), names);
+}
+
+/// Everything synced, the log identity and the membership survive closing and
+/// reopening the store at `dir`.
+pub fn run_reopen<S: LogStore>(dir: &std::path::Path, open: impl Fn(&std::path::Path) -> S) {
+    {
+        let s = open(dir);
+        s.set_log_id(9).unwrap();
+        s.set_members(&["a".to_string()]).unwrap();
+        s.append(&(1..=100).map(entry).collect::<Vec<_>>()).unwrap();
+        assert_eq!(s.sync().unwrap(), 100);
+    }
+    let s = open(dir);
+    assert_eq!(s.last_id(), 100);
+    assert_eq!(s.durable_id(), 100, "what was recovered is durable");
+    assert_eq!(
+        s.read(1, 1000).unwrap(),
+        (1..=100).map(entry).collect::<Vec<_>>()
+    );
+    assert_eq!(s.log_id(), 9);
+    assert_eq!(s.members(), vec!["a".to_string()]);
+    // And the log goes on from there.
+    s.append(&[entry(101)]).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    assert_eq!(open(dir).last_id(), 101);
 }
 
 fn empty_store<S: LogStore>(s: &S) {
@@ -32,6 +77,7 @@ fn append_and_read<S: LogStore>(s: &S) {
     s.append(&[]).unwrap();
     s.append(&[entry(3)]).unwrap();
     assert_eq!(s.last_id(), 3);
+    s.sync().unwrap();
     assert_eq!(s.read(1, 100).unwrap(), vec![entry(1), entry(2), entry(3)]);
     assert_eq!(s.read(2, 1).unwrap(), vec![entry(2)]);
 }
@@ -59,6 +105,7 @@ fn refuses_gaps_and_repeats<S: LogStore>(s: &S) {
 
 fn reads_clamp<S: LogStore>(s: &S) {
     s.append(&(1..=5).map(entry).collect::<Vec<_>>()).unwrap();
+    s.sync().unwrap();
     assert_eq!(s.read(0, 2).unwrap(), vec![entry(1), entry(2)]);
     assert_eq!(s.read(5, 10).unwrap(), vec![entry(5)]);
     assert_eq!(s.read(6, 10).unwrap(), vec![]);

@@ -1,12 +1,14 @@
 //! The log store: the one interface every node keeps its log behind.
 //!
 //! The replication core reads and appends through [`LogStore`]; HTTP handlers read
-//! through the same handle. Today the only implementation is [`MemStore`]; a durable one
-//! plugs in behind the same trait and must pass [`conformance::run_all`].
+//! through the same handle. [`FileStore`] is the durable implementation the nodes use;
+//! [`MemStore`] serves tests and the simulated network. Both pass [`conformance`].
 
 pub mod conformance;
+mod file;
 mod mem;
 
+pub use file::{FileStore, Recovery};
 pub use mem::MemStore;
 
 use crate::protocol::Entry;

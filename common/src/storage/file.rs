@@ -1,0 +1,562 @@
+//! The durable log: one append-only file of checksummed records, and a small metadata
+//! file.
+//!
+//! ```text
+//! <data-dir>/log        "CHRSLOG1" then records:
+//!                       [len: u32 LE][crc32: u32 LE][id: u64 LE][term: u64 LE][message]
+//!                       len counts id + term + message; the CRC covers those bytes.
+//! <data-dir>/meta.json  {"logId": ..., "members": [...]}, replaced atomically.
+//! ```
+//!
+//! In memory there is only the byte offset of each record (8 bytes a message). Opening
+//! the store scans the file once, checking every record's length, checksum and id; the
+//! first record that fails (a torn write at a crash, or corruption) and everything after
+//! it is cut off and never served. `sync` is `fdatasync`, and the entries it covers are
+//! the only ones [`LogStore::read`] returns.
+
+use super::{LogStore, StorageError};
+use crate::protocol::Entry;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, ErrorKind, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+
+const MAGIC: &[u8; 8] = b"CHRSLOG1";
+const HEADER: usize = 8; // len + crc
+const FIXED: usize = 16; // id + term
+/// The largest record accepted when reading back (a message of up to 64 MiB).
+const MAX_RECORD: usize = 64 * 1024 * 1024 + FIXED;
+
+fn io(context: &str, e: std::io::Error) -> StorageError {
+    StorageError::Io(format!("{context}: {e}"))
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Meta {
+    log_id: u64,
+    members: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Index {
+    /// Byte offset of the record with id `i + 1`.
+    offsets: Vec<u64>,
+    /// Where the next record goes.
+    end: u64,
+    durable_id: u64,
+}
+
+/// What opening a store found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub entries: u64,
+    /// Bytes cut from the end because they did not form valid records.
+    pub cut_bytes: u64,
+    /// Why the cut was made, if one was.
+    pub cut_reason: Option<String>,
+}
+
+/// A durable [`LogStore`] in a directory. One process at a time: the log file is locked.
+#[derive(Debug)]
+pub struct FileStore {
+    dir: PathBuf,
+    log: File,
+    index: RwLock<Index>,
+    /// Serialises appends (the index is updated after the write lands).
+    append_lock: Mutex<()>,
+    meta: Mutex<Meta>,
+    recovery: Recovery,
+}
+
+impl FileStore {
+    /// Open (or create) the store in `dir`, recovering the log.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(|e| io(&format!("create {}", dir.display()), e))?;
+        let path = dir.join("log");
+        let log = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io(&format!("open {}", path.display()), e))?;
+        match log.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StorageError::Io(format!(
+                    "{} is in use by another process",
+                    dir.display()
+                )));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io("lock the log", e)),
+        }
+        let (index, recovery) = recover(&log, &path)?;
+        let meta = read_meta(&dir)?;
+        Ok(Self {
+            dir,
+            log,
+            index: RwLock::new(index),
+            append_lock: Mutex::new(()),
+            meta: Mutex::new(meta),
+            recovery,
+        })
+    }
+
+    /// What opening found (entries recovered, bytes cut).
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Log what opening found, for the node's operator.
+    pub fn log_recovery(&self) {
+        let r = &self.recovery;
+        tracing::info!(dir = %self.dir.display(), entries = r.entries, "log recovered");
+        if let Some(reason) = &r.cut_reason {
+            tracing::warn!(cut_bytes = r.cut_bytes, %reason, "an invalid tail was cut from the log");
+        }
+    }
+
+    fn write_meta(&self, meta: &Meta) -> Result<(), StorageError> {
+        let tmp = self.dir.join("meta.json.tmp");
+        let body = serde_json::to_vec_pretty(meta).expect("meta serialises");
+        let mut f = File::create(&tmp).map_err(|e| io("create meta", e))?;
+        f.write_all(&body).map_err(|e| io("write meta", e))?;
+        f.sync_all().map_err(|e| io("sync meta", e))?;
+        fs::rename(&tmp, self.dir.join("meta.json")).map_err(|e| io("rename meta", e))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("sync data dir", e))
+    }
+}
+
+fn read_meta(dir: &Path) -> Result<Meta, StorageError> {
+    match fs::read(dir.join("meta.json")) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            StorageError::Io(format!("{}/meta.json is not valid: {e}", dir.display()))
+        }),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Meta::default()),
+        Err(e) => Err(io("read meta", e)),
+    }
+}
+
+/// Scan the log, keep the longest valid prefix, cut the rest.
+fn recover(log: &File, path: &Path) -> Result<(Index, Recovery), StorageError> {
+    let len = log.metadata().map_err(|e| io("stat log", e))?.len();
+    if len < MAGIC.len() as u64 {
+        // New (or torn while being created): start afresh.
+        log.set_len(0).map_err(|e| io("reset log", e))?;
+        log.write_all_at(MAGIC, 0)
+            .map_err(|e| io("write log header", e))?;
+        log.sync_all().map_err(|e| io("sync log", e))?;
+        let index = Index {
+            offsets: Vec::new(),
+            end: MAGIC.len() as u64,
+            durable_id: 0,
+        };
+        let recovery = Recovery {
+            entries: 0,
+            cut_bytes: 0,
+            cut_reason: None,
+        };
+        return Ok((index, recovery));
+    }
+    let mut reader = BufReader::with_capacity(1 << 20, log);
+    let mut magic = [0u8; 8];
+    reader
+        .read_exact(&mut magic)
+        .map_err(|e| io("read log header", e))?;
+    if &magic != MAGIC {
+        return Err(StorageError::Io(format!(
+            "{} is not a chorus log (bad header)",
+            path.display()
+        )));
+    }
+    let mut offsets = Vec::new();
+    let mut pos = MAGIC.len() as u64;
+    let mut body = Vec::new();
+    let cut_reason = loop {
+        let mut header = [0u8; HEADER];
+        match read_full(&mut reader, &mut header) {
+            Ok(0) => break None,
+            Ok(n) if n < HEADER => break Some(format!("torn record header at byte {pos}")),
+            Ok(_) => {}
+            Err(e) => return Err(io("read log", e)),
+        }
+        let rec_len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+        if !(FIXED..=MAX_RECORD).contains(&rec_len) {
+            break Some(format!("impossible record length {rec_len} at byte {pos}"));
+        }
+        body.resize(rec_len, 0);
+        match read_full(&mut reader, &mut body) {
+            Ok(n) if n < rec_len => break Some(format!("torn record at byte {pos}")),
+            Ok(_) => {}
+            Err(e) => return Err(io("read log", e)),
+        }
+        if crc32fast::hash(&body) != crc {
+            break Some(format!("checksum mismatch at byte {pos}"));
+        }
+        let id = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
+        let expected = offsets.len() as u64 + 1;
+        if id != expected {
+            break Some(format!(
+                "record at byte {pos} has id {id}, expected {expected}"
+            ));
+        }
+        if std::str::from_utf8(&body[FIXED..]).is_err() {
+            break Some(format!("record {id} is not UTF-8"));
+        }
+        offsets.push(pos);
+        pos += (HEADER + rec_len) as u64;
+    };
+    let cut_bytes = len - pos;
+    if cut_bytes > 0 {
+        tracing::warn!(
+            path = %path.display(),
+            kept = offsets.len(),
+            cut_bytes,
+            reason = cut_reason.as_deref().unwrap_or("trailing bytes"),
+            "log has an invalid tail; cutting it off"
+        );
+        log.set_len(pos).map_err(|e| io("cut log tail", e))?;
+        log.sync_all().map_err(|e| io("sync log", e))?;
+    }
+    let entries = offsets.len() as u64;
+    Ok((
+        Index {
+            offsets,
+            end: pos,
+            durable_id: entries,
+        },
+        Recovery {
+            entries,
+            cut_bytes,
+            cut_reason: cut_reason.filter(|_| cut_bytes > 0),
+        },
+    ))
+}
+
+/// Read until `buf` is full or EOF; returns how many bytes were read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn encode(entries: &[Entry], out: &mut Vec<u8>) {
+    for e in entries {
+        let len = FIXED + e.message.len();
+        let start = out.len();
+        out.extend_from_slice(&(len as u32).to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&e.id.to_le_bytes());
+        out.extend_from_slice(&e.term.to_le_bytes());
+        out.extend_from_slice(e.message.as_bytes());
+        let crc = crc32fast::hash(&out[start + HEADER..]);
+        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+impl LogStore for FileStore {
+    fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let _guard = self.append_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (first, end) = {
+            let idx = self.index.read().unwrap_or_else(|e| e.into_inner());
+            (idx.offsets.len() as u64 + 1, idx.end)
+        };
+        for (expected, e) in (first..).zip(entries) {
+            if e.id != expected {
+                return Err(StorageError::NotContiguous {
+                    expected,
+                    got: e.id,
+                });
+            }
+            if e.message.len() > MAX_RECORD - FIXED {
+                return Err(StorageError::Io(format!("message {} is too large", e.id)));
+            }
+        }
+        let mut buf = Vec::with_capacity(
+            entries
+                .iter()
+                .map(|e| HEADER + FIXED + e.message.len())
+                .sum(),
+        );
+        encode(entries, &mut buf);
+        if let Err(e) = self.log.write_all_at(&buf, end) {
+            // Leave no partial record behind.
+            let _ = self.log.set_len(end);
+            return Err(io("append to log", e));
+        }
+        let mut idx = self.index.write().unwrap_or_else(|e| e.into_inner());
+        let mut pos = end;
+        for e in entries {
+            idx.offsets.push(pos);
+            pos += (HEADER + FIXED + e.message.len()) as u64;
+        }
+        idx.end = pos;
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<u64, StorageError> {
+        let target = self.last_id();
+        self.log.sync_data().map_err(|e| io("sync log", e))?;
+        let mut idx = self.index.write().unwrap_or_else(|e| e.into_inner());
+        idx.durable_id = idx.durable_id.max(target);
+        Ok(idx.durable_id)
+    }
+
+    fn last_id(&self) -> u64 {
+        self.index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .offsets
+            .len() as u64
+    }
+
+    fn durable_id(&self) -> u64 {
+        self.index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .durable_id
+    }
+
+    fn read(&self, from: u64, limit: usize) -> Result<Vec<Entry>, StorageError> {
+        let from = from.max(1);
+        let (start, stop, count) = {
+            let idx = self.index.read().unwrap_or_else(|e| e.into_inner());
+            if from > idx.durable_id || limit == 0 {
+                return Ok(Vec::new());
+            }
+            let last = idx.durable_id.min(from.saturating_add(limit as u64 - 1));
+            let stop = if (last as usize) < idx.offsets.len() {
+                idx.offsets[last as usize]
+            } else {
+                idx.end
+            };
+            (
+                idx.offsets[from as usize - 1],
+                stop,
+                (last - from + 1) as usize,
+            )
+        };
+        let mut buf = vec![0u8; (stop - start) as usize];
+        self.log
+            .read_exact_at(&mut buf, start)
+            .map_err(|e| io("read log", e))?;
+        let mut out = Vec::with_capacity(count);
+        let mut p = 0;
+        while p < buf.len() {
+            let len = u32::from_le_bytes(buf[p..p + 4].try_into().expect("4 bytes")) as usize;
+            let crc = u32::from_le_bytes(buf[p + 4..p + 8].try_into().expect("4 bytes"));
+            let body = buf.get(p + HEADER..p + HEADER + len).ok_or_else(|| {
+                StorageError::Io(format!("record at byte {} is cut short", start + p as u64))
+            })?;
+            if crc32fast::hash(body) != crc {
+                return Err(StorageError::Io(format!(
+                    "checksum mismatch at byte {} (the log file changed under us)",
+                    start + p as u64
+                )));
+            }
+            let id = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
+            let term = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
+            let message = String::from_utf8(body[FIXED..].to_vec())
+                .map_err(|_| StorageError::Io(format!("record {id} is not UTF-8")))?;
+            out.push(Entry { term, id, message });
+            p += HEADER + len;
+        }
+        Ok(out)
+    }
+
+    fn log_id(&self) -> u64 {
+        self.meta.lock().unwrap_or_else(|e| e.into_inner()).log_id
+    }
+
+    fn set_log_id(&self, id: u64) -> Result<(), StorageError> {
+        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        let old = std::mem::replace(&mut meta.log_id, id);
+        self.write_meta(&meta).inspect_err(|_| meta.log_id = old)
+    }
+
+    fn members(&self) -> Vec<String> {
+        self.meta
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .members
+            .clone()
+    }
+
+    fn set_members(&self, names: &[String]) -> Result<(), StorageError> {
+        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        let old = std::mem::replace(&mut meta.members, names.to_vec());
+        self.write_meta(&meta).inspect_err(|_| meta.members = old)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, SeekFrom};
+
+    fn entry(id: u64) -> Entry {
+        Entry {
+            term: 1,
+            id,
+            message: format!("message number {id} ✓"),
+        }
+    }
+
+    fn filled(dir: &Path, n: u64) -> FileStore {
+        let s = FileStore::open(dir).unwrap();
+        s.append(&(1..=n).map(entry).collect::<Vec<_>>()).unwrap();
+        s.sync().unwrap();
+        s
+    }
+
+    #[test]
+    fn conformance() {
+        let dirs = std::cell::RefCell::new(Vec::new());
+        super::super::conformance::run_all(|| {
+            let d = tempfile::tempdir().unwrap();
+            let s = FileStore::open(d.path()).unwrap();
+            dirs.borrow_mut().push(d);
+            s
+        });
+    }
+
+    #[test]
+    fn reopen_conformance() {
+        let d = tempfile::tempdir().unwrap();
+        super::super::conformance::run_reopen(d.path(), |p| FileStore::open(p).unwrap());
+    }
+
+    fn log_len(dir: &Path) -> u64 {
+        fs::metadata(dir.join("log")).unwrap().len()
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_at_every_byte() {
+        let d = tempfile::tempdir().unwrap();
+        drop(filled(d.path(), 3));
+        let full = fs::read(d.path().join("log")).unwrap();
+        let good_two = {
+            let s = FileStore::open(d.path()).unwrap();
+            s.index.read().unwrap().offsets[2]
+        };
+        // Every cut inside the third record leaves exactly two records.
+        for cut in good_two + 1..full.len() as u64 {
+            fs::write(d.path().join("log"), &full[..cut as usize]).unwrap();
+            let s = FileStore::open(d.path()).unwrap();
+            assert_eq!(s.last_id(), 2, "cut at {cut}");
+            assert_eq!(s.recovery().cut_bytes, cut - good_two);
+            assert_eq!(s.read(1, 10).unwrap(), vec![entry(1), entry(2)]);
+            drop(s);
+            assert_eq!(
+                log_len(d.path()),
+                good_two,
+                "the torn bytes are gone from disk"
+            );
+        }
+    }
+
+    #[test]
+    fn a_flipped_bit_cuts_from_that_record_on() {
+        let d = tempfile::tempdir().unwrap();
+        drop(filled(d.path(), 5));
+        let offsets = FileStore::open(d.path())
+            .unwrap()
+            .index
+            .read()
+            .unwrap()
+            .offsets
+            .clone();
+        // Corrupt the message bytes of record 4.
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(d.path().join("log"))
+            .unwrap();
+        f.seek(SeekFrom::Start(offsets[3] + 30)).unwrap();
+        f.write_all(b"X").unwrap();
+        drop(f);
+        let s = FileStore::open(d.path()).unwrap();
+        assert_eq!(s.last_id(), 3);
+        assert!(
+            s.recovery()
+                .cut_reason
+                .as_deref()
+                .unwrap()
+                .contains("checksum")
+        );
+        // The log continues cleanly after the cut.
+        s.append(&[entry(4)]).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        assert_eq!(
+            FileStore::open(d.path()).unwrap().read(1, 10).unwrap(),
+            (1..=4).map(entry).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn garbage_lengths_and_foreign_files() {
+        let d = tempfile::tempdir().unwrap();
+        drop(filled(d.path(), 1));
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(d.path().join("log"))
+            .unwrap();
+        f.write_all(&[0xff, 0xff, 0xff, 0x7f, 1, 2, 3, 4, 5])
+            .unwrap();
+        drop(f);
+        let s = FileStore::open(d.path()).unwrap();
+        assert_eq!(s.last_id(), 1);
+        assert!(
+            s.recovery()
+                .cut_reason
+                .as_deref()
+                .unwrap()
+                .contains("length")
+        );
+        drop(s);
+        fs::write(d.path().join("log"), b"hello, this is not a log").unwrap();
+        let err = FileStore::open(d.path()).unwrap_err();
+        assert!(err.to_string().contains("not a chorus log"), "{err}");
+    }
+
+    #[test]
+    fn unsynced_entries_are_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        let s = filled(d.path(), 2);
+        s.append(&[entry(3)]).unwrap();
+        assert_eq!(s.last_id(), 3);
+        assert_eq!(s.durable_id(), 2);
+        assert_eq!(s.read(1, 10).unwrap().len(), 2);
+        assert_eq!(s.sync().unwrap(), 3);
+        assert_eq!(s.read(3, 10).unwrap(), vec![entry(3)]);
+    }
+
+    #[test]
+    fn one_process_per_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let _s = FileStore::open(d.path()).unwrap();
+        let err = FileStore::open(d.path()).unwrap_err();
+        assert!(err.to_string().contains("in use"), "{err}");
+    }
+}
