@@ -209,12 +209,17 @@ impl Node {
         }
     }
 
-    /// Start the same command again (after kill9/terminate). Ports chosen by the OS may
-    /// change, except the flags given explicitly.
+    /// Start the same command again (killing the process first if it still runs), on
+    /// the same data directory and the same ports it had.
     pub fn restart(&mut self) -> Result<()> {
         self.kill9();
+        let mut args = self.args.clone();
+        pin(&mut args, "--http-port", self.http.port());
+        if let Some(comm) = self.comm {
+            pin(&mut args, "--comm-port", comm.port());
+        }
         let binary = self.binary.clone();
-        let fresh = Self::spawn(&self.dir, binary, &self.name, self.args.clone())?;
+        let fresh = Self::spawn(&self.dir, binary, &self.name, args)?;
         // The old handle's process is already reaped; dropping it is a no-op.
         drop(std::mem::replace(self, fresh));
         Ok(())
@@ -227,6 +232,13 @@ impl Node {
 
     pub fn log_path(&self) -> &Path {
         &self.log
+    }
+}
+
+/// Set `flag`'s value in `args` to `port`.
+fn pin(args: &mut [String], flag: &str, port: u16) {
+    if let Some(i) = args.iter().position(|a| a == flag) {
+        args[i + 1] = port.to_string();
     }
 }
 

@@ -42,6 +42,7 @@ pub struct SecondaryStatus {
     pub connected: bool,
     pub phase: &'static str,
     pub master: Option<String>,
+    /// Highest id held durably, with every earlier one.
     pub last_id: u64,
     pub master_last_id: u64,
     pub buffered: usize,
@@ -310,7 +311,8 @@ impl<S: LogStore> SecondaryCore<S> {
                 Phase::Live => "live",
             },
             master: self.master.clone(),
-            last_id: self.last_id(),
+            // What survives a crash: appended entries count once synced.
+            last_id: self.store.durable_id(),
             master_last_id: self.master_last_id,
             buffered: self.buffer.len(),
             duplicates: self.duplicates,

@@ -2,4 +2,5 @@
 //! through HTTP and raw TCP only, as a user (or a misbehaving peer) would.
 
 mod bad_input;
+mod durability;
 mod replication;
