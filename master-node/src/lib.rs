@@ -44,6 +44,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the log in {}", cfg.data_dir.display()))?;
     store.log_recovery();
     let store: replicator::Store = std::sync::Arc::new(store);
+    let store_for_exit = store.clone();
     let replicator = replicator::Replicator::start_with(&cfg, store.clone())?;
     actix_web::rt::spawn(session::accept_loop(comm, replicator.clone(), cfg.delay));
 
@@ -72,6 +73,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "listening http={http_addr} comm={comm_addr}"
     );
     server.await.context("http server failed")?;
-    tracing::info!("stopped");
+    // Acknowledged entries are durable already; make whatever else was appended
+    // durable too before exiting.
+    let durable = store_for_exit.sync().context("final sync")?;
+    tracing::info!(durable, "stopped");
     Ok(())
 }

@@ -47,6 +47,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the log in {}", cfg.data_dir.display()))?;
     store.log_recovery();
     let store: Store = Arc::new(store);
+    let store_for_exit = store.clone();
     let core: SharedCore = Arc::new(Mutex::new(SecondaryCore::new(
         cfg.name.clone(),
         store.clone(),
@@ -69,6 +70,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "listening http={http_addr}"
     );
     server.await.context("http server failed")?;
-    tracing::info!("stopped");
+    // Acknowledged entries are durable already; make whatever else was appended
+    // durable too before exiting.
+    let durable = store_for_exit.sync().context("final sync")?;
+    tracing::info!(durable, "stopped");
     Ok(())
 }
