@@ -5,7 +5,7 @@ use crate::replicator::{GetStatus, Replicator, Submit, SubmitError};
 use actix::Addr;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::Server, web};
 use common::api::{self, ApiError};
-use common::replication::{Health, WriteOutcome, WriteRequest};
+use common::replication::{Rejected, WriteOutcome, WriteRequest};
 use common::storage::LogStore;
 use common::web::{endpoint, error_response, not_found, read_body};
 use serde_json::json;
@@ -16,7 +16,6 @@ struct State {
     replicator: Addr<Replicator>,
     store: Arc<dyn LogStore>,
     max_message_bytes: usize,
-    heartbeat_ms: u64,
     started: Instant,
 }
 
@@ -31,7 +30,6 @@ pub fn server(
         replicator,
         store,
         max_message_bytes: cfg.max_message_bytes,
-        heartbeat_ms: cfg.heartbeat.as_millis() as u64,
         started: Instant::now(),
     });
     let server = HttpServer::new(move || {
@@ -72,7 +70,10 @@ async fn new_message(state: web::Data<State>, payload: web::Payload) -> HttpResp
         Ok(Err(SubmitError::ShuttingDown)) => {
             return error_response(&ApiError::not_writable("the master is shutting down"));
         }
-        Ok(Err(SubmitError::Storage(e))) => {
+        Ok(Err(SubmitError::Rejected(e @ Rejected::NoQuorum { .. }))) => {
+            return error_response(&ApiError::not_writable(e.to_string()));
+        }
+        Ok(Err(SubmitError::Rejected(Rejected::Storage(e)))) => {
             return error_response(&ApiError::new(500, "storage_error", e.to_string()));
         }
         Err(_) => return error_response(&ApiError::not_writable("the master is shutting down")),
@@ -103,7 +104,7 @@ async fn health(state: web::Data<State>) -> HttpResponse {
             json!({
                 "name": m.name,
                 "address": m.address,
-                "status": Health::of(m.connected, m.last_heard_ms_ago, state.heartbeat_ms),
+                "status": m.health,
                 "connected": m.connected,
                 "phase": m.phase,
                 "lastAckedId": m.last_acked_id,
@@ -126,7 +127,7 @@ async fn health(state: web::Data<State>) -> HttpResponse {
         "memberCount": st.member_count,
         "reachable": st.reachable,
         "hasQuorum": st.has_quorum,
-        "writable": true,
+        "writable": st.has_quorum,
         "pendingWrites": st.pending_writes,
         "appendedId": st.appended_id,
         "syncs": syncs,

@@ -26,6 +26,10 @@ pub struct Config {
     pub delay: DelaySpec,
     pub ack_timeout: Duration,
     pub heartbeat: Duration,
+    /// Heartbeat intervals of silence before a member is Suspected.
+    pub suspect_after: u32,
+    /// Heartbeat intervals of silence before a member is Unhealthy.
+    pub unhealthy_after: u32,
     pub max_message_bytes: usize,
 }
 

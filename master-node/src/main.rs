@@ -34,6 +34,15 @@ struct Cli {
     /// Interval of the heartbeats on each replication connection.
     #[arg(long, value_name = "H", default_value = "1000", value_parser = parse_positive_ms)]
     heartbeat_ms: u64,
+    /// Heartbeat intervals of silence after which a secondary is Suspected.
+    #[arg(long, value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    suspect_after_heartbeats: u32,
+    /// Heartbeat intervals of silence after which a secondary is Unhealthy: it no longer
+    /// counts toward the quorum, and resends to it wait until it is heard from again.
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    unhealthy_after_heartbeats: u32,
     /// Largest message accepted, in bytes (larger ones get 413). At most 32 MiB.
     #[arg(long, value_name = "BYTES", default_value_t = common::api::DEFAULT_MAX_MESSAGE_BYTES,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=32 * 1024 * 1024))]
@@ -56,6 +65,10 @@ fn main() -> ExitCode {
         delay: cli.delay_ms,
         ack_timeout: Duration::from_millis(cli.ack_timeout_ms),
         heartbeat: Duration::from_millis(cli.heartbeat_ms),
+        suspect_after: cli.suspect_after_heartbeats,
+        unhealthy_after: cli
+            .unhealthy_after_heartbeats
+            .max(cli.suspect_after_heartbeats),
         max_message_bytes: cli.max_message_bytes,
     };
     match actix_web::rt::System::new().block_on(master_node::run(cfg)) {

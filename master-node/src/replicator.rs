@@ -4,9 +4,10 @@ use crate::Config;
 use actix::prelude::*;
 use common::protocol::{MasterFrame, SecondaryFrame};
 use common::replication::{
-    ConnId, MasterConfig, MasterCore, MasterOutput, MasterStatus, Token, WriteOutcome, WriteRequest,
+    ConnId, HealthPolicy, MasterConfig, MasterCore, MasterOutput, MasterStatus, Rejected, Token,
+    WriteOutcome, WriteRequest,
 };
-use common::storage::{LogStore, StorageError};
+use common::storage::LogStore;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,7 +57,7 @@ pub struct Submit(pub WriteRequest);
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
     #[error(transparent)]
-    Storage(#[from] StorageError),
+    Rejected(#[from] Rejected),
     #[error("the master is shutting down")]
     ShuttingDown,
 }
@@ -95,6 +96,11 @@ impl Replicator {
     pub fn start_with(cfg: &Config, store: Store) -> anyhow::Result<Addr<Self>> {
         let mut core_cfg = MasterConfig::new(cfg.name.clone(), cfg.ack_timeout);
         core_cfg.seed = rand::random();
+        core_cfg.health = HealthPolicy {
+            heartbeat: cfg.heartbeat,
+            suspect_after: cfg.suspect_after,
+            unhealthy_after: cfg.unhealthy_after,
+        };
         let core = MasterCore::new(core_cfg, store.clone())?;
         tracing::info!(
             log_id = format!("{:#x}", core.log_id()),

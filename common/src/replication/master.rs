@@ -1,6 +1,6 @@
 //! The master's replication state machine.
 
-use super::{ConnId, RetryPolicy, WriteConcern};
+use super::{ConnId, Health, HealthPolicy, RetryPolicy, WriteConcern};
 use crate::protocol::{
     Entry, ErrorCode, ErrorFrame, INITIAL_TERM, MasterFrame, PROTOCOL_VERSION, SecondaryFrame,
 };
@@ -28,6 +28,8 @@ pub struct MasterConfig {
     pub window: usize,
     /// Seed of the jitter generator.
     pub seed: u64,
+    /// When silent members turn Suspected and Unhealthy (and stop counting for quorum).
+    pub health: HealthPolicy,
 }
 
 impl MasterConfig {
@@ -39,6 +41,7 @@ impl MasterConfig {
             batch_max_bytes: 4 * 1024 * 1024,
             window: 4096,
             seed: 0,
+            health: HealthPolicy::new(Duration::from_secs(1)),
         }
     }
 }
@@ -61,6 +64,22 @@ pub struct Receipt {
     pub acks: usize,
     #[serde(rename = "ackedBy")]
     pub acked_by: Vec<String>,
+}
+
+/// Why a write was not accepted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    /// The master cannot reach a majority of its members.
+    #[error(
+        "no quorum: this master reaches {reachable} of its {members} members (itself included) and needs {needed}; writes resume when enough members are back"
+    )]
+    NoQuorum {
+        reachable: usize,
+        members: usize,
+        needed: usize,
+    },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// How a write ended.
@@ -168,6 +187,7 @@ pub struct MemberStatus {
     pub name: String,
     pub address: String,
     pub connected: bool,
+    pub health: Health,
     pub phase: &'static str,
     pub last_acked_id: u64,
     pub lag: u64,
@@ -307,13 +327,14 @@ impl<S: LogStore> MasterCore<S> {
     }
 
     /// Accept a client write: store it, start replicating it, and answer `token` once its
-    /// write concern is met (possibly right away) or its timeout passes. Returns the id.
+    /// write concern is met or its timeout passes. Returns the id. A new message is
+    /// refused while the master cannot reach a majority of its members.
     pub fn submit(
         &mut self,
         now: Instant,
         req: WriteRequest,
         token: Token,
-    ) -> Result<u64, StorageError> {
+    ) -> Result<u64, Rejected> {
         let known = req
             .request_id
             .as_ref()
@@ -321,6 +342,7 @@ impl<S: LogStore> MasterCore<S> {
         let id = match known {
             Some(id) => id,
             None => {
+                self.check_quorum(now)?;
                 let id = self.last_id + 1;
                 let entry = Entry {
                     term: INITIAL_TERM,
@@ -354,6 +376,32 @@ impl<S: LogStore> MasterCore<S> {
         Ok(id)
     }
 
+    fn health(&self, m: &Member, now: Instant) -> Health {
+        let silent_for = m.last_heard.map(|t| now.saturating_duration_since(t));
+        self.cfg.health.of(m.conn.is_some(), silent_for)
+    }
+
+    /// Ok while the master reaches a majority of its members, itself included; a member
+    /// counts while it is not Unhealthy.
+    pub fn check_quorum(&self, now: Instant) -> Result<(), Rejected> {
+        let members = self.members.len() + 1;
+        let needed = members / 2 + 1;
+        let reachable = 1 + self
+            .members
+            .iter()
+            .filter(|m| self.health(m, now) != Health::Unhealthy)
+            .count();
+        if reachable >= needed {
+            Ok(())
+        } else {
+            Err(Rejected::NoQuorum {
+                reachable,
+                members,
+                needed,
+            })
+        }
+    }
+
     /// A frame arrived on `conn`.
     pub fn handle_frame(&mut self, now: Instant, conn: ConnId, frame: SecondaryFrame) {
         let Some(&member) = self.conns.get(&conn) else {
@@ -363,6 +411,14 @@ impl<S: LogStore> MasterCore<S> {
             self.handle_handshake(now, conn, frame);
             return;
         };
+        if self.health(&self.members[idx], now) == Health::Unhealthy {
+            // Back from silence: resend what is in flight now rather than after the
+            // long back-off it was given while Unhealthy.
+            tracing::info!(peer = %self.members[idx].name, "member heard from again");
+            for r in self.members[idx].inflight.values_mut() {
+                r.deadline = now;
+            }
+        }
         self.members[idx].last_heard = Some(now);
         match frame {
             SecondaryFrame::Hello { .. } => {
@@ -642,6 +698,17 @@ impl<S: LogStore> MasterCore<S> {
     /// Resend what is overdue and expire waiting writes whose timeout has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         for idx in 0..self.members.len() {
+            if self.health(&self.members[idx], now) == Health::Unhealthy {
+                // Silent member: hold its resends at the longest back-off; they go out
+                // at once when it is heard from again (see handle_frame).
+                let cap = self.cfg.retry.cap;
+                for r in self.members[idx].inflight.values_mut() {
+                    if r.deadline <= now {
+                        r.deadline = now + cap;
+                    }
+                }
+                continue;
+            }
             let m = &mut self.members[idx];
             let Some(conn) = m.conn else { continue };
             if !matches!(
@@ -814,6 +881,7 @@ impl<S: LogStore> MasterCore<S> {
                 name: m.name.clone(),
                 address: m.address.clone(),
                 connected: m.conn.is_some(),
+                health: self.health(m, now),
                 phase: m.phase.name(),
                 last_acked_id: m.upto,
                 lag: self.durable_id.saturating_sub(m.upto),
@@ -826,7 +894,10 @@ impl<S: LogStore> MasterCore<S> {
                 catch_up_from: m.catch_up_from,
             })
             .collect();
-        let reachable = 1 + members.iter().filter(|m| m.connected).count();
+        let reachable = 1 + members
+            .iter()
+            .filter(|m| m.health != Health::Unhealthy)
+            .count();
         let member_count = 1 + members.len();
         MasterStatus {
             name: self.cfg.name.clone(),

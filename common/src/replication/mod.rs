@@ -16,7 +16,7 @@ mod secondary;
 mod sim;
 
 pub use master::{
-    MasterConfig, MasterCore, MasterOutput, MasterStatus, MemberStatus, Receipt, Token,
+    MasterConfig, MasterCore, MasterOutput, MasterStatus, MemberStatus, Receipt, Rejected, Token,
     WriteOutcome, WriteRequest,
 };
 pub use retry::RetryPolicy;
@@ -46,23 +46,42 @@ impl std::fmt::Display for WriteConcern {
     }
 }
 
-/// A member's health as `/health` reports it, from what the master last heard.
+/// A member's health, from when the master last heard from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Health {
-    /// Connected and heard from within two heartbeat intervals.
+    /// Connected and heard from recently.
     Healthy,
-    /// Connected, but silent for two heartbeat intervals or more.
+    /// Connected, but silent for `suspect_after` heartbeat intervals.
     Suspected,
-    /// Disconnected, or silent for five heartbeat intervals or more.
+    /// Disconnected, or silent for `unhealthy_after` heartbeat intervals.
     Unhealthy,
 }
 
-impl Health {
-    pub fn of(connected: bool, last_heard_ms_ago: Option<u64>, heartbeat_ms: u64) -> Self {
-        match (connected, last_heard_ms_ago) {
+/// When a silent member turns Suspected, then Unhealthy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthPolicy {
+    pub heartbeat: std::time::Duration,
+    /// Heartbeat intervals of silence before Suspected (default 2).
+    pub suspect_after: u32,
+    /// Heartbeat intervals of silence before Unhealthy (default 5).
+    pub unhealthy_after: u32,
+}
+
+impl HealthPolicy {
+    pub fn new(heartbeat: std::time::Duration) -> Self {
+        Self {
+            heartbeat,
+            suspect_after: 2,
+            unhealthy_after: 5,
+        }
+    }
+
+    /// The health of a member that is `connected` and was last heard `silent_for` ago.
+    pub fn of(&self, connected: bool, silent_for: Option<std::time::Duration>) -> Health {
+        match (connected, silent_for) {
             (false, _) | (true, None) => Health::Unhealthy,
-            (true, Some(ms)) if ms >= 5 * heartbeat_ms => Health::Unhealthy,
-            (true, Some(ms)) if ms >= 2 * heartbeat_ms => Health::Suspected,
+            (true, Some(d)) if d >= self.heartbeat * self.unhealthy_after => Health::Unhealthy,
+            (true, Some(d)) if d >= self.heartbeat * self.suspect_after => Health::Suspected,
             _ => Health::Healthy,
         }
     }

@@ -57,6 +57,8 @@ struct Sim {
     dead: HashSet<ConnId>,
     replies: HashMap<Token, WriteOutcome>,
     needs: HashMap<Token, u32>,
+    /// Writes refused for lack of quorum (both secondaries cut off at once).
+    refused: HashSet<Token>,
     max_buffered: usize,
     syncing: bool,
     syncs: u64,
@@ -68,6 +70,8 @@ impl Sim {
         let mut cfg = MasterConfig::new("m", Duration::from_millis(ack_timeout_ms));
         cfg.seed = seed;
         cfg.batch_max_entries = 7; // small batches exercise batching and reordering
+        // No heartbeats here: members turn Unhealthy only by disconnecting.
+        cfg.health = HealthPolicy::new(Duration::from_secs(3600));
         let master = MasterCore::new(cfg, master_store.clone()).unwrap();
         let nodes = (0..secondaries)
             .map(|i| {
@@ -93,6 +97,7 @@ impl Sim {
             dead: HashSet::new(),
             replies: HashMap::new(),
             needs: HashMap::new(),
+            refused: HashSet::new(),
             max_buffered: 0,
             syncing: false,
             syncs: 0,
@@ -220,7 +225,13 @@ impl Sim {
                     let when = self.now + self.delay();
                     self.at(when, Event::Cut(i));
                 }
-                self.master.submit(self.now, req, token).unwrap();
+                match self.master.submit(self.now, req, token) {
+                    Ok(_) => {}
+                    Err(Rejected::NoQuorum { .. }) => {
+                        self.refused.insert(token);
+                    }
+                    Err(e) => panic!("seed {}: {e}", self.seed),
+                }
             }
             Event::Cut(i) => {
                 if let Some(conn) = self.nodes[i].conn {
@@ -312,6 +323,7 @@ impl Sim {
     /// Everything converged: every log equals the master's, every write was answered
     /// with at least its write concern.
     fn assert_converged(&self, count: u64) {
+        let count = count - self.refused.len() as u64;
         let master = self.master_store.read(1, usize::MAX).unwrap();
         assert_eq!(master.len() as u64, count, "seed {}", self.seed);
         let mut ids: Vec<u64> = master.iter().map(|e| e.id).collect();
@@ -327,6 +339,9 @@ impl Sim {
             assert!(n.core.buffered_ids().is_empty());
         }
         for (token, need) in &self.needs {
+            if self.refused.contains(token) {
+                continue;
+            }
             match self.replies.get(token) {
                 Some(WriteOutcome::Committed(r)) => {
                     assert!(r.acks >= *need as usize, "seed {}: {r:?}", self.seed)

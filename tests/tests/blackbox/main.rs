@@ -3,4 +3,5 @@
 
 mod bad_input;
 mod durability;
+mod health;
 mod replication;

@@ -358,6 +358,16 @@ fn check(record: &Record, finals: &Finals) -> (Vec<String>, String) {
             ));
         }
     }
+    if let Some((start, end)) = record.cut {
+        let refused_503 = record.ops.iter().any(|op| {
+            op.start >= start
+                && op.end <= end
+                && matches!(&op.outcome, Outcome::Refused { code, .. } if code == "503 not_writable")
+        });
+        if !refused_503 {
+            bad.push("writes never turned 503 while the master was cut off from its quorum".into());
+        }
+    }
     if !record.unhealthy_seen {
         bad.push("the master never reported the paused secondary Unhealthy".into());
     }
@@ -492,6 +502,16 @@ fn the_checker_reports_every_kind_of_violation() {
                 },
             ),
             op("c", 1, 2, 3, Outcome::NoAnswer),
+            op(
+                "d",
+                1,
+                12,
+                13,
+                Outcome::Refused {
+                    code: "503 not_writable".into(),
+                    id: None,
+                },
+            ),
         ],
         snapshots: vec![Snapshot {
             node: "s1".into(),

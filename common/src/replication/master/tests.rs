@@ -1,6 +1,7 @@
 //! Exact-output tests of the master core: one input, then the precise decisions.
 
 use super::*;
+use crate::replication::Health;
 use crate::storage::MemStore;
 use std::sync::Arc;
 
@@ -247,6 +248,8 @@ fn resends_back_off_exponentially_and_never_give_up() {
         let next = c.poll_timeout().expect("a resend is always scheduled");
         gaps.push((next - now).as_millis());
         now = next;
+        // The member is alive (heartbeats) but its acks are lost.
+        c.handle_frame(now, 1, SecondaryFrame::Heartbeat { upto: 0 });
         c.handle_timeout(now);
         assert_eq!(sent_ids(c.take_outputs()), vec![1]);
     }
@@ -495,16 +498,16 @@ fn membership_is_saved_and_restored() {
     let mut c = MasterCore::new(cfg, store).unwrap();
     let st = c.status(now);
     assert_eq!((st.member_count, st.reachable), (3, 1));
-    let req = WriteRequest {
-        write_concern: WriteConcern::Majority,
-        ..write("a", 1)
-    };
-    c.submit(now, req, 1).unwrap();
-    durable(&mut c, now);
-    assert!(
-        c.take_outputs().is_empty(),
-        "majority of 3 waits for a secondary"
+    assert_eq!(
+        c.submit(now, write("a", 1), 1),
+        Err(Rejected::NoQuorum {
+            reachable: 1,
+            members: 3,
+            needed: 2
+        }),
+        "alone, a restarted master takes no writes until a secondary is back"
     );
+    assert_eq!(c.last_id(), 0, "nothing was appended");
 }
 
 #[test]
@@ -515,4 +518,50 @@ fn persisted_never_moves_backwards_or_past_the_log() {
     assert_eq!(c.durable_id(), 1);
     c.persisted(now, 0);
     assert_eq!(c.durable_id(), 1);
+}
+
+#[test]
+fn quorum_follows_member_health() {
+    let (mut c, t0) = core(); // heartbeat 1 s: Suspected after 2 s, Unhealthy after 5 s
+    join(&mut c, t0, 1, "s1");
+    join(&mut c, t0, 2, "s2");
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    assert_eq!(c.status(at(1)).members[0].health, Health::Healthy);
+    assert_eq!(c.status(at(3)).members[0].health, Health::Suspected);
+    assert_eq!(c.status(at(5)).members[0].health, Health::Unhealthy);
+    // Suspected members still count.
+    assert!(c.submit(at(3), write("a", 1), 1).is_ok());
+    // Both silent for 5 intervals: no majority of 3.
+    let err = c.submit(at(6), write("b", 1), 2).unwrap_err();
+    assert!(
+        err.to_string().contains("reaches 1 of its 3 members"),
+        "{err}"
+    );
+    assert!(!c.status(at(6)).has_quorum);
+    // One of them speaks: writes resume by themselves.
+    c.handle_frame(at(7), 1, SecondaryFrame::Heartbeat { upto: 0 });
+    assert!(c.submit(at(7), write("c", 1), 3).is_ok());
+}
+
+#[test]
+fn resends_to_an_unhealthy_member_wait_then_resume_at_once() {
+    let (mut c, t0) = core();
+    join(&mut c, t0, 1, "s1");
+    c.submit(t0, write("a", 2), 1).unwrap();
+    durable(&mut c, t0);
+    c.take_outputs();
+    // Healthy: resent after the ack timeout.
+    let t = c.poll_timeout().unwrap();
+    c.handle_timeout(t);
+    assert_eq!(sent_ids(c.take_outputs()), vec![1]);
+    // Silent past Unhealthy: nothing is resent, the next try is pushed to the cap.
+    let late = t0 + Duration::from_secs(6);
+    c.handle_timeout(late);
+    assert_eq!(sent_ids(c.take_outputs()), Vec::<u64>::new());
+    assert!(c.poll_timeout().unwrap() >= late + Duration::from_millis(800));
+    // Heard from again: everything in flight goes out at once.
+    c.handle_frame(late, 1, SecondaryFrame::Heartbeat { upto: 0 });
+    assert_eq!(c.poll_timeout(), Some(late));
+    c.handle_timeout(late);
+    assert_eq!(sent_ids(c.take_outputs()), vec![1]);
 }
