@@ -1,7 +1,7 @@
 //! The master's HTTP API (see `docs/api.md`).
 
 use crate::Config;
-use crate::replicator::{GetStatus, Replicator, Submit, SubmitError};
+use crate::replicator::{GetStatus, Holders, RemoveMember, Replicator, Submit, SubmitError};
 use actix::Addr;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::Server, web};
 use common::api::{self, ApiError};
@@ -38,6 +38,17 @@ pub fn server(
             .service(endpoint("/newMessage", "POST", web::post().to(new_message)))
             .service(endpoint("/messages", "GET", web::get().to(messages)))
             .service(endpoint("/health", "GET", web::get().to(health)))
+            .service(endpoint("/status", "GET", web::get().to(status)))
+            .service(endpoint(
+                "/messages/{id}/status",
+                "GET",
+                web::get().to(message_status),
+            ))
+            .service(endpoint(
+                "/members/{name}",
+                "DELETE",
+                web::delete().to(remove_member),
+            ))
             .default_service(web::to(not_found))
     })
     .shutdown_timeout(5)
@@ -133,4 +144,122 @@ async fn health(state: web::Data<State>) -> HttpResponse {
         "syncs": syncs,
         "uptimeMs": state.started.elapsed().as_millis() as u64,
     }))
+}
+
+fn shutting_down() -> HttpResponse {
+    error_response(&ApiError::not_writable("the master is shutting down"))
+}
+
+/// `GET /status`: the replica set as this master sees it, modelled on `rs.status()`.
+async fn status(state: web::Data<State>) -> HttpResponse {
+    let Ok((st, syncs)) = state.replicator.send(GetStatus).await else {
+        return shutting_down();
+    };
+    let mut members = vec![json!({
+        "name": st.name,
+        "self": true,
+        "role": "master",
+        "state": if st.has_quorum { "PRIMARY" } else { "PRIMARY (read-only: no quorum)" },
+        "health": "Healthy",
+        "lastAckedId": st.last_id,
+        "lagMessages": 0,
+        "lagMs": 0,
+        "uptimeMs": state.started.elapsed().as_millis() as u64,
+    })];
+    members.extend(st.members.iter().map(|m| {
+        let state = match (m.health, m.phase) {
+            (common::replication::Health::Unhealthy, _) => "(not reachable/healthy)",
+            (_, "live") => "SECONDARY",
+            _ => "STARTUP2",
+        };
+        json!({
+            "name": m.name,
+            "self": false,
+            "role": "secondary",
+            "address": m.address,
+            "state": state,
+            "health": m.health,
+            "phase": m.phase,
+            "lastAckedId": m.last_acked_id,
+            "lagMessages": m.lag,
+            "lagMs": m.lag_ms,
+            "lastHeartbeatMsAgo": m.last_heard_ms_ago,
+            "rttMs": m.rtt_ms,
+            "uptimeMs": m.uptime_ms,
+            "resends": m.resends,
+        })
+    }));
+    HttpResponse::Ok().json(json!({
+        "set": format!("chorus-{:016x}", st.log_id),
+        "name": st.name,
+        "role": "master",
+        "lastId": st.last_id,
+        "commitId": st.commit_id,
+        "hasQuorum": st.has_quorum,
+        "writable": st.has_quorum,
+        "reachable": st.reachable,
+        "memberCount": st.member_count,
+        "pendingWrites": st.pending_writes,
+        "syncs": syncs,
+        "members": members,
+    }))
+}
+
+/// `GET /messages/{id}/status`: which members hold message `id`.
+async fn message_status(path: web::Path<String>, state: web::Data<State>) -> HttpResponse {
+    let Ok(id) = path.parse::<u64>() else {
+        return error_response(&ApiError::bad_request(
+            "invalid_id",
+            format!("a message id is an integer >= 1, got {:?}", path.as_str()),
+        ));
+    };
+    let (Ok(holders), Ok((st, _))) = (
+        state.replicator.send(Holders(id)).await,
+        state.replicator.send(GetStatus).await,
+    ) else {
+        return shutting_down();
+    };
+    let Some(r) = holders else {
+        return error_response(&ApiError::new(
+            404,
+            "not_found",
+            format!("no message with id {id} (the log ends at {})", st.last_id),
+        ));
+    };
+    let mut members = vec![json!({"name": st.name, "holds": true})];
+    members.extend(
+        st.members
+            .iter()
+            .map(|m| json!({"name": m.name, "holds": m.last_acked_id >= id})),
+    );
+    HttpResponse::Ok().json(json!({
+        "id": id,
+        "acks": r.acks,
+        "ackedBy": r.acked_by,
+        "majority": id <= st.commit_id,
+        "members": members,
+    }))
+}
+
+/// `DELETE /members/{name}`: forget a secondary for good.
+async fn remove_member(path: web::Path<String>, state: web::Data<State>) -> HttpResponse {
+    let name = path.into_inner();
+    match state.replicator.send(RemoveMember(name.clone())).await {
+        Ok(Ok(true)) => {
+            let members = state
+                .replicator
+                .send(GetStatus)
+                .await
+                .map(|(st, _)| st.member_count)
+                .unwrap_or_default();
+            HttpResponse::Ok().json(json!({"removed": name, "memberCount": members}))
+        }
+        Ok(Ok(false)) => error_response(&ApiError::new(
+            404,
+            "not_found",
+            format!("no member named {name:?}"),
+        )),
+        Ok(Err(e)) => error_response(&ApiError::new(500, "storage_error", e.to_string())),
+        Err(_) => shutting_down(),
+    }
 }

@@ -208,7 +208,7 @@ impl Actor for Replicator {
         // use `do_send`, which is not bounded by it.
         ctx.set_mailbox_capacity(4096);
         ctx.run_interval(self.heartbeat, |act, ctx| {
-            act.core.tick_heartbeat();
+            act.core.tick_heartbeat(Instant::now());
             act.drain(ctx);
         });
     }
@@ -282,6 +282,32 @@ impl Handler<Shutdown> for Replicator {
         // Dropping the senders answers every waiting request.
         self.pending.clear();
         failed
+    }
+}
+
+/// Who holds message `.0` (None: no such message yet).
+#[derive(Message)]
+#[rtype(result = "Option<common::replication::Receipt>")]
+pub struct Holders(pub u64);
+
+impl Handler<Holders> for Replicator {
+    type Result = Option<common::replication::Receipt>;
+    fn handle(&mut self, msg: Holders, _: &mut Context<Self>) -> Self::Result {
+        self.core.holders(msg.0)
+    }
+}
+
+/// Remove a member for good. Ok(false): no such member.
+#[derive(Message)]
+#[rtype(result = "Result<bool, common::storage::StorageError>")]
+pub struct RemoveMember(pub String);
+
+impl Handler<RemoveMember> for Replicator {
+    type Result = Result<bool, common::storage::StorageError>;
+    fn handle(&mut self, msg: RemoveMember, ctx: &mut Context<Self>) -> Self::Result {
+        let removed = self.core.remove_member(&msg.0);
+        self.drain(ctx);
+        removed
     }
 }
 

@@ -34,6 +34,7 @@ pub fn server(
             .service(endpoint("/newMessage", "POST", web::post().to(new_message)))
             .service(endpoint("/messages", "GET", web::get().to(messages)))
             .service(endpoint("/health", "GET", web::get().to(health)))
+            .service(endpoint("/status", "GET", web::get().to(status)))
             .default_service(web::to(not_found))
     })
     .shutdown_timeout(5)
@@ -71,6 +72,38 @@ async fn health(state: web::Data<State>) -> HttpResponse {
         "masterLastId": st.master_last_id,
         "lag": st.master_last_id.saturating_sub(st.last_id),
         "buffered": st.buffered,
+        "duplicatesIgnored": st.duplicates,
+        "lastHeardMsAgo": st.last_heard_ms_ago,
+        "lastError": st.last_error,
+        "uptimeMs": state.started.elapsed().as_millis() as u64,
+    }))
+}
+
+/// `GET /status`: this secondary's replication state, with what it holds back and what
+/// it waits for.
+async fn status(state: web::Data<State>) -> HttpResponse {
+    let st = {
+        let core = state.core.lock().unwrap_or_else(|e| e.into_inner());
+        core.status(Instant::now())
+    };
+    let log_id = state.store.log_id();
+    HttpResponse::Ok().json(json!({
+        "set": (log_id != 0).then(|| format!("chorus-{log_id:016x}")),
+        "name": st.name,
+        "role": "secondary",
+        "state": match (st.connected, st.phase) {
+            (false, _) => "(not connected to the master)",
+            (true, "live") => "SECONDARY",
+            _ => "STARTUP2",
+        },
+        "phase": st.phase,
+        "master": state.master,
+        "masterName": st.master,
+        "lastId": st.last_id,
+        "masterLastId": st.master_last_id,
+        "lagMessages": st.master_last_id.saturating_sub(st.last_id),
+        "heldBack": st.held_back,
+        "missing": st.missing,
         "duplicatesIgnored": st.duplicates,
         "lastHeardMsAgo": st.last_heard_ms_ago,
         "lastError": st.last_error,

@@ -335,6 +335,23 @@ impl Http {
         ))
     }
 
+    pub async fn delete(&self, url: &str) -> Result<(u16, Value)> {
+        let mut resp = self
+            .client
+            .delete(url)
+            .send()
+            .await
+            .map_err(|e| anyhow!("DELETE {url}: {e}"))?;
+        let bytes = resp
+            .body()
+            .await
+            .map_err(|e| anyhow!("DELETE {url} body: {e}"))?;
+        Ok((
+            resp.status().as_u16(),
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+
     /// A node's log as (id, message) pairs.
     pub async fn messages(&self, node: &Node) -> Result<Vec<(u64, String)>> {
         let (status, v) = self.get(&node.url("/messages")).await?;

@@ -153,6 +153,14 @@ struct Member {
     sent: u64,
     /// Where the last catch-up started (the secondary's `GetMessages`).
     catch_up_from: Option<u64>,
+    /// When the current connection was handshaken.
+    connected_at: Option<Instant>,
+    /// When the last heartbeat was sent and not yet answered.
+    heartbeat_sent: Option<Instant>,
+    /// Round trip of the last answered heartbeat.
+    rtt: Option<Duration>,
+    /// Last time the member held everything the master had made durable.
+    caught_up_at: Option<Instant>,
 }
 
 impl Member {
@@ -169,6 +177,10 @@ impl Member {
             resends: 0,
             sent: 0,
             catch_up_from: None,
+            connected_at: None,
+            heartbeat_sent: None,
+            rtt: None,
+            caught_up_at: None,
         }
     }
 }
@@ -199,6 +211,13 @@ pub struct MemberStatus {
     pub sent: u64,
     /// The id the member's last catch-up started from.
     pub catch_up_from: Option<u64>,
+    /// How long the member has been behind (0 when it holds everything); None if it
+    /// never held everything yet.
+    pub lag_ms: Option<u64>,
+    /// Round trip of the last heartbeat, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// How long the current connection has been up.
+    pub uptime_ms: Option<u64>,
 }
 
 /// A snapshot of the master's replication state.
@@ -216,6 +235,8 @@ pub struct MasterStatus {
     /// All members, the master included.
     pub member_count: usize,
     pub has_quorum: bool,
+    /// The highest id a majority of the members holds.
+    pub commit_id: u64,
     pub pending_writes: usize,
     pub members: Vec<MemberStatus>,
 }
@@ -456,7 +477,7 @@ impl<S: LogStore> MasterCore<S> {
                 ),
             },
             SecondaryFrame::Ack { upto, buffered } => {
-                if !self.progress(conn, idx, upto) {
+                if !self.progress(now, conn, idx, upto) {
                     return;
                 }
                 let m = &mut self.members[idx];
@@ -466,7 +487,11 @@ impl<S: LogStore> MasterCore<S> {
                 self.pump(idx, now);
             }
             SecondaryFrame::Heartbeat { upto } => {
-                self.progress(conn, idx, upto);
+                let m = &mut self.members[idx];
+                if let Some(sent) = m.heartbeat_sent.take() {
+                    m.rtt = Some(now.saturating_duration_since(sent));
+                }
+                self.progress(now, conn, idx, upto);
             }
             SecondaryFrame::Error(e) => {
                 tracing::warn!(conn, peer = %self.members[idx].name, error = %e, "secondary reported an error");
@@ -477,7 +502,7 @@ impl<S: LogStore> MasterCore<S> {
 
     /// Record that member `idx` holds everything up to `upto`. Returns false (and refuses
     /// the connection) when `upto` is beyond the log.
-    fn progress(&mut self, conn: ConnId, idx: usize, upto: u64) -> bool {
+    fn progress(&mut self, now: Instant, conn: ConnId, idx: usize, upto: u64) -> bool {
         if upto > self.durable_id {
             let msg = format!(
                 "acknowledged id {upto}, but the master's log ends at {}",
@@ -487,6 +512,9 @@ impl<S: LogStore> MasterCore<S> {
             return false;
         }
         let m = &mut self.members[idx];
+        if upto >= self.durable_id {
+            m.caught_up_at = Some(now);
+        }
         // Acks may arrive out of order: only ever move forward.
         if upto > m.upto {
             m.upto = upto;
@@ -576,6 +604,8 @@ impl<S: LogStore> MasterCore<S> {
         m.next_send = next_expected;
         m.inflight.clear();
         m.last_heard = Some(now);
+        m.connected_at = Some(now);
+        m.heartbeat_sent = None;
         self.conns.insert(conn, Some(idx));
         self.outputs.push(MasterOutput::Send {
             conn,
@@ -808,9 +838,10 @@ impl<S: LogStore> MasterCore<S> {
     }
 
     /// Heartbeat every handshaken connection.
-    pub fn tick_heartbeat(&mut self) {
-        for m in &self.members {
+    pub fn tick_heartbeat(&mut self, now: Instant) {
+        for m in &mut self.members {
             if let Some(conn) = m.conn {
+                m.heartbeat_sent.get_or_insert(now);
                 self.outputs.push(MasterOutput::Send {
                     conn,
                     frame: MasterFrame::Heartbeat {
@@ -819,6 +850,51 @@ impl<S: LogStore> MasterCore<S> {
                 });
             }
         }
+    }
+
+    /// The highest id that a majority of the members (the master included) holds.
+    pub fn commit_id(&self) -> u64 {
+        let mut held: Vec<u64> = std::iter::once(self.durable_id)
+            .chain(self.members.iter().map(|m| m.upto.min(self.durable_id)))
+            .collect();
+        held.sort_unstable_by(|a, b| b.cmp(a));
+        held[held.len() / 2]
+    }
+
+    /// Who holds message `id` now (None if the log has no such message yet).
+    pub fn holders(&self, id: u64) -> Option<Receipt> {
+        (id >= 1 && id <= self.durable_id).then(|| self.receipt(id))
+    }
+
+    /// Remove member `name` for good: it is forgotten, its connection closed, and it no
+    /// longer counts toward write concerns or the quorum. Returns false if unknown.
+    pub fn remove_member(&mut self, name: &str) -> Result<bool, StorageError> {
+        let Some(idx) = self.members.iter().position(|m| m.name == name) else {
+            return Ok(false);
+        };
+        let names: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.name != name)
+            .map(|m| m.name.clone())
+            .collect();
+        self.store.set_members(&names)?;
+        if let Some(conn) = self.members[idx].conn {
+            let msg = format!("{name} was removed from the membership");
+            self.refuse(conn, ErrorCode::Other, msg);
+            self.conns.remove(&conn);
+        }
+        self.members.remove(idx);
+        // Connections map to member indexes: shift the ones after the removed member.
+        for v in self.conns.values_mut() {
+            if let Some(i) = v
+                && *i > idx
+            {
+                *i -= 1;
+            }
+        }
+        tracing::info!(peer = %name, members = self.members.len() + 1, "member removed");
+        Ok(true)
     }
 
     /// How many members (the master included) hold `id`.
@@ -892,6 +968,17 @@ impl<S: LogStore> MasterCore<S> {
                 resends: m.resends,
                 sent: m.sent,
                 catch_up_from: m.catch_up_from,
+                lag_ms: if m.upto >= self.durable_id {
+                    Some(0)
+                } else {
+                    m.caught_up_at
+                        .map(|t| now.saturating_duration_since(t).as_millis() as u64)
+                },
+                rtt_ms: m.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                uptime_ms: m
+                    .connected_at
+                    .filter(|_| m.conn.is_some())
+                    .map(|t| now.saturating_duration_since(t).as_millis() as u64),
             })
             .collect();
         let reachable = 1 + members
@@ -907,6 +994,7 @@ impl<S: LogStore> MasterCore<S> {
             reachable,
             member_count,
             has_quorum: reachable > member_count / 2,
+            commit_id: self.commit_id(),
             pending_writes: self.waiters.values().map(Vec::len).sum(),
             members,
         }

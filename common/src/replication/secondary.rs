@@ -50,6 +50,12 @@ pub struct SecondaryStatus {
     pub last_heard_ms_ago: Option<u64>,
     /// The last refusal, by either side, in words.
     pub last_error: Option<String>,
+    /// Ids held back in the buffer (they arrived before an earlier one), as inclusive
+    /// ranges.
+    pub held_back: Vec<(u64, u64)>,
+    /// Ids missing before the highest held-back one, as inclusive ranges: what the
+    /// secondary waits for before it can show the held-back ones.
+    pub missing: Vec<(u64, u64)>,
 }
 
 /// The secondary's replication state machine.
@@ -320,6 +326,18 @@ impl<S: LogStore> SecondaryCore<S> {
                 .last_heard
                 .map(|t| now.saturating_duration_since(t).as_millis() as u64),
             last_error: self.last_error.clone(),
+            held_back: ranges(self.buffer.keys().copied()),
+            missing: {
+                let mut gaps = Vec::new();
+                let mut next = self.next_expected;
+                for &id in self.buffer.keys() {
+                    if id > next {
+                        gaps.push((next, id - 1));
+                    }
+                    next = id + 1;
+                }
+                gaps
+            },
         }
     }
 
@@ -327,6 +345,18 @@ impl<S: LogStore> SecondaryCore<S> {
     pub fn buffered_ids(&self) -> Vec<u64> {
         self.buffer.keys().copied().collect()
     }
+}
+
+/// Sorted ids as inclusive ranges of consecutive ids.
+fn ranges(ids: impl Iterator<Item = u64>) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for id in ids {
+        match out.last_mut() {
+            Some(r) if r.1 + 1 == id => r.1 = id,
+            _ => out.push((id, id)),
+        }
+    }
+    out
 }
 
 fn frame_name(f: &MasterFrame) -> &'static str {

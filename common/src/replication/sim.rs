@@ -525,21 +525,39 @@ fn out_of_order_delivery_is_buffered_until_the_gap_fills() {
             buffered: vec![3]
         })]
     );
+    let st = s.status(now);
+    assert_eq!(
+        (st.held_back.clone(), st.missing.clone()),
+        (vec![(3, 3)], vec![(1, 2)])
+    );
+    s.handle_frame(now, add(&[6, 7]));
+    let st = s.status(now);
+    assert_eq!(st.held_back, vec![(3, 3), (6, 7)]);
+    assert_eq!(st.missing, vec![(1, 2), (4, 5)]);
+    s.take_outputs();
     s.handle_frame(now, add(&[1]));
     assert_eq!(store.last_id(), 1);
     s.handle_frame(now, add(&[3, 2]));
     assert_eq!(store.read(1, 10).unwrap(), vec![e(1), e(2), e(3)]);
+    let st = s.status(now);
+    assert_eq!(
+        (st.held_back.clone(), st.missing.clone()),
+        (vec![(6, 7)], vec![(4, 5)])
+    );
+    s.handle_frame(now, add(&[4, 5]));
     s.take_outputs();
+    assert_eq!(store.last_id(), 7);
+    assert!(s.status(now).held_back.is_empty());
     // A resend of something held is acknowledged again, stored once.
     s.handle_frame(now, add(&[2]));
     assert_eq!(
         s.take_outputs(),
         vec![SecondaryOutput::Send(SecondaryFrame::Ack {
-            upto: 3,
+            upto: 7,
             buffered: vec![]
         })]
     );
-    assert_eq!(store.last_id(), 3);
+    assert_eq!(store.last_id(), 7);
     assert_eq!(s.status(now).duplicates, 2);
     // An id absurdly far ahead is a protocol violation, not a memory bomb.
     s.handle_frame(now, add(&[u64::MAX]));

@@ -5,3 +5,4 @@ mod bad_input;
 mod durability;
 mod health;
 mod replication;
+mod status;

@@ -565,3 +565,39 @@ fn resends_to_an_unhealthy_member_wait_then_resume_at_once() {
     c.handle_timeout(late);
     assert_eq!(sent_ids(c.take_outputs()), vec![1]);
 }
+
+#[test]
+fn commit_id_holders_and_member_removal() {
+    let (mut c, now) = core();
+    join(&mut c, now, 1, "s1");
+    join(&mut c, now, 2, "s2");
+    for i in 0..3 {
+        c.submit(now, write("x", 1), i).unwrap();
+    }
+    durable(&mut c, now);
+    let ack = |upto| SecondaryFrame::Ack {
+        upto,
+        buffered: vec![],
+    };
+    c.handle_frame(now, 1, ack(2));
+    c.handle_frame(now, 2, ack(1));
+    // master holds 3, s1 2, s2 1: a majority (2 of 3) holds up to 2.
+    assert_eq!(c.commit_id(), 2);
+    assert_eq!(c.status(now).commit_id, 2);
+    assert_eq!(c.holders(2).unwrap().acked_by, vec!["m", "s1"]);
+    assert_eq!(c.holders(4), None);
+    assert_eq!(c.holders(0), None);
+    // Removing s2 for good: forgotten, its connection closed, majority of 2 now.
+    assert!(c.remove_member("s2").unwrap());
+    assert!(!c.remove_member("s2").unwrap());
+    let out = c.take_outputs();
+    assert!(
+        refused(&out[out.len() - 2..], 2, ErrorCode::Other),
+        "{out:?}"
+    );
+    assert_eq!(c.status(now).member_count, 2);
+    assert_eq!(c.commit_id(), 2);
+    // s1 still works through its connection after the index shift.
+    c.handle_frame(now, 1, ack(3));
+    assert_eq!(c.commit_id(), 3);
+}
