@@ -210,13 +210,15 @@ fn short(v: &Value) -> String {
     }
 }
 
-/// `GET /messages?from=&limit=`.
+/// `GET /messages?from=&limit=&readConcern=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MessagesQuery {
     /// First id wanted (0 and 1 both mean the start).
     pub from: u64,
     /// Most messages wanted; None: all.
     pub limit: Option<usize>,
+    /// Only messages a majority of the members holds (`readConcern=majority`).
+    pub majority: bool,
 }
 
 /// Parse a raw query string. Unknown parameters are ignored.
@@ -224,6 +226,7 @@ pub fn parse_messages_query(query: &str) -> Result<MessagesQuery, ApiError> {
     let mut q = MessagesQuery {
         from: 1,
         limit: None,
+        majority: false,
     };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -243,6 +246,20 @@ pub fn parse_messages_query(query: &str) -> Result<MessagesQuery, ApiError> {
                         format!("\"limit\" must be an integer >= 0, got {value:?}"),
                     )
                 })?)
+            }
+            "readConcern" => {
+                q.majority = match value {
+                    "local" => false,
+                    "majority" => true,
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "invalid_query",
+                            format!(
+                                "\"readConcern\" must be \"local\" or \"majority\", got {value:?}"
+                            ),
+                        ));
+                    }
+                }
             }
             _ => {}
         }
@@ -400,17 +417,27 @@ mod tests {
             parse_messages_query("").unwrap(),
             MessagesQuery {
                 from: 1,
-                limit: None
+                limit: None,
+                majority: false
             }
         );
         assert_eq!(
-            parse_messages_query("from=5&limit=2&x=y").unwrap(),
+            parse_messages_query("from=5&limit=2&x=y&readConcern=majority").unwrap(),
             MessagesQuery {
                 from: 5,
-                limit: Some(2)
+                limit: Some(2),
+                majority: true
             }
         );
-        for bad in ["from=-1", "from=a", "limit=", "limit=1.5", "from"] {
+        assert!(!parse_messages_query("readConcern=local").unwrap().majority);
+        for bad in [
+            "from=-1",
+            "from=a",
+            "limit=",
+            "limit=1.5",
+            "from",
+            "readConcern=all",
+        ] {
             assert_eq!(
                 parse_messages_query(bad).unwrap_err().code,
                 "invalid_query",

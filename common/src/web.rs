@@ -63,15 +63,19 @@ pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8
 /// Entries read from the store per chunk of a `GET /messages` response.
 const READ_CHUNK: usize = 1000;
 
-/// `GET /messages?from=&limit=` from `store`, streamed in chunks: the whole log is never
-/// held in memory. The response ends at the durable end of the log as it was when the
-/// request arrived, so a log growing meanwhile cannot make it endless.
-pub async fn messages(req: HttpRequest, store: Arc<dyn LogStore>) -> HttpResponse {
-    let q = match api::parse_messages_query(req.query_string()) {
-        Ok(q) => q,
-        Err(e) => return error_response(&e),
-    };
-    let end = store.durable_id();
+/// `GET /messages` from `store`, streamed in chunks: the whole log is never held in
+/// memory. The response ends at the durable end of the log as it was when the request
+/// arrived (at `commit_id` too for `readConcern=majority`), so a log growing meanwhile
+/// cannot make it endless.
+pub async fn messages(
+    q: api::MessagesQuery,
+    store: Arc<dyn LogStore>,
+    commit_id: u64,
+) -> HttpResponse {
+    let mut end = store.durable_id();
+    if q.majority {
+        end = end.min(commit_id);
+    }
     let from = q.from.max(1);
     let wanted = q.limit.map_or(u64::MAX, |l| l as u64);
     let total = end.saturating_sub(from - 1).min(wanted);

@@ -101,7 +101,19 @@ async fn new_message(state: web::Data<State>, payload: web::Payload) -> HttpResp
 }
 
 async fn messages(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
-    common::web::messages(req, state.store.clone()).await
+    let q = match api::parse_messages_query(req.query_string()) {
+        Ok(q) => q,
+        Err(e) => return error_response(&e),
+    };
+    let commit_id = if q.majority {
+        match state.replicator.send(GetStatus).await {
+            Ok((st, _)) => st.commit_id,
+            Err(_) => return shutting_down(),
+        }
+    } else {
+        u64::MAX
+    };
+    common::web::messages(q, state.store.clone(), commit_id).await
 }
 
 async fn health(state: web::Data<State>) -> HttpResponse {

@@ -2,7 +2,7 @@
 
 use crate::{Config, SharedCore};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::Server, web};
-use common::api::ApiError;
+use common::api::{self, ApiError};
 use common::storage::LogStore;
 use common::web::{endpoint, error_response, not_found};
 use serde_json::json;
@@ -52,7 +52,16 @@ async fn new_message(state: web::Data<State>) -> HttpResponse {
 }
 
 async fn messages(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
-    common::web::messages(req, state.store.clone()).await
+    let q = match api::parse_messages_query(req.query_string()) {
+        Ok(q) => q,
+        Err(e) => return error_response(&e),
+    };
+    let commit_id = state
+        .core
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .commit_id();
+    common::web::messages(q, state.store.clone(), commit_id).await
 }
 
 async fn health(state: web::Data<State>) -> HttpResponse {
@@ -100,7 +109,9 @@ async fn status(state: web::Data<State>) -> HttpResponse {
         "master": state.master,
         "masterName": st.master,
         "lastId": st.last_id,
+        "appendedId": st.appended_id,
         "masterLastId": st.master_last_id,
+        "commitId": st.commit_id,
         "lagMessages": st.master_last_id.saturating_sub(st.last_id),
         "heldBack": st.held_back,
         "missing": st.missing,

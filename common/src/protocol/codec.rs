@@ -135,6 +135,7 @@ mod tests {
                     id: 1,
                     message: "héllo, wörld ✓".into(),
                 }],
+                commit_id: 0,
             },
             MasterFrame::Messages {
                 entries: (1..=20)
@@ -147,7 +148,10 @@ mod tests {
                 last: true,
             },
             MasterFrame::ReadyAck,
-            MasterFrame::Heartbeat { last_id: u64::MAX },
+            MasterFrame::Heartbeat {
+                last_id: u64::MAX,
+                commit_id: 3,
+            },
             MasterFrame::Error(ErrorFrame::new(ErrorCode::LogMismatch, "no")),
         ]
     }
@@ -304,6 +308,7 @@ mod tests {
                 id: 1,
                 message: "y".repeat(100),
             }],
+            commit_id: 0,
         };
         assert!(matches!(
             codec.encode(big, &mut buf),

@@ -77,12 +77,21 @@ pub enum MasterFrame {
     /// that reaches the master's last id at the time it was sent: after it, the
     /// secondary sends [`SecondaryFrame::Ready`] once it holds everything up to it.
     Messages { entries: Vec<Entry>, last: bool },
-    /// Live replication (the seed's `addMessage`): one or more new messages.
-    AddMessages { entries: Vec<Entry> },
+    /// Live replication (the seed's `addMessage`): one or more new messages, and the
+    /// master's commit id (the highest id a majority holds) when it sent them.
+    AddMessages {
+        entries: Vec<Entry>,
+        #[serde(default)]
+        commit_id: u64,
+    },
     /// The master took the secondary's [`SecondaryFrame::Ready`].
     ReadyAck,
-    /// Liveness signal, with the master's last id.
-    Heartbeat { last_id: u64 },
+    /// Liveness signal, with the master's last id and commit id.
+    Heartbeat {
+        last_id: u64,
+        #[serde(default)]
+        commit_id: u64,
+    },
     /// Something went wrong; the master closes the connection after it.
     Error(ErrorFrame),
 }

@@ -700,7 +700,10 @@ impl<S: LogStore> MasterCore<S> {
             m.next_send = entries[entries.len() - 1].id + 1;
             m.sent += entries.len() as u64;
             let frame = if m.phase == Phase::Live {
-                MasterFrame::AddMessages { entries }
+                MasterFrame::AddMessages {
+                    entries,
+                    commit_id: self.commit_id(),
+                }
             } else {
                 let last = m.next_send > self.durable_id;
                 if last {
@@ -807,7 +810,10 @@ impl<S: LogStore> MasterCore<S> {
 
     fn send_batch(&mut self, conn: ConnId, live: bool, entries: Vec<Entry>) {
         let frame = if live {
-            MasterFrame::AddMessages { entries }
+            MasterFrame::AddMessages {
+                entries,
+                commit_id: self.commit_id(),
+            }
         } else {
             MasterFrame::Messages {
                 entries,
@@ -839,6 +845,7 @@ impl<S: LogStore> MasterCore<S> {
 
     /// Heartbeat every handshaken connection.
     pub fn tick_heartbeat(&mut self, now: Instant) {
+        let commit_id = self.commit_id();
         for m in &mut self.members {
             if let Some(conn) = m.conn {
                 m.heartbeat_sent.get_or_insert(now);
@@ -846,6 +853,7 @@ impl<S: LogStore> MasterCore<S> {
                     conn,
                     frame: MasterFrame::Heartbeat {
                         last_id: self.durable_id,
+                        commit_id,
                     },
                 });
             }

@@ -44,7 +44,12 @@ pub struct SecondaryStatus {
     pub master: Option<String>,
     /// Highest id held durably, with every earlier one.
     pub last_id: u64,
+    /// Highest id stored with every earlier one, synced or not yet (`missing` starts
+    /// after it).
+    pub appended_id: u64,
     pub master_last_id: u64,
+    /// The master's commit id as last heard.
+    pub commit_id: u64,
     pub buffered: usize,
     pub duplicates: u64,
     pub last_heard_ms_ago: Option<u64>,
@@ -68,6 +73,8 @@ pub struct SecondaryCore<S> {
     phase: Phase,
     master: Option<String>,
     master_last_id: u64,
+    /// The master's commit id, as last heard: what a majority holds.
+    commit_id: u64,
     last_heard: Option<Instant>,
     duplicates: u64,
     last_error: Option<String>,
@@ -84,6 +91,7 @@ impl<S: LogStore> SecondaryCore<S> {
             phase: Phase::Disconnected,
             master: None,
             master_last_id: 0,
+            commit_id: 0,
             last_heard: None,
             duplicates: 0,
             last_error: None,
@@ -93,6 +101,11 @@ impl<S: LogStore> SecondaryCore<S> {
 
     pub fn take_outputs(&mut self) -> Vec<SecondaryOutput> {
         std::mem::take(&mut self.outputs)
+    }
+
+    /// The master's commit id as last heard (what a majority of the members holds).
+    pub fn commit_id(&self) -> u64 {
+        self.commit_id
     }
 
     /// The highest id held with every earlier one.
@@ -183,15 +196,19 @@ impl<S: LogStore> SecondaryCore<S> {
                 }
                 self.accept(entries);
             }
-            (_, MasterFrame::AddMessages { entries }) => self.accept(entries),
+            (_, MasterFrame::AddMessages { entries, commit_id }) => {
+                self.commit_id = self.commit_id.max(commit_id);
+                self.accept(entries)
+            }
             (_, MasterFrame::ReadyAck) => {
                 if self.phase == Phase::AwaitingReadyAck {
                     self.phase = Phase::Live;
                     tracing::info!(last_id = self.last_id(), "caught up; live replication");
                 }
             }
-            (_, MasterFrame::Heartbeat { last_id }) => {
+            (_, MasterFrame::Heartbeat { last_id, commit_id }) => {
                 self.master_last_id = self.master_last_id.max(last_id);
+                self.commit_id = self.commit_id.max(commit_id);
                 self.outputs
                     .push(SecondaryOutput::Send(SecondaryFrame::Heartbeat {
                         upto: self.last_id(),
@@ -319,7 +336,9 @@ impl<S: LogStore> SecondaryCore<S> {
             master: self.master.clone(),
             // What survives a crash: appended entries count once synced.
             last_id: self.store.durable_id(),
+            appended_id: self.last_id(),
             master_last_id: self.master_last_id,
+            commit_id: self.commit_id,
             buffered: self.buffer.len(),
             duplicates: self.duplicates,
             last_heard_ms_ago: self

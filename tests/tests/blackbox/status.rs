@@ -113,13 +113,28 @@ async fn a_secondary_shows_what_it_holds_back() -> anyhow::Result<()> {
     )
     .await?;
     let s1 = &nodes[0];
-    let writes: Vec<_> = (0..60)
-        .map(|i| spawn_write(&http, &master, format!("m{i}"), json!(1)))
-        .collect();
+    // One write at a time, so that each message travels in its own frame (concurrent
+    // writes share a sync and leave in one frame, which cannot overtake itself).
+    let writer = {
+        let http = http.clone();
+        let url = master.url("/newMessage");
+        actix_rt::spawn(async move {
+            for i in 0..60 {
+                let (st, _) = http
+                    .post(&url, &json!({"message": format!("m{i}")}))
+                    .await?;
+                anyhow::ensure!(st == 201);
+                actix_rt::time::sleep(Duration::from_millis(5)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
     let mut seen_held_back = false;
     for _ in 0..400 {
         let (_, st) = http.get(&s1.url("/status")).await?;
-        let last = st["lastId"].as_u64().unwrap_or(0);
+        // The gap-free prefix stored (lastId is the part of it already synced).
+        let last = st["appendedId"].as_u64().unwrap_or(0);
+        assert!(st["lastId"].as_u64().unwrap_or(0) <= last, "{st}");
         let held: Vec<(u64, u64)> = serde_json::from_value(st["heldBack"].clone())?;
         let missing: Vec<(u64, u64)> = serde_json::from_value(st["missing"].clone())?;
         if let Some(&(first, _)) = held.first() {
@@ -131,14 +146,12 @@ async fn a_secondary_shows_what_it_holds_back() -> anyhow::Result<()> {
         } else {
             assert!(missing.is_empty(), "{st}");
         }
-        if seen_held_back && writes.iter().all(|w| w.is_finished()) {
+        if seen_held_back && writer.is_finished() {
             break;
         }
         actix_rt::time::sleep(Duration::from_millis(10)).await;
     }
-    for w in writes {
-        assert_eq!(w.await??.0, 201);
-    }
+    writer.await??;
     assert!(
         seen_held_back,
         "frames delayed 0-400 ms never arrived out of order"
@@ -153,5 +166,54 @@ async fn a_secondary_shows_what_it_holds_back() -> anyhow::Result<()> {
         ),
         (json!([]), json!([]), json!("SECONDARY"))
     );
+    Ok(())
+}
+
+/// `readConcern=majority` shows only what a majority holds, on the master and on the
+/// secondaries, which learn the commit id from the master.
+#[actix_rt::test]
+async fn read_concern_majority_shows_only_what_a_majority_holds() -> anyhow::Result<()> {
+    let dir = TestDir::new("read-concern");
+    let http = Http::new();
+    let (master, nodes) = cluster(&dir, &http, &["--heartbeat-ms", "300"], &[&[], &[]]).await?;
+    let (s1, s2) = (&nodes[0], &nodes[1]);
+    assert_eq!(http.write(&master, "a", json!(3)).await?.0, 201);
+    let majority = |n: &Node| n.url("/messages?readConcern=majority");
+    wait_for("s1 to learn that a is committed", LONG, || async {
+        let (_, v) = http.get(&majority(s1)).await?;
+        Ok((v == json!([{"id": 1, "message": "a"}])).then_some(()))
+    })
+    .await?;
+
+    // Both secondaries frozen: b is on the master only (still within the quorum's grace).
+    s1.signal(libc::SIGSTOP);
+    s2.signal(libc::SIGSTOP);
+    let (st, body) = http.write(&master, "b", json!(1)).await?;
+    assert_eq!(st, 201, "{body}");
+    assert_eq!(http.messages(&master).await?.len(), 2);
+    let (_, v) = http.get(&majority(&master)).await?;
+    assert_eq!(
+        v,
+        json!([{"id": 1, "message": "a"}]),
+        "b is not on a majority yet"
+    );
+    let (code, v) = http.get(&master.url("/messages?readConcern=all")).await?;
+    assert_eq!((code, v["code"].as_str()), (400, Some("invalid_query")));
+
+    // s1 thaws and takes b: now a majority (m, s1) holds it, on the master and on s1.
+    s1.signal(libc::SIGCONT);
+    let both = json!([{"id": 1, "message": "a"}, {"id": 2, "message": "b"}]);
+    for node in [&master, s1] {
+        wait_for(
+            &format!("b to be majority-visible on {}", node.name),
+            LONG,
+            || async {
+                let (_, v) = http.get(&majority(node)).await?;
+                Ok((v == both).then_some(()))
+            },
+        )
+        .await?;
+    }
+    s2.signal(libc::SIGCONT);
     Ok(())
 }

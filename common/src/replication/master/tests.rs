@@ -118,7 +118,8 @@ fn handshake_catch_up_ready_then_live_write() {
         vec![MasterOutput::Send {
             conn: 1,
             frame: MasterFrame::AddMessages {
-                entries: vec![entry(1, "a")]
+                entries: vec![entry(1, "a")],
+                commit_id: 0,
             }
         }]
     );
@@ -192,7 +193,8 @@ fn catch_up_streams_in_batches_and_holds_new_writes_until_ready() {
             MasterOutput::Send {
                 conn: 1,
                 frame: MasterFrame::AddMessages {
-                    entries: vec![entry(1201, "late")]
+                    entries: vec![entry(1201, "late")],
+                    commit_id: 0,
                 }
             }
         ]
@@ -227,7 +229,7 @@ fn sent_ids(out: Vec<MasterOutput>) -> Vec<u64> {
     out.into_iter()
         .flat_map(|o| match o {
             MasterOutput::Send {
-                frame: MasterFrame::AddMessages { entries } | MasterFrame::Messages { entries, .. },
+                frame: MasterFrame::AddMessages { entries, .. } | MasterFrame::Messages { entries, .. },
                 ..
             } => entries.into_iter().map(|e| e.id).collect(),
             _ => vec![],
@@ -600,4 +602,46 @@ fn commit_id_holders_and_member_removal() {
     // s1 still works through its connection after the index shift.
     c.handle_frame(now, 1, ack(3));
     assert_eq!(c.commit_id(), 3);
+}
+
+#[test]
+fn heartbeats_and_live_frames_carry_the_commit_id() {
+    let (mut c, now) = core();
+    join(&mut c, now, 1, "s1");
+    c.submit(now, write("a", 1), 1).unwrap();
+    durable(&mut c, now);
+    c.take_outputs();
+    c.handle_frame(
+        now,
+        1,
+        SecondaryFrame::Ack {
+            upto: 1,
+            buffered: vec![],
+        },
+    );
+    c.tick_heartbeat(now);
+    assert_eq!(
+        c.take_outputs(),
+        vec![MasterOutput::Send {
+            conn: 1,
+            frame: MasterFrame::Heartbeat {
+                last_id: 1,
+                commit_id: 1
+            }
+        }]
+    );
+    c.submit(now, write("b", 1), 2).unwrap();
+    durable(&mut c, now);
+    let sent: Vec<u64> = c
+        .take_outputs()
+        .into_iter()
+        .filter_map(|o| match o {
+            MasterOutput::Send {
+                frame: MasterFrame::AddMessages { commit_id, .. },
+                ..
+            } => Some(commit_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, vec![1], "b goes out with the commit id so far");
 }
