@@ -44,6 +44,7 @@ impl Durable for File {
                 term: 1,
                 id,
                 message: message.into(),
+                request_id: None,
             }])
             .unwrap();
         *next += 1;
@@ -188,6 +189,7 @@ fn fill(dir: &Path, n: u64) {
                 term: 1,
                 id: i,
                 message: MESSAGE.into(),
+                request_id: None,
             })
             .collect();
         id += batch.len() as u64;

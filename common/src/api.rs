@@ -453,6 +453,7 @@ mod tests {
                 term: 1,
                 id,
                 message: format!("m{id}"),
+                request_id: None,
             })
             .collect();
         let mut joined = messages_json_chunk(&es[..2], true);
@@ -470,6 +471,7 @@ mod tests {
             term: 1,
             id: 3,
             message: "a\"b".into(),
+            request_id: None,
         };
         assert_eq!(
             String::from_utf8(messages_json(&[e])).unwrap(),

@@ -134,6 +134,7 @@ mod tests {
                     term: 1,
                     id: 1,
                     message: "héllo, wörld ✓".into(),
+                    request_id: None,
                 }],
                 commit_id: 0,
             },
@@ -143,6 +144,7 @@ mod tests {
                         term: 1,
                         id,
                         message: "x".repeat(id as usize * 7),
+                        request_id: None,
                     })
                     .collect(),
                 last: true,
@@ -307,6 +309,7 @@ mod tests {
                 term: 1,
                 id: 1,
                 message: "y".repeat(100),
+                request_id: None,
             }],
             commit_id: 0,
         };

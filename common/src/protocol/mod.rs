@@ -31,6 +31,10 @@ pub struct Entry {
     pub id: u64,
     /// The payload, as the client sent it.
     pub message: String,
+    /// The client's idempotency key, if it gave one: kept with the message so that a
+    /// retry after a restart still finds the first attempt's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// Frames a secondary sends to the master.

@@ -275,6 +275,7 @@ impl<S: LogStore> MasterCore<S> {
         }
         let members = store.members().into_iter().map(Member::new).collect();
         let durable_id = store.sync()?;
+        let request_ids = store.request_ids()?.into_iter().collect();
         Ok(Self {
             last_id: durable_id,
             durable_id,
@@ -284,7 +285,7 @@ impl<S: LogStore> MasterCore<S> {
             members,
             conns: HashMap::new(),
             waiters: BTreeMap::new(),
-            request_ids: HashMap::new(),
+            request_ids,
             outputs: Vec::new(),
             rng,
         })
@@ -369,6 +370,7 @@ impl<S: LogStore> MasterCore<S> {
                     term: INITIAL_TERM,
                     id,
                     message: req.message,
+                    request_id: req.request_id.clone(),
                 };
                 self.store.append(std::slice::from_ref(&entry))?;
                 self.last_id = id;

@@ -512,6 +512,7 @@ fn out_of_order_delivery_is_buffered_until_the_gap_fills() {
         term: 1,
         id,
         message: format!("m{id}"),
+        request_id: None,
     };
     let add = |ids: &[u64]| MasterFrame::AddMessages {
         entries: ids.iter().map(|&i| e(i)).collect(),

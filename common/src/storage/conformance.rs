@@ -10,6 +10,7 @@ fn entry(id: u64) -> Entry {
         term: 1,
         id,
         message: format!("m{id}"),
+        request_id: None,
     }
 }
 
@@ -22,6 +23,16 @@ pub fn run_all<S: LogStore>(make: impl Fn() -> S) {
     log_identity(&make());
     sync_covers_every_append(&make());
     membership(&make());
+    request_ids(&make());
+}
+
+fn request_ids<S: LogStore>(s: &S) {
+    let mut keyed = entry(2);
+    keyed.request_id = Some("k-2 ✓".into());
+    s.append(&[entry(1), keyed.clone(), entry(3)]).unwrap();
+    s.sync().unwrap();
+    assert_eq!(s.read(2, 1).unwrap(), vec![keyed]);
+    assert_eq!(s.request_ids().unwrap(), vec![("k-2 ✓".to_string(), 2)]);
 }
 
 fn sync_covers_every_append<S: LogStore>(s: &S) {
@@ -47,16 +58,19 @@ pub fn run_reopen<S: LogStore>(dir: &std::path::Path, open: impl Fn(&std::path::
         let s = open(dir);
         s.set_log_id(9).unwrap();
         s.set_members(&["a".to_string()]).unwrap();
-        s.append(&(1..=100).map(entry).collect::<Vec<_>>()).unwrap();
+        let mut entries: Vec<Entry> = (1..=100).map(entry).collect();
+        entries[41].request_id = Some("order-42".into());
+        s.append(&entries).unwrap();
         assert_eq!(s.sync().unwrap(), 100);
     }
     let s = open(dir);
     assert_eq!(s.last_id(), 100);
     assert_eq!(s.durable_id(), 100, "what was recovered is durable");
-    assert_eq!(
-        s.read(1, 1000).unwrap(),
-        (1..=100).map(entry).collect::<Vec<_>>()
-    );
+    let back = s.read(1, 1000).unwrap();
+    let mut want: Vec<Entry> = (1..=100).map(entry).collect();
+    want[41].request_id = Some("order-42".into());
+    assert_eq!(back, want);
+    assert_eq!(s.request_ids().unwrap(), vec![("order-42".to_string(), 42)]);
     assert_eq!(s.log_id(), 9);
     assert_eq!(s.members(), vec!["a".to_string()]);
     // And the log goes on from there.

@@ -2,9 +2,10 @@
 //! file.
 //!
 //! ```text
-//! <data-dir>/log        "CHRSLOG1" then records:
-//!                       [len: u32 LE][crc32: u32 LE][id: u64 LE][term: u64 LE][message]
-//!                       len counts id + term + message; the CRC covers those bytes.
+//! <data-dir>/log        "CHRSLOG2" then records:
+//!                       [len: u32 LE][crc32: u32 LE]
+//!                       [id: u64 LE][term: u64 LE][key length: u16 LE][request id][message]
+//!                       len counts everything after the CRC; the CRC covers those bytes.
 //! <data-dir>/meta.json  {"logId": ..., "members": [...]}, replaced atomically.
 //! ```
 //!
@@ -23,9 +24,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
-const MAGIC: &[u8; 8] = b"CHRSLOG1";
+const MAGIC: &[u8; 8] = b"CHRSLOG2";
 const HEADER: usize = 8; // len + crc
-const FIXED: usize = 16; // id + term
+const FIXED: usize = 18; // id + term + key length
 /// The largest record accepted when reading back (a message of up to 64 MiB).
 const MAX_RECORD: usize = 64 * 1024 * 1024 + FIXED;
 
@@ -211,8 +212,8 @@ fn recover(log: &File, path: &Path) -> Result<(Index, Recovery), StorageError> {
                 "record at byte {pos} has id {id}, expected {expected}"
             ));
         }
-        if std::str::from_utf8(&body[FIXED..]).is_err() {
-            break Some(format!("record {id} is not UTF-8"));
+        if let Err(e) = decode_body(&body) {
+            break Some(format!("record {id}: {e}"));
         }
         offsets.push(pos);
         pos += (HEADER + rec_len) as u64;
@@ -258,14 +259,46 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+fn key(e: &Entry) -> &[u8] {
+    e.request_id.as_deref().map_or(&[][..], str::as_bytes)
+}
+
+fn record_len(e: &Entry) -> usize {
+    HEADER + FIXED + key(e).len() + e.message.len()
+}
+
+/// A record's body (after length and CRC) back into an entry.
+fn decode_body(body: &[u8]) -> Result<Entry, String> {
+    let id = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
+    let term = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
+    let key_len = u16::from_le_bytes(body[16..18].try_into().expect("2 bytes")) as usize;
+    let key = body
+        .get(FIXED..FIXED + key_len)
+        .ok_or_else(|| format!("request id length {key_len} runs past the record"))?;
+    let request_id = match key_len {
+        0 => None,
+        _ => Some(String::from_utf8(key.to_vec()).map_err(|_| "request id is not UTF-8")?),
+    };
+    let message = String::from_utf8(body[FIXED + key_len..].to_vec())
+        .map_err(|_| "message is not UTF-8".to_string())?;
+    Ok(Entry {
+        term,
+        id,
+        message,
+        request_id,
+    })
+}
+
 fn encode(entries: &[Entry], out: &mut Vec<u8>) {
     for e in entries {
-        let len = FIXED + e.message.len();
+        let len = record_len(e) - HEADER;
         let start = out.len();
         out.extend_from_slice(&(len as u32).to_le_bytes());
         out.extend_from_slice(&[0; 4]);
         out.extend_from_slice(&e.id.to_le_bytes());
         out.extend_from_slice(&e.term.to_le_bytes());
+        out.extend_from_slice(&(key(e).len() as u16).to_le_bytes());
+        out.extend_from_slice(key(e));
         out.extend_from_slice(e.message.as_bytes());
         let crc = crc32fast::hash(&out[start + HEADER..]);
         out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
@@ -309,7 +342,7 @@ impl LogStore for FileStore {
         let mut pos = end;
         for e in entries {
             idx.offsets.push(pos);
-            pos += (HEADER + FIXED + e.message.len()) as u64;
+            pos += record_len(e) as u64;
         }
         idx.end = pos;
         Ok(())
@@ -375,11 +408,9 @@ impl LogStore for FileStore {
                     start + p as u64
                 )));
             }
-            let id = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
-            let term = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
-            let message = String::from_utf8(body[FIXED..].to_vec())
-                .map_err(|_| StorageError::Io(format!("record {id} is not UTF-8")))?;
-            out.push(Entry { term, id, message });
+            out.push(decode_body(body).map_err(|e| {
+                StorageError::Io(format!("record at byte {}: {e}", start + p as u64))
+            })?);
             p += HEADER + len;
         }
         Ok(out)
@@ -420,6 +451,7 @@ mod tests {
             term: 1,
             id,
             message: format!("message number {id} ✓"),
+            request_id: None,
         }
     }
 

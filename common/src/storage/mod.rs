@@ -64,6 +64,25 @@ pub trait LogStore: Send + Sync {
 
     /// Save the membership (durably).
     fn set_members(&self, names: &[String]) -> Result<(), StorageError>;
+
+    /// Every request id in the durable log with the id of its message, read back from
+    /// the log (the master rebuilds its idempotency index from this when it starts).
+    fn request_ids(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        let mut out = Vec::new();
+        let mut from = 1;
+        loop {
+            let chunk = self.read(from, 10_000)?;
+            let Some(last) = chunk.last().map(|e| e.id) else {
+                return Ok(out);
+            };
+            out.extend(
+                chunk
+                    .into_iter()
+                    .filter_map(|e| e.request_id.map(|k| (k, e.id))),
+            );
+            from = last + 1;
+        }
+    }
 }
 
 impl<T: LogStore + ?Sized> LogStore for std::sync::Arc<T> {

@@ -259,3 +259,29 @@ async fn kill9_secondary_mid_catch_up_resumes_where_it_stopped() -> anyhow::Resu
     assert_gap_free(&log);
     Ok(())
 }
+
+/// A requestId retried after the master was killed and restarted returns the first
+/// attempt's id and appends nothing.
+#[actix_rt::test]
+async fn a_request_id_retried_across_a_master_restart_appends_once() -> anyhow::Result<()> {
+    let dir = TestDir::new("request-id");
+    let http = Http::new();
+    let (mut master, _nodes) = cluster(&dir, &http, &[], &[&[]]).await?;
+    let body = json!({"message": "pay 10", "writeConcern": 2, "requestId": "order-17"});
+    let (st, first) = http.post(&master.url("/newMessage"), &body).await?;
+    assert_eq!(st, 201, "{first}");
+    assert_eq!(http.write(&master, "other", json!(1)).await?.0, 201);
+    master.kill9();
+    master.restart()?;
+    let (st, again) = wait_for("the restarted master to take the retry", LONG, || async {
+        let (st, v) = http.post(&master.url("/newMessage"), &body).await?;
+        Ok((st != 503).then_some((st, v)))
+    })
+    .await?;
+    assert_eq!(st, 201, "{again}");
+    assert_eq!(again["id"], first["id"], "the retry got another id");
+    let log = http.messages(&master).await?;
+    assert_eq!(log.iter().filter(|e| e.1 == "pay 10").count(), 1, "{log:?}");
+    assert_eq!(log.len(), 2);
+    Ok(())
+}

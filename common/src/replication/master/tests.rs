@@ -45,6 +45,7 @@ fn entry(id: u64, msg: &str) -> Entry {
         term: 1,
         id,
         message: msg.into(),
+        request_id: None,
     }
 }
 
@@ -644,4 +645,21 @@ fn heartbeats_and_live_frames_carry_the_commit_id() {
         })
         .collect();
     assert_eq!(sent, vec![1], "b goes out with the commit id so far");
+}
+
+#[test]
+fn request_ids_survive_a_restart() {
+    let store = Arc::new(MemStore::new());
+    let cfg = MasterConfig::new("m", Duration::from_millis(100));
+    let now = Instant::now();
+    let mut c = MasterCore::new(cfg.clone(), store.clone()).unwrap();
+    let mut req = write("pay 10", 1);
+    req.request_id = Some("order-17".into());
+    assert_eq!(c.submit(now, req.clone(), 1).unwrap(), 1);
+    c.submit(now, write("other", 1), 2).unwrap();
+    // A new core over the same store: the key is found in the log.
+    let mut c = MasterCore::new(cfg, store).unwrap();
+    assert_eq!(c.submit(now, req, 3).unwrap(), 1);
+    assert_eq!(c.last_id(), 2, "the retry appended nothing");
+    assert_eq!(c.take_outputs(), vec![committed(3, 1, &["m"])]);
 }
