@@ -12,12 +12,14 @@
 //! - [`api`]: the HTTP API's request validation and response bodies, free of any web
 //!   framework.
 //! - [`config`]: parsing of command-line values shared by both binaries.
+//! - [`metrics`]: the Prometheus recorder and the shared metric names.
 //! - [`shutdown`]: the signals that stop a node.
 //! - [`telemetry`]: logging set-up.
 //! - [`web`]: actix-web glue shared by both nodes (errors, 404/405, reading the log).
 
 pub mod api;
 pub mod config;
+pub mod metrics;
 pub mod protocol;
 pub mod replication;
 pub mod shutdown;

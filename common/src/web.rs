@@ -125,3 +125,10 @@ pub async fn messages(
         .content_type("application/json")
         .streaming(body)
 }
+
+/// `GET /metrics`: everything recorded, in Prometheus' text format.
+pub fn metrics_response(handle: &crate::metrics::PrometheusHandle) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(handle.render())
+}

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 struct State {
+    metrics: common::metrics::PrometheusHandle,
     replicator: Addr<Replicator>,
     store: Arc<dyn LogStore>,
     max_message_bytes: usize,
@@ -25,8 +26,10 @@ pub fn server(
     listener: std::net::TcpListener,
     replicator: Addr<Replicator>,
     store: Arc<dyn LogStore>,
+    metrics: common::metrics::PrometheusHandle,
 ) -> anyhow::Result<Server> {
     let state = web::Data::new(State {
+        metrics,
         replicator,
         store,
         max_message_bytes: cfg.max_message_bytes,
@@ -39,6 +42,7 @@ pub fn server(
             .service(endpoint("/messages", "GET", web::get().to(messages)))
             .service(endpoint("/health", "GET", web::get().to(health)))
             .service(endpoint("/status", "GET", web::get().to(status)))
+            .service(endpoint("/metrics", "GET", web::get().to(metrics_page)))
             .service(endpoint(
                 "/messages/{id}/status",
                 "GET",
@@ -59,15 +63,37 @@ pub fn server(
 }
 
 async fn new_message(state: web::Data<State>, payload: web::Payload) -> HttpResponse {
+    let started = Instant::now();
+    let (response, write_concern) = write(&state, payload).await;
+    let outcome = match response.status().as_u16() {
+        201 => "committed",
+        504 => "timeout",
+        503 => "not_writable",
+        400 | 413 => "invalid",
+        _ => "error",
+    };
+    metrics::counter!(common::metrics::WRITES, "outcome" => outcome).increment(1);
+    if let Some(wc) = write_concern {
+        metrics::histogram!(common::metrics::WRITE_SECONDS, "write_concern" => wc.to_string())
+            .record(started.elapsed().as_secs_f64());
+    }
+    response
+}
+
+/// Validate, submit and wait for one write; also the write concern it asked for.
+async fn write(
+    state: &State,
+    payload: web::Payload,
+) -> (HttpResponse, Option<common::replication::WriteConcern>) {
     // JSON escapes can make a message up to 6 times its size on the wire.
     let limit = state.max_message_bytes.saturating_mul(6) + 64 * 1024;
     let body = match read_body(payload, limit).await {
         Ok(b) => b,
-        Err(e) => return error_response(&e),
+        Err(e) => return (error_response(&e), None),
     };
     let req = match api::parse_new_message(&body, state.max_message_bytes) {
         Ok(r) => r,
-        Err(e) => return error_response(&e),
+        Err(e) => return (error_response(&e), None),
     };
     let asked = req.write_concern;
     let submit = Submit(WriteRequest {
@@ -78,18 +104,9 @@ async fn new_message(state: web::Data<State>, payload: web::Payload) -> HttpResp
     });
     let rx = match state.replicator.send(submit).await {
         Ok(Ok((_, rx))) => rx,
-        Ok(Err(SubmitError::ShuttingDown)) => {
-            return error_response(&ApiError::not_writable("the master is shutting down"));
-        }
-        Ok(Err(SubmitError::Rejected(e @ Rejected::NoQuorum { .. }))) => {
-            return error_response(&ApiError::not_writable(e.to_string()));
-        }
-        Ok(Err(SubmitError::Rejected(Rejected::Storage(e)))) => {
-            return error_response(&ApiError::new(500, "storage_error", e.to_string()));
-        }
-        Err(_) => return error_response(&ApiError::not_writable("the master is shutting down")),
+        other => return (refused(other.map(|r| r.map(|_| ()))), Some(asked)),
     };
-    match rx.await {
+    let response = match rx.await {
         Ok(WriteOutcome::Committed(r)) => HttpResponse::Created().json(api::receipt_json(&r)),
         Ok(WriteOutcome::TimedOut(r)) => {
             error_response(&ApiError::write_concern_timeout(&r, asked))
@@ -97,6 +114,23 @@ async fn new_message(state: web::Data<State>, payload: web::Payload) -> HttpResp
         Err(_) => error_response(&ApiError::not_writable(
             "the master is shutting down; the message is stored but its write concern was not confirmed",
         )),
+    };
+    (response, Some(asked))
+}
+
+/// The answer to a write the replicator did not accept.
+fn refused(result: Result<Result<(), SubmitError>, actix::MailboxError>) -> HttpResponse {
+    match result {
+        Ok(Ok(())) => unreachable!("only called for refusals"),
+        Ok(Err(SubmitError::ShuttingDown)) | Err(_) => {
+            error_response(&ApiError::not_writable("the master is shutting down"))
+        }
+        Ok(Err(SubmitError::Rejected(e @ Rejected::NoQuorum { .. }))) => {
+            error_response(&ApiError::not_writable(e.to_string()))
+        }
+        Ok(Err(SubmitError::Rejected(Rejected::Storage(e)))) => {
+            error_response(&ApiError::new(500, "storage_error", e.to_string()))
+        }
     }
 }
 
@@ -274,4 +308,29 @@ async fn remove_member(path: web::Path<String>, state: web::Data<State>) -> Http
         Ok(Err(e)) => error_response(&ApiError::new(500, "storage_error", e.to_string())),
         Err(_) => shutting_down(),
     }
+}
+
+/// `GET /metrics`: the gauges are refreshed from the replication state, then everything
+/// is rendered.
+async fn metrics_page(state: web::Data<State>) -> HttpResponse {
+    if let Ok((st, _)) = state.replicator.send(GetStatus).await {
+        metrics::gauge!("chorus_last_id").set(st.last_id as f64);
+        metrics::gauge!("chorus_commit_id").set(st.commit_id as f64);
+        metrics::gauge!("chorus_members").set(st.member_count as f64);
+        metrics::gauge!("chorus_members_connected")
+            .set(st.members.iter().filter(|m| m.connected).count() as f64);
+        metrics::gauge!("chorus_writable").set(f64::from(u8::from(st.has_quorum)));
+        metrics::gauge!("chorus_pending_writes").set(st.pending_writes as f64);
+        for m in &st.members {
+            let name = m.name.clone();
+            metrics::gauge!("chorus_member_lag_messages", "member" => name.clone())
+                .set(m.lag as f64);
+            metrics::gauge!("chorus_member_lag_seconds", "member" => name.clone())
+                .set(m.lag_ms.unwrap_or(0) as f64 / 1000.0);
+            metrics::gauge!("chorus_member_connected", "member" => name.clone())
+                .set(f64::from(u8::from(m.connected)));
+            metrics::counter!("chorus_resends_total", "member" => name).absolute(m.resends);
+        }
+    }
+    common::web::metrics_response(&state.metrics)
 }

@@ -52,7 +52,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let replicator = replicator::Replicator::start_with(&cfg, store.clone())?;
     actix_web::rt::spawn(session::accept_loop(comm, replicator.clone(), cfg.delay));
 
-    let server = http::server(&cfg, http, replicator.clone(), store)?;
+    let metrics = common::metrics::install()
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+    let server = http::server(&cfg, http, replicator.clone(), store, metrics)?;
     let handle = server.handle();
     actix_web::rt::spawn(async move {
         let signal = common::shutdown::signal().await;

@@ -187,6 +187,7 @@ impl Replicator {
             match result {
                 Ok(Ok(upto)) => {
                     act.syncs += 1;
+                    metrics::counter!(common::metrics::SYNCS).increment(1);
                     act.core.persisted(Instant::now(), upto);
                     act.drain(ctx);
                 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 struct State {
+    metrics: common::metrics::PrometheusHandle,
     core: SharedCore,
     store: Arc<dyn LogStore>,
     master: String,
@@ -21,8 +22,10 @@ pub fn server(
     listener: std::net::TcpListener,
     core: SharedCore,
     store: Arc<dyn LogStore>,
+    metrics: common::metrics::PrometheusHandle,
 ) -> anyhow::Result<Server> {
     let state = web::Data::new(State {
+        metrics,
         core,
         store,
         master: format!("{}:{}", cfg.master_ip, cfg.master_comm_port),
@@ -35,6 +38,7 @@ pub fn server(
             .service(endpoint("/messages", "GET", web::get().to(messages)))
             .service(endpoint("/health", "GET", web::get().to(health)))
             .service(endpoint("/status", "GET", web::get().to(status)))
+            .service(endpoint("/metrics", "GET", web::get().to(metrics_page)))
             .default_service(web::to(not_found))
     })
     .shutdown_timeout(5)
@@ -120,4 +124,21 @@ async fn status(state: web::Data<State>) -> HttpResponse {
         "lastError": st.last_error,
         "uptimeMs": state.started.elapsed().as_millis() as u64,
     }))
+}
+
+/// `GET /metrics`: the gauges are refreshed from the replication state, then everything
+/// is rendered.
+async fn metrics_page(state: web::Data<State>) -> HttpResponse {
+    let st = {
+        let core = state.core.lock().unwrap_or_else(|e| e.into_inner());
+        core.status(Instant::now())
+    };
+    metrics::gauge!("chorus_last_id").set(st.last_id as f64);
+    metrics::gauge!("chorus_master_last_id").set(st.master_last_id as f64);
+    metrics::gauge!("chorus_commit_id").set(st.commit_id as f64);
+    metrics::gauge!("chorus_lag_messages").set(st.master_last_id.saturating_sub(st.last_id) as f64);
+    metrics::gauge!("chorus_connected").set(f64::from(u8::from(st.connected)));
+    metrics::gauge!("chorus_held_back").set(st.buffered as f64);
+    metrics::counter!("chorus_duplicates_ignored_total").absolute(st.duplicates);
+    common::web::metrics_response(&state.metrics)
 }

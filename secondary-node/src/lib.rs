@@ -57,7 +57,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         core.clone(),
         store.clone(),
     ));
-    let server = http::server(&cfg, http, core, store)?;
+    let metrics = common::metrics::install()
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+    let server = http::server(&cfg, http, core, store, metrics)?;
     let handle = server.handle();
     actix_web::rt::spawn(async move {
         let signal = common::shutdown::signal().await;

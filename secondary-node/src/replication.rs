@@ -66,6 +66,7 @@ async fn sync(store: &Store) -> anyhow::Result<()> {
     if store.last_id() > store.durable_id() {
         let store = store.clone();
         tokio::task::spawn_blocking(move || store.sync()).await??;
+        metrics::counter!(common::metrics::SYNCS).increment(1);
     }
     Ok(())
 }

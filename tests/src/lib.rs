@@ -352,6 +352,22 @@ impl Http {
         ))
     }
 
+    /// GET a text body (e.g. /metrics); status and text.
+    pub async fn get_text(&self, url: &str) -> Result<(u16, String)> {
+        let mut resp = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| anyhow!("GET {url}: {e}"))?;
+        let bytes = resp
+            .body()
+            .limit(64 * 1024 * 1024)
+            .await
+            .map_err(|e| anyhow!("GET {url} body: {e}"))?;
+        Ok((resp.status().as_u16(), String::from_utf8(bytes.to_vec())?))
+    }
+
     /// A node's log as (id, message) pairs.
     pub async fn messages(&self, node: &Node) -> Result<Vec<(u64, String)>> {
         let (status, v) = self.get(&node.url("/messages")).await?;

@@ -76,6 +76,7 @@ impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
         }
         src.advance(PREFIX);
         let body = src.split_to(len);
+        crate::metrics::frame("in", PREFIX + len);
         rmp_serde::from_slice(&body)
             .map(Some)
             .map_err(|e| CodecError::Malformed(e.to_string()))
@@ -109,6 +110,7 @@ impl<In, Out: Serialize> Encoder<Out> for FrameCodec<In, Out> {
             });
         }
         dst[start..start + PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+        crate::metrics::frame("out", PREFIX + len);
         Ok(())
     }
 }

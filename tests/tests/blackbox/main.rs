@@ -4,5 +4,6 @@
 mod bad_input;
 mod durability;
 mod health;
+mod metrics;
 mod replication;
 mod status;

@@ -1,0 +1,38 @@
+//! Prometheus metrics: the recorder every node installs, and the names of the metrics
+//! recorded in more than one place. `GET /metrics` renders them (see `docs/api.md`).
+
+pub use metrics_exporter_prometheus::PrometheusHandle;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+/// Replication frames, by `direction` (`in`, `out`).
+pub const FRAMES: &str = "chorus_frames_total";
+/// Bytes of replication frames (length prefix included), by `direction`.
+pub const FRAME_BYTES: &str = "chorus_frame_bytes_total";
+/// Syncs (fsyncs) of the log.
+pub const SYNCS: &str = "chorus_syncs_total";
+/// Client writes on the master, by `outcome`.
+pub const WRITES: &str = "chorus_writes_total";
+/// Time from a write's arrival to its answer, by `write_concern`.
+pub const WRITE_SECONDS: &str = "chorus_write_duration_seconds";
+
+/// Install the process-wide recorder and return the handle that renders it. Call once,
+/// at start.
+pub fn install() -> Result<PrometheusHandle, String> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(WRITE_SECONDS.into()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ],
+        )
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())
+}
+
+/// Count one replication frame of `bytes` bytes going `direction` (`in` or `out`).
+pub fn frame(direction: &'static str, bytes: usize) {
+    metrics::counter!(FRAMES, "direction" => direction).increment(1);
+    metrics::counter!(FRAME_BYTES, "direction" => direction).increment(bytes as u64);
+}
