@@ -315,6 +315,64 @@ pub fn receipt_json(r: &Receipt) -> Value {
     json!({"id": r.id, "acks": r.acks, "ackedBy": r.acked_by})
 }
 
+/// Types that describe the HTTP API in its OpenAPI document (`GET /openapi.json`).
+pub mod doc {
+    use serde::Serialize;
+    use utoipa::ToSchema;
+
+    /// Body of `POST /newMessage`. Unknown fields are ignored.
+    #[derive(Serialize, ToSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub struct NewMessage {
+        /// The payload; may be empty; at most the configured limit (default 1 MiB).
+        pub message: String,
+        /// How many members (the master counts as one) must hold the message: an
+        /// integer >= 1, or "majority". Default 1.
+        #[schema(value_type = Option<Object>, example = json!(2))]
+        pub write_concern: Option<serde_json::Value>,
+        /// Give up waiting after this many milliseconds (0 or absent: no limit). The
+        /// message is not withdrawn.
+        pub timeout_ms: Option<u64>,
+        /// Idempotency key (1 to 128 characters): a retry returns the first id.
+        pub request_id: Option<String>,
+    }
+
+    /// Answer to a write whose write concern was met.
+    #[derive(Serialize, ToSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Receipt {
+        /// The message's place in the log (1, 2, 3, ... without gaps).
+        pub id: u64,
+        /// How many members held it when the answer was sent.
+        pub acks: usize,
+        /// Which members.
+        pub acked_by: Vec<String>,
+    }
+
+    /// Every error answer.
+    #[derive(Serialize, ToSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Error {
+        /// What went wrong, for a person.
+        pub error: String,
+        /// Stable snake_case code (see docs/api.md).
+        pub code: String,
+        /// 504 only: the stored message's id.
+        pub id: Option<u64>,
+        /// 504 only: how many members held it.
+        pub acks: Option<usize>,
+        /// 504 only: which members held it.
+        pub acked_by: Option<Vec<String>>,
+    }
+
+    /// One message of the log.
+    #[derive(Serialize, ToSchema)]
+    pub struct Message {
+        pub id: u64,
+        pub message: String,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

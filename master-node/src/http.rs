@@ -4,13 +4,14 @@ use crate::Config;
 use crate::replicator::{GetStatus, Holders, RemoveMember, Replicator, Submit, SubmitError};
 use actix::Addr;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::Server, web};
-use common::api::{self, ApiError};
+use common::api::{self, ApiError, doc};
 use common::replication::{Rejected, WriteOutcome, WriteRequest};
 use common::storage::LogStore;
 use common::web::{endpoint, error_response, not_found, read_body};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
+use utoipa::OpenApi;
 
 struct State {
     metrics: common::metrics::PrometheusHandle,
@@ -44,6 +45,11 @@ pub fn server(
             .service(endpoint("/status", "GET", web::get().to(status)))
             .service(endpoint("/metrics", "GET", web::get().to(metrics_page)))
             .service(endpoint(
+                "/openapi.json",
+                "GET",
+                web::get().to(openapi_json),
+            ))
+            .service(endpoint(
                 "/messages/{id}/status",
                 "GET",
                 web::get().to(message_status),
@@ -62,6 +68,16 @@ pub fn server(
     Ok(server)
 }
 
+/// Append a message and wait for its write concern.
+#[utoipa::path(post, path = "/newMessage", tag = "master",
+    request_body = doc::NewMessage,
+    responses(
+        (status = 201, description = "Held by at least `writeConcern` members", body = doc::Receipt),
+        (status = 400, description = "Malformed JSON or an invalid field", body = doc::Error),
+        (status = 413, description = "Message over the size limit", body = doc::Error),
+        (status = 503, description = "Not writable: no quorum, or shutting down; nothing stored", body = doc::Error),
+        (status = 504, description = "Timed out; the message is stored and keeps replicating", body = doc::Error),
+    ))]
 async fn new_message(state: web::Data<State>, payload: web::Payload) -> HttpResponse {
     let started = Instant::now();
     let (response, write_concern) = write(&state, payload).await;
@@ -134,6 +150,17 @@ fn refused(result: Result<Result<(), SubmitError>, actix::MailboxError>) -> Http
     }
 }
 
+/// The log, ascending by id; streamed.
+#[utoipa::path(get, path = "/messages", tag = "every node",
+    params(
+        ("from" = Option<u64>, Query, description = "First id wanted (default 1)"),
+        ("limit" = Option<u64>, Query, description = "Most messages wanted (default all)"),
+        ("readConcern" = Option<String>, Query, description = "`local` (default) or `majority`"),
+    ),
+    responses(
+        (status = 200, description = "Messages", body = Vec<doc::Message>),
+        (status = 400, description = "Invalid query", body = doc::Error),
+    ))]
 async fn messages(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     let q = match api::parse_messages_query(req.query_string()) {
         Ok(q) => q,
@@ -150,6 +177,9 @@ async fn messages(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     common::web::messages(q, state.store.clone(), commit_id).await
 }
 
+/// Liveness, members and quorum.
+#[utoipa::path(get, path = "/health", tag = "every node",
+    responses((status = 200, description = "The node is up; members and quorum", body = Object)))]
 async fn health(state: web::Data<State>) -> HttpResponse {
     let Ok((st, syncs)) = state.replicator.send(GetStatus).await else {
         return error_response(&ApiError::not_writable("the master is shutting down"));
@@ -197,6 +227,9 @@ fn shutting_down() -> HttpResponse {
 }
 
 /// `GET /status`: the replica set as this master sees it, modelled on `rs.status()`.
+/// The replica set as this node sees it (like `rs.status()`).
+#[utoipa::path(get, path = "/status", tag = "every node",
+    responses((status = 200, description = "Members, states, lag, commit id", body = Object)))]
 async fn status(state: web::Data<State>) -> HttpResponse {
     let Ok((st, syncs)) = state.replicator.send(GetStatus).await else {
         return shutting_down();
@@ -252,6 +285,14 @@ async fn status(state: web::Data<State>) -> HttpResponse {
 }
 
 /// `GET /messages/{id}/status`: which members hold message `id`.
+/// Which members hold a message.
+#[utoipa::path(get, path = "/messages/{id}/status", tag = "master",
+    params(("id" = u64, Path, description = "Message id")),
+    responses(
+        (status = 200, description = "Holders of the message", body = Object),
+        (status = 400, description = "Not a message id", body = doc::Error),
+        (status = 404, description = "No such message yet", body = doc::Error),
+    ))]
 async fn message_status(path: web::Path<String>, state: web::Data<State>) -> HttpResponse {
     let Ok(id) = path.parse::<u64>() else {
         return error_response(&ApiError::bad_request(
@@ -288,6 +329,13 @@ async fn message_status(path: web::Path<String>, state: web::Data<State>) -> Htt
 }
 
 /// `DELETE /members/{name}`: forget a secondary for good.
+/// Remove a secondary from the membership for good.
+#[utoipa::path(delete, path = "/members/{name}", tag = "master",
+    params(("name" = String, Path, description = "The secondary's --name")),
+    responses(
+        (status = 200, description = "Removed", body = Object),
+        (status = 404, description = "No such member", body = doc::Error),
+    ))]
 async fn remove_member(path: web::Path<String>, state: web::Data<State>) -> HttpResponse {
     let name = path.into_inner();
     match state.replicator.send(RemoveMember(name.clone())).await {
@@ -312,6 +360,9 @@ async fn remove_member(path: web::Path<String>, state: web::Data<State>) -> Http
 
 /// `GET /metrics`: the gauges are refreshed from the replication state, then everything
 /// is rendered.
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "every node",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics_page(state: web::Data<State>) -> HttpResponse {
     if let Ok((st, _)) = state.replicator.send(GetStatus).await {
         metrics::gauge!("chorus_last_id").set(st.last_id as f64);
@@ -333,4 +384,32 @@ async fn metrics_page(state: web::Data<State>) -> HttpResponse {
         }
     }
     common::web::metrics_response(&state.metrics)
+}
+
+/// The master's API, generated from the handlers' annotations above.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "chorus master",
+        description = "The master of a chorus replicated log: takes writes, replicates them, answers once the write concern is met."
+    ),
+    paths(
+        new_message,
+        messages,
+        health,
+        status,
+        message_status,
+        remove_member,
+        metrics_page,
+        openapi_json
+    ),
+    components(schemas(doc::NewMessage, doc::Receipt, doc::Error, doc::Message))
+)]
+pub struct ApiDoc;
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "every node",
+    responses((status = 200, description = "The OpenAPI document of this node's API", body = Object)))]
+async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
 }

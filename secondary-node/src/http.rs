@@ -2,12 +2,13 @@
 
 use crate::{Config, SharedCore};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::Server, web};
-use common::api::{self, ApiError};
+use common::api::{self, ApiError, doc};
 use common::storage::LogStore;
 use common::web::{endpoint, error_response, not_found};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
+use utoipa::OpenApi;
 
 struct State {
     metrics: common::metrics::PrometheusHandle,
@@ -39,6 +40,11 @@ pub fn server(
             .service(endpoint("/health", "GET", web::get().to(health)))
             .service(endpoint("/status", "GET", web::get().to(status)))
             .service(endpoint("/metrics", "GET", web::get().to(metrics_page)))
+            .service(endpoint(
+                "/openapi.json",
+                "GET",
+                web::get().to(openapi_json),
+            ))
             .default_service(web::to(not_found))
     })
     .shutdown_timeout(5)
@@ -48,6 +54,9 @@ pub fn server(
     Ok(server)
 }
 
+/// Secondaries take no writes.
+#[utoipa::path(post, path = "/newMessage", tag = "secondary",
+    responses((status = 503, description = "Not writable: send writes to the master", body = doc::Error)))]
 async fn new_message(state: web::Data<State>) -> HttpResponse {
     error_response(&ApiError::not_writable(format!(
         "this node is a secondary and takes no writes; send them to the master (comm address {})",
@@ -55,6 +64,17 @@ async fn new_message(state: web::Data<State>) -> HttpResponse {
     )))
 }
 
+/// This secondary's gap-free prefix of the master's log; streamed.
+#[utoipa::path(get, path = "/messages", tag = "every node",
+    params(
+        ("from" = Option<u64>, Query, description = "First id wanted (default 1)"),
+        ("limit" = Option<u64>, Query, description = "Most messages wanted (default all)"),
+        ("readConcern" = Option<String>, Query, description = "`local` (default) or `majority`"),
+    ),
+    responses(
+        (status = 200, description = "Messages", body = Vec<doc::Message>),
+        (status = 400, description = "Invalid query", body = doc::Error),
+    ))]
 async fn messages(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     let q = match api::parse_messages_query(req.query_string()) {
         Ok(q) => q,
@@ -68,6 +88,9 @@ async fn messages(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     common::web::messages(q, state.store.clone(), commit_id).await
 }
 
+/// Liveness, and whether it is connected to the master.
+#[utoipa::path(get, path = "/health", tag = "every node",
+    responses((status = 200, description = "The node is up; connection and last id", body = Object)))]
 async fn health(state: web::Data<State>) -> HttpResponse {
     let st = {
         let core = state.core.lock().unwrap_or_else(|e| e.into_inner());
@@ -94,6 +117,9 @@ async fn health(state: web::Data<State>) -> HttpResponse {
 
 /// `GET /status`: this secondary's replication state, with what it holds back and what
 /// it waits for.
+/// Replication state: prefix, held-back and missing ids.
+#[utoipa::path(get, path = "/status", tag = "every node",
+    responses((status = 200, description = "State, lag, held-back and missing ids", body = Object)))]
 async fn status(state: web::Data<State>) -> HttpResponse {
     let st = {
         let core = state.core.lock().unwrap_or_else(|e| e.into_inner());
@@ -128,6 +154,9 @@ async fn status(state: web::Data<State>) -> HttpResponse {
 
 /// `GET /metrics`: the gauges are refreshed from the replication state, then everything
 /// is rendered.
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "every node",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics_page(state: web::Data<State>) -> HttpResponse {
     let st = {
         let core = state.core.lock().unwrap_or_else(|e| e.into_inner());
@@ -141,4 +170,23 @@ async fn metrics_page(state: web::Data<State>) -> HttpResponse {
     metrics::gauge!("chorus_held_back").set(st.buffered as f64);
     metrics::counter!("chorus_duplicates_ignored_total").absolute(st.duplicates);
     common::web::metrics_response(&state.metrics)
+}
+
+/// The secondary's API, generated from the handlers' annotations above.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "chorus secondary",
+        description = "A secondary of a chorus replicated log: follows the master, serves reads."
+    ),
+    paths(new_message, messages, health, status, metrics_page, openapi_json),
+    components(schemas(doc::Error, doc::Message))
+)]
+pub struct ApiDoc;
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "every node",
+    responses((status = 200, description = "The OpenAPI document of this node's API", body = Object)))]
+async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
 }

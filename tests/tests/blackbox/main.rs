@@ -5,5 +5,6 @@ mod bad_input;
 mod durability;
 mod health;
 mod metrics;
+mod openapi;
 mod replication;
 mod status;
