@@ -33,6 +33,27 @@ pub fn method_not_allowed(
     }
 }
 
+/// Build and start the HTTP server on `listener`: the routes `configure` adds, JSON 404s
+/// for everything else, 5 s to finish in-flight requests when stopped, and no signal
+/// handling of its own (each node handles SIGINT/SIGTERM itself).
+pub fn serve<F>(
+    listener: std::net::TcpListener,
+    configure: F,
+) -> std::io::Result<actix_web::dev::Server>
+where
+    F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+{
+    Ok(actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .configure(configure.clone())
+            .default_service(web::to(not_found))
+    })
+    .shutdown_timeout(5)
+    .disable_signals()
+    .listen(listener)?
+    .run())
+}
+
 /// A resource at `path` served by `route`, answering 405 (with `Allow: method`) to
 /// every other method.
 pub fn endpoint(path: &str, method: &'static str, route: actix_web::Route) -> actix_web::Resource {

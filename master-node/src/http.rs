@@ -3,11 +3,11 @@
 use crate::Config;
 use crate::replicator::{GetStatus, Holders, RemoveMember, Replicator, Submit, SubmitError};
 use actix::Addr;
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::Server, web};
+use actix_web::{HttpRequest, HttpResponse, dev::Server, web};
 use common::api::{self, ApiError, doc};
 use common::replication::{Rejected, WriteOutcome, WriteRequest};
 use common::storage::LogStore;
-use common::web::{endpoint, error_response, not_found, read_body};
+use common::web::{endpoint, error_response, read_body};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,9 +36,8 @@ pub fn server(
         max_message_bytes: cfg.max_message_bytes,
         started: Instant::now(),
     });
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
+    let server = common::web::serve(listener, move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(state.clone())
             .service(endpoint("/newMessage", "POST", web::post().to(new_message)))
             .service(endpoint("/messages", "GET", web::get().to(messages)))
             .service(endpoint("/health", "GET", web::get().to(health)))
@@ -58,13 +57,8 @@ pub fn server(
                 "/members/{name}",
                 "DELETE",
                 web::delete().to(remove_member),
-            ))
-            .default_service(web::to(not_found))
-    })
-    .shutdown_timeout(5)
-    .disable_signals() // lib.rs handles SIGINT/SIGTERM
-    .listen(listener)?
-    .run();
+            ));
+    })?;
     Ok(server)
 }
 

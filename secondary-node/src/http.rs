@@ -1,10 +1,10 @@
 //! The secondary's HTTP API (see `docs/api.md`): reads only.
 
 use crate::{Config, SharedCore};
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::Server, web};
+use actix_web::{HttpRequest, HttpResponse, dev::Server, web};
 use common::api::{self, ApiError, doc};
 use common::storage::LogStore;
-use common::web::{endpoint, error_response, not_found};
+use common::web::{endpoint, error_response};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,9 +32,8 @@ pub fn server(
         master: format!("{}:{}", cfg.master_ip, cfg.master_comm_port),
         started: Instant::now(),
     });
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
+    let server = common::web::serve(listener, move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(state.clone())
             .service(endpoint("/newMessage", "POST", web::post().to(new_message)))
             .service(endpoint("/messages", "GET", web::get().to(messages)))
             .service(endpoint("/health", "GET", web::get().to(health)))
@@ -44,13 +43,8 @@ pub fn server(
                 "/openapi.json",
                 "GET",
                 web::get().to(openapi_json),
-            ))
-            .default_service(web::to(not_found))
-    })
-    .shutdown_timeout(5)
-    .disable_signals() // lib.rs handles SIGINT/SIGTERM
-    .listen(listener)?
-    .run();
+            ));
+    })?;
     Ok(server)
 }
 

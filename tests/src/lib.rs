@@ -284,24 +284,48 @@ impl Http {
         Self { client }
     }
 
-    /// POST a raw body; returns status and parsed JSON (Null if the body is not JSON).
-    pub async fn post_raw(&self, url: &str, body: impl Into<bytes::Bytes>) -> Result<(u16, Value)> {
-        let mut resp = self
-            .client
-            .post(url)
-            .insert_header(("content-type", "application/json"))
-            .send_body(body.into())
-            .await
-            .map_err(|e| anyhow!("POST {url}: {e}"))?;
+    /// Send `req` (with `body`, if any) and read the whole answer.
+    async fn send(
+        &self,
+        what: &str,
+        req: awc::ClientRequest,
+        body: Option<bytes::Bytes>,
+    ) -> Result<(u16, bytes::Bytes)> {
+        let sent = match body {
+            Some(b) => {
+                req.insert_header(("content-type", "application/json"))
+                    .send_body(b)
+                    .await
+            }
+            None => req.send().await,
+        };
+        let mut resp = sent.map_err(|e| anyhow!("{what}: {e}"))?;
         let bytes = resp
             .body()
-            .limit(64 * 1024 * 1024)
+            .limit(256 * 1024 * 1024)
             .await
-            .map_err(|e| anyhow!("POST {url} body: {e}"))?;
+            .map_err(|e| anyhow!("{what} body: {e}"))?;
+        Ok((resp.status().as_u16(), bytes))
+    }
+
+    async fn send_json(
+        &self,
+        what: &str,
+        req: awc::ClientRequest,
+        body: Option<bytes::Bytes>,
+    ) -> Result<(u16, Value)> {
+        let (status, bytes) = self.send(what, req, body).await?;
         Ok((
-            resp.status().as_u16(),
+            status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         ))
+    }
+
+    /// POST a raw body; returns status and parsed JSON (Null if the body is not JSON).
+    pub async fn post_raw(&self, url: &str, body: impl Into<bytes::Bytes>) -> Result<(u16, Value)> {
+        let req = self.client.post(url);
+        self.send_json(&format!("POST {url}"), req, Some(body.into()))
+            .await
     }
 
     pub async fn post(&self, url: &str, body: &Value) -> Result<(u16, Value)> {
@@ -318,54 +342,21 @@ impl Http {
     }
 
     pub async fn get(&self, url: &str) -> Result<(u16, Value)> {
-        let mut resp = self
-            .client
-            .get(url)
-            .send()
+        self.send_json(&format!("GET {url}"), self.client.get(url), None)
             .await
-            .map_err(|e| anyhow!("GET {url}: {e}"))?;
-        let bytes = resp
-            .body()
-            .limit(256 * 1024 * 1024)
-            .await
-            .map_err(|e| anyhow!("GET {url} body: {e}"))?;
-        Ok((
-            resp.status().as_u16(),
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        ))
     }
 
     pub async fn delete(&self, url: &str) -> Result<(u16, Value)> {
-        let mut resp = self
-            .client
-            .delete(url)
-            .send()
+        self.send_json(&format!("DELETE {url}"), self.client.delete(url), None)
             .await
-            .map_err(|e| anyhow!("DELETE {url}: {e}"))?;
-        let bytes = resp
-            .body()
-            .await
-            .map_err(|e| anyhow!("DELETE {url} body: {e}"))?;
-        Ok((
-            resp.status().as_u16(),
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        ))
     }
 
     /// GET a text body (e.g. /metrics); status and text.
     pub async fn get_text(&self, url: &str) -> Result<(u16, String)> {
-        let mut resp = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| anyhow!("GET {url}: {e}"))?;
-        let bytes = resp
-            .body()
-            .limit(64 * 1024 * 1024)
-            .await
-            .map_err(|e| anyhow!("GET {url} body: {e}"))?;
-        Ok((resp.status().as_u16(), String::from_utf8(bytes.to_vec())?))
+        let (status, bytes) = self
+            .send(&format!("GET {url}"), self.client.get(url), None)
+            .await?;
+        Ok((status, String::from_utf8(bytes.to_vec())?))
     }
 
     /// A node's log as (id, message) pairs.
