@@ -182,55 +182,21 @@ async fn run_thread(
             true
         }
     };
-    let one = {
-        let (client, url, body, tally, done) = (
-            client.clone(),
-            url.clone(),
-            body.clone(),
-            tally.clone(),
-            done.clone(),
-        );
-        move |due: Instant| {
-            let (client, url, body, tally, done) = (
-                client.clone(),
-                url.clone(),
-                body.clone(),
-                tally.clone(),
-                done.clone(),
-            );
-            async move {
-                let answer = client
-                    .post(&url)
-                    .insert_header(("content-type", "application/json"))
-                    .send_body(body)
-                    .await;
-                // Read the whole answer before touching the tally: no borrow across an
-                // await, where another write's task may want it.
-                let outcome = match answer {
-                    Ok(mut resp) if resp.status().as_u16() == 201 => {
-                        let _ = resp.body().await;
-                        Ok(due.elapsed().as_micros().max(1) as u64)
-                    }
-                    Ok(resp) => Err(resp.status().as_u16().to_string()),
-                    Err(e) => Err(format!("no answer: {e}")),
-                };
-                let mut t = tally.borrow_mut();
-                match outcome {
-                    Ok(micros) => t.ok.saturating_record(micros),
-                    Err(kind) => *t.errors.entry(kind).or_default() += 1,
-                }
-                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    };
+    let shared = Rc::new(Shared {
+        client,
+        url,
+        body,
+        tally: tally.clone(),
+        done,
+    });
     match cli.rate {
         None => {
             let workers: Vec<_> = (0..cli.concurrency)
                 .map(|_| {
-                    let (take, one) = (take.clone(), one.clone());
+                    let (take, shared) = (take.clone(), shared.clone());
                     actix_rt::spawn(async move {
                         while take() {
-                            one(Instant::now()).await;
+                            shared.write(Instant::now()).await;
                         }
                     })
                 })
@@ -254,9 +220,9 @@ async fn run_thread(
                         .or_default() += 1;
                 } else {
                     in_flight.set(in_flight.get() + 1);
-                    let (one, in_flight) = (one.clone(), in_flight.clone());
+                    let (shared, in_flight) = (shared.clone(), in_flight.clone());
                     pending.push(actix_rt::spawn(async move {
-                        one(due).await;
+                        shared.write(due).await;
                         in_flight.set(in_flight.get() - 1);
                     }));
                 }
@@ -267,10 +233,47 @@ async fn run_thread(
             }
         }
     }
-    drop(one);
+    drop(shared);
     Ok(Rc::try_unwrap(tally)
         .map_err(|_| anyhow::anyhow!("tally still shared"))?
         .into_inner())
+}
+
+/// What every write of one thread shares.
+struct Shared {
+    client: awc::Client,
+    url: String,
+    body: String,
+    tally: Rc<RefCell<Tally>>,
+    done: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Shared {
+    /// One write, due at `due`: its latency (or its error) goes into the tally.
+    async fn write(&self, due: Instant) {
+        let answer = self
+            .client
+            .post(&self.url)
+            .insert_header(("content-type", "application/json"))
+            .send_body(self.body.clone())
+            .await;
+        // Read the whole answer before touching the tally: no borrow across an await,
+        // where another write's task may want it.
+        let outcome = match answer {
+            Ok(mut resp) if resp.status().as_u16() == 201 => {
+                let _ = resp.body().await;
+                Ok(due.elapsed().as_micros().max(1) as u64)
+            }
+            Ok(resp) => Err(resp.status().as_u16().to_string()),
+            Err(e) => Err(format!("no answer: {e}")),
+        };
+        let mut t = self.tally.borrow_mut();
+        match outcome {
+            Ok(micros) => t.ok.saturating_record(micros),
+            Err(kind) => *t.errors.entry(kind).or_default() += 1,
+        }
+        self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn ms(micros: u64) -> f64 {

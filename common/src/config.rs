@@ -65,6 +65,27 @@ impl fmt::Display for DelaySpec {
     }
 }
 
+/// `--data-dir`, or the contract's default `./data/NAME`.
+pub fn data_dir(given: Option<std::path::PathBuf>, name: &str) -> std::path::PathBuf {
+    given.unwrap_or_else(|| std::path::Path::new("data").join(name))
+}
+
+/// Run a node's `run` future on an actix system; log a failure and turn it into the exit
+/// code (0 on a clean stop, 1 on failure).
+pub fn run_node(
+    binary: &str,
+    run: impl std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
+) -> std::process::ExitCode {
+    match actix_web::rt::System::new().block_on(run) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("{binary}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// `--drop-rate R`, a probability in 0.0..=1.0.
 pub fn parse_probability(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {

@@ -52,10 +52,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli: Cli = parse_cli();
     common::telemetry::init(&cli.name);
-    let data_dir = cli
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("data").join(&cli.name));
+    let data_dir = common::config::data_dir(cli.data_dir.clone(), &cli.name);
     let cfg = master_node::Config {
         name: cli.name,
         host: cli.host,
@@ -71,12 +68,9 @@ fn main() -> ExitCode {
             .max(cli.suspect_after_heartbeats),
         max_message_bytes: cli.max_message_bytes,
     };
-    match actix_web::rt::System::new().block_on(master_node::run(cfg)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("master-node: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::config::run_node("master-node", async move {
+        master_node::run(cfg)
+            .await
+            .map_err(|e| format!("{e:#}").into())
+    })
 }

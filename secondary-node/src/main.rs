@@ -40,10 +40,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli: Cli = parse_cli();
     common::telemetry::init(&cli.name);
-    let data_dir = cli
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("data").join(&cli.name));
+    let data_dir = common::config::data_dir(cli.data_dir.clone(), &cli.name);
     let cfg = secondary_node::Config {
         name: cli.name,
         host: cli.host,
@@ -54,12 +51,9 @@ fn main() -> ExitCode {
         delay: cli.delay_ms,
         drop_rate: cli.drop_rate,
     };
-    match actix_web::rt::System::new().block_on(secondary_node::run(cfg)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("secondary-node: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::config::run_node("secondary-node", async move {
+        secondary_node::run(cfg)
+            .await
+            .map_err(|e| format!("{e:#}").into())
+    })
 }

@@ -34,6 +34,14 @@ fn write(msg: &str, w: u32) -> WriteRequest {
     }
 }
 
+/// A cumulative acknowledgement with nothing held back.
+fn ack(upto: u64) -> SecondaryFrame {
+    SecondaryFrame::Ack {
+        upto,
+        buffered: vec![],
+    }
+}
+
 /// The store made everything appended durable.
 fn durable(c: &mut MasterCore<Arc<MemStore>>, now: Instant) {
     let id = c.last_id();
@@ -124,14 +132,7 @@ fn handshake_catch_up_ready_then_live_write() {
             }
         }]
     );
-    c.handle_frame(
-        now,
-        1,
-        SecondaryFrame::Ack {
-            upto: 1,
-            buffered: vec![],
-        },
-    );
+    c.handle_frame(now, 1, ack(1));
     assert_eq!(c.take_outputs(), vec![committed(10, 1, &["m", "s1"])]);
     assert_eq!(c.poll_timeout(), None, "nothing left to resend");
 }
@@ -215,14 +216,7 @@ fn window_limits_what_is_in_flight() {
     durable(&mut c, now);
     let sent: Vec<u64> = sent_ids(c.take_outputs());
     assert_eq!(sent, vec![1, 2, 3]);
-    c.handle_frame(
-        now,
-        1,
-        SecondaryFrame::Ack {
-            upto: 2,
-            buffered: vec![],
-        },
-    );
+    c.handle_frame(now, 1, ack(2));
     assert_eq!(sent_ids(c.take_outputs()), vec![4, 5]);
 }
 
@@ -262,14 +256,7 @@ fn resends_back_off_exponentially_and_never_give_up() {
         assert!(*g >= p && *g <= p + p / 4, "gaps {gaps:?}");
     }
     // Acknowledging stops the resends and answers the write.
-    c.handle_frame(
-        now,
-        1,
-        SecondaryFrame::Ack {
-            upto: 1,
-            buffered: vec![],
-        },
-    );
+    c.handle_frame(now, 1, ack(1));
     assert_eq!(c.take_outputs(), vec![committed(1, 1, &["m", "s1"])]);
     assert_eq!(c.poll_timeout(), None);
 }
@@ -282,10 +269,6 @@ fn out_of_order_and_duplicate_acks_never_move_backwards() {
         c.submit(now, write("x", 1), i).unwrap();
     }
     durable(&mut c, now);
-    let ack = |upto| SecondaryFrame::Ack {
-        upto,
-        buffered: vec![],
-    };
     c.handle_frame(now, 1, ack(3));
     c.handle_frame(now, 1, ack(1));
     c.handle_frame(now, 1, ack(3));
@@ -347,14 +330,7 @@ fn write_concern_above_membership_waits_for_members_to_join() {
     join(&mut c, now, 1, "s1");
     c.submit(now, write("m1", 3), 1).unwrap();
     durable(&mut c, now);
-    c.handle_frame(
-        now,
-        1,
-        SecondaryFrame::Ack {
-            upto: 1,
-            buffered: vec![],
-        },
-    );
+    c.handle_frame(now, 1, ack(1));
     assert!(
         !c.take_outputs()
             .iter()
@@ -364,14 +340,7 @@ fn write_concern_above_membership_waits_for_members_to_join() {
     c.handle_frame(now, 2, hello("s2", 1, 0));
     c.handle_frame(now, 2, SecondaryFrame::GetMessages { start_id: 1 });
     c.take_outputs();
-    c.handle_frame(
-        now,
-        2,
-        SecondaryFrame::Ack {
-            upto: 1,
-            buffered: vec![],
-        },
-    );
+    c.handle_frame(now, 2, ack(1));
     assert_eq!(c.take_outputs(), vec![committed(1, 1, &["m", "s1", "s2"])]);
 }
 
@@ -393,14 +362,7 @@ fn majority_counts_every_known_member_even_disconnected() {
             .any(|o| matches!(o, MasterOutput::Reply { .. })),
         "majority of 3 is 2"
     );
-    c.handle_frame(
-        now,
-        1,
-        SecondaryFrame::Ack {
-            upto: 1,
-            buffered: vec![],
-        },
-    );
+    c.handle_frame(now, 1, ack(1));
     assert_eq!(c.take_outputs(), vec![committed(1, 1, &["m", "s1"])]);
     let st = c.status(now);
     assert_eq!((st.reachable, st.member_count, st.has_quorum), (2, 3, true));
@@ -578,10 +540,6 @@ fn commit_id_holders_and_member_removal() {
         c.submit(now, write("x", 1), i).unwrap();
     }
     durable(&mut c, now);
-    let ack = |upto| SecondaryFrame::Ack {
-        upto,
-        buffered: vec![],
-    };
     c.handle_frame(now, 1, ack(2));
     c.handle_frame(now, 2, ack(1));
     // master holds 3, s1 2, s2 1: a majority (2 of 3) holds up to 2.
@@ -612,14 +570,7 @@ fn heartbeats_and_live_frames_carry_the_commit_id() {
     c.submit(now, write("a", 1), 1).unwrap();
     durable(&mut c, now);
     c.take_outputs();
-    c.handle_frame(
-        now,
-        1,
-        SecondaryFrame::Ack {
-            upto: 1,
-            buffered: vec![],
-        },
-    );
+    c.handle_frame(now, 1, ack(1));
     c.tick_heartbeat(now);
     assert_eq!(
         c.take_outputs(),
