@@ -65,6 +65,32 @@ impl fmt::Display for DelaySpec {
     }
 }
 
+/// `--durability` and `--sync-interval-ms`, shared by both nodes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DurabilityArgs {
+    /// When a write counts as stored on this node: `fsync` acknowledges only what is
+    /// fdatasync'd (survives a power loss); `relaxed` acknowledges what is written to the
+    /// operating system and fdatasyncs every --sync-interval-ms (a power loss or kernel
+    /// crash can lose that much; see docs/storage.md).
+    #[arg(long, value_name = "MODE", default_value = "fsync",
+          value_parser = ["fsync", "relaxed"])]
+    pub durability: String,
+    /// In relaxed mode, how often the log is fdatasync'd.
+    #[arg(long, value_name = "MS", default_value = "100", value_parser = parse_positive_ms)]
+    pub sync_interval_ms: u64,
+}
+
+impl DurabilityArgs {
+    pub fn durability(&self) -> crate::storage::Durability {
+        match self.durability.as_str() {
+            "relaxed" => {
+                crate::storage::Durability::Interval(Duration::from_millis(self.sync_interval_ms))
+            }
+            _ => crate::storage::Durability::Fsync,
+        }
+    }
+}
+
 /// `--data-dir`, or the contract's default `./data/NAME`.
 pub fn data_dir(given: Option<std::path::PathBuf>, name: &str) -> std::path::PathBuf {
     given.unwrap_or_else(|| std::path::Path::new("data").join(name))

@@ -19,6 +19,7 @@ struct State {
     store: Arc<dyn LogStore>,
     max_message_bytes: usize,
     started: Instant,
+    durability: common::storage::Durability,
 }
 
 /// Build the HTTP server on an already bound listener.
@@ -35,6 +36,7 @@ pub fn server(
         store,
         max_message_bytes: cfg.max_message_bytes,
         started: Instant::now(),
+        durability: cfg.durability,
     });
     let server = common::web::serve(listener, move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(state.clone())
@@ -275,6 +277,8 @@ async fn status(state: web::Data<State>) -> HttpResponse {
         "pendingWrites": st.pending_writes,
         "syncs": syncs,
         "members": members,
+        "durability": state.durability.mode(),
+        "syncIntervalMs": state.durability.sync_interval_ms(),
     }))
 }
 

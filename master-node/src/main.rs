@@ -47,6 +47,8 @@ struct Cli {
     #[arg(long, value_name = "BYTES", default_value_t = common::api::DEFAULT_MAX_MESSAGE_BYTES,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=32 * 1024 * 1024))]
     max_message_bytes: usize,
+    #[command(flatten)]
+    durability: common::config::DurabilityArgs,
 }
 
 fn main() -> ExitCode {
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
             .unhealthy_after_heartbeats
             .max(cli.suspect_after_heartbeats),
         max_message_bytes: cli.max_message_bytes,
+        durability: cli.durability.durability(),
     };
     common::config::run_node("master-node", async move {
         master_node::run(cfg)

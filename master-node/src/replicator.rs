@@ -181,7 +181,16 @@ impl Replicator {
         }
         self.syncing = true;
         let store = self.store.clone();
-        let sync = async move { tokio::task::spawn_blocking(move || store.sync()).await };
+        // Either way the sync runs after the writes already in the mailbox are appended,
+        // so it covers all of them (and one frame per secondary carries them).
+        let sync = async move {
+            if store.sync_blocks() {
+                tokio::task::spawn_blocking(move || store.sync()).await
+            } else {
+                // Relaxed durability: nothing to wait for, no trip to the blocking pool.
+                Ok(store.sync())
+            }
+        };
         ctx.spawn(sync.into_actor(self).map(|result, act, ctx| {
             act.syncing = false;
             match result {

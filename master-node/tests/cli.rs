@@ -24,6 +24,8 @@ fn help_explains_every_flag() {
         "--comm-port",
         "--host",
         "--data-dir",
+        "--durability",
+        "--sync-interval-ms",
         "--delay-ms",
         "--ack-timeout-ms",
         "--heartbeat-ms",
@@ -45,6 +47,8 @@ fn bad_values_are_refused_with_one_line_and_exit_2() {
         &["--ack-timeout-ms", "-5"],
         &["--heartbeat-ms", "soon"],
         &["--max-message-bytes", "999999999999"],
+        &["--durability", "sometimes"],
+        &["--sync-interval-ms", "0"],
         &["--unknown-flag"],
     ];
     for extra in bad {

@@ -16,6 +16,7 @@ struct State {
     store: Arc<dyn LogStore>,
     master: String,
     started: Instant,
+    durability: common::storage::Durability,
 }
 
 pub fn server(
@@ -31,6 +32,7 @@ pub fn server(
         store,
         master: format!("{}:{}", cfg.master_ip, cfg.master_comm_port),
         started: Instant::now(),
+        durability: cfg.durability,
     });
     let server = common::web::serve(listener, move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(state.clone())
@@ -137,6 +139,8 @@ async fn status(state: web::Data<State>) -> HttpResponse {
         "masterLastId": st.master_last_id,
         "commitId": st.commit_id,
         "lagMessages": st.master_last_id.saturating_sub(st.last_id),
+        "durability": state.durability.mode(),
+        "syncIntervalMs": state.durability.sync_interval_ms(),
         "heldBack": st.held_back,
         "missing": st.missing,
         "duplicatesIgnored": st.duplicates,

@@ -35,6 +35,8 @@ struct Cli {
     /// For testing.
     #[arg(long, value_name = "R", default_value = "0", value_parser = parse_probability)]
     drop_rate: f64,
+    #[command(flatten)]
+    durability: common::config::DurabilityArgs,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         data_dir,
         delay: cli.delay_ms,
         drop_rate: cli.drop_rate,
+        durability: cli.durability.durability(),
     };
     common::config::run_node("secondary-node", async move {
         secondary_node::run(cfg)

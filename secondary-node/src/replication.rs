@@ -64,8 +64,12 @@ enum Out {
 /// Make what the core appended durable (no-op when nothing is pending).
 async fn sync(store: &Store) -> anyhow::Result<()> {
     if store.last_id() > store.durable_id() {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.sync()).await??;
+        if store.sync_blocks() {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.sync()).await??;
+        } else {
+            store.sync()?;
+        }
         metrics::counter!(common::metrics::SYNCS).increment(1);
     }
     Ok(())

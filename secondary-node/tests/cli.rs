@@ -25,6 +25,8 @@ fn help_explains_every_flag() {
         "--master-comm-port",
         "--host",
         "--data-dir",
+        "--durability",
+        "--sync-interval-ms",
         "--delay-ms",
         "--drop-rate",
     ] {
@@ -41,6 +43,8 @@ fn bad_values_are_refused_with_one_line_and_exit_2() {
         &["--drop-rate", "half"],
         &["--master-comm-port", "65536"],
         &["--delay-ms", "5-"],
+        &["--durability", "sometimes"],
+        &["--sync-interval-ms", "0"],
     ];
     for extra in bad {
         let mut args = base.to_vec();

@@ -12,10 +12,12 @@
 //! In memory there is only the byte offset of each record (8 bytes a message). Opening
 //! the store scans the file once, checking every record's length, checksum and id; the
 //! first record that fails (a torn write at a crash, or corruption) and everything after
-//! it is cut off and never served. `sync` is `fdatasync`, and the entries it covers are
-//! the only ones [`LogStore::read`] returns.
+//! it is cut off and never served. With [`Durability::Fsync`] (the default) `sync` is
+//! `fdatasync`, and the entries it covers are the only ones [`LogStore::read`] returns;
+//! with [`Durability::Interval`] `sync` only marks what was written (to the page cache)
+//! and [`super::spawn_flusher`] runs `fdatasync` on a timer.
 
-use super::{LogStore, StorageError};
+use super::{Durability, LogStore, StorageError};
 use crate::protocol::Entry;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
@@ -48,6 +50,8 @@ struct Index {
     /// Where the next record goes.
     end: u64,
     durable_id: u64,
+    /// The highest id known to be on the disk (fdatasync'd); at most `durable_id`.
+    disk_id: u64,
 }
 
 /// What opening a store found.
@@ -70,11 +74,19 @@ pub struct FileStore {
     append_lock: Mutex<()>,
     meta: Mutex<Meta>,
     recovery: Recovery,
+    durability: Durability,
 }
 
 impl FileStore {
-    /// Open (or create) the store in `dir`, recovering the log.
+    /// Open (or create) the store in `dir`, recovering the log, with
+    /// [`Durability::Fsync`].
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
+        Self::open_with(dir, Durability::Fsync)
+    }
+
+    /// Open (or create) the store in `dir` with the given durability. With
+    /// [`Durability::Interval`] nothing flushes the log by itself: see [`spawn_flusher`].
+    pub fn open_with(dir: impl AsRef<Path>, durability: Durability) -> Result<Self, StorageError> {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(|e| io(&format!("create {}", dir.display()), e))?;
         let path = dir.join("log");
@@ -104,7 +116,32 @@ impl FileStore {
             append_lock: Mutex::new(()),
             meta: Mutex::new(meta),
             recovery,
+            durability,
         })
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// fdatasync the log whatever the durability mode, and count everything appended
+    /// before the call as durable; returns the highest durable id. The interval flusher
+    /// and a node's final stop use it.
+    pub fn sync_to_disk(&self) -> Result<u64, StorageError> {
+        let target = self.last_id();
+        if self.index.read().unwrap_or_else(|e| e.into_inner()).disk_id < target {
+            self.log.sync_data().map_err(|e| io("sync log", e))?;
+        }
+        let mut idx = self.index.write().unwrap_or_else(|e| e.into_inner());
+        idx.disk_id = idx.disk_id.max(target);
+        idx.durable_id = idx.durable_id.max(target);
+        Ok(idx.durable_id)
+    }
+
+    /// Entries written but not yet fdatasync'd.
+    pub fn unsynced(&self) -> u64 {
+        let idx = self.index.read().unwrap_or_else(|e| e.into_inner());
+        idx.offsets.len() as u64 - idx.disk_id
     }
 
     /// What opening found (entries recovered, bytes cut).
@@ -161,6 +198,7 @@ fn recover(log: &File, path: &Path) -> Result<(Index, Recovery), StorageError> {
             offsets: Vec::new(),
             end: MAGIC.len() as u64,
             durable_id: 0,
+            disk_id: 0,
         };
         let recovery = Recovery {
             entries: 0,
@@ -236,6 +274,7 @@ fn recover(log: &File, path: &Path) -> Result<(Index, Recovery), StorageError> {
             offsets,
             end: pos,
             durable_id: entries,
+            disk_id: entries,
         },
         Recovery {
             entries,
@@ -349,11 +388,20 @@ impl LogStore for FileStore {
     }
 
     fn sync(&self) -> Result<u64, StorageError> {
-        let target = self.last_id();
-        self.log.sync_data().map_err(|e| io("sync log", e))?;
-        let mut idx = self.index.write().unwrap_or_else(|e| e.into_inner());
-        idx.durable_id = idx.durable_id.max(target);
-        Ok(idx.durable_id)
+        match self.durability {
+            Durability::Fsync => self.sync_to_disk(),
+            Durability::Interval(_) => {
+                // Written with pwrite already: in the page cache, safe from a crash of
+                // this process; the flusher puts it on the disk.
+                let mut idx = self.index.write().unwrap_or_else(|e| e.into_inner());
+                idx.durable_id = idx.offsets.len() as u64;
+                Ok(idx.durable_id)
+            }
+        }
+    }
+
+    fn sync_blocks(&self) -> bool {
+        self.durability == Durability::Fsync
     }
 
     fn last_id(&self) -> u64 {
@@ -582,6 +630,74 @@ mod tests {
         assert_eq!(s.read(1, 10).unwrap().len(), 2);
         assert_eq!(s.sync().unwrap(), 3);
         assert_eq!(s.read(3, 10).unwrap(), vec![entry(3)]);
+    }
+
+    #[test]
+    fn interval_mode_passes_conformance() {
+        let relaxed = Durability::Interval(std::time::Duration::from_secs(3600));
+        let dirs = std::cell::RefCell::new(Vec::new());
+        super::super::conformance::run_all(|| {
+            let d = tempfile::tempdir().unwrap();
+            let s = FileStore::open_with(d.path(), relaxed).unwrap();
+            dirs.borrow_mut().push(d);
+            s
+        });
+        let d = tempfile::tempdir().unwrap();
+        super::super::conformance::run_reopen(d.path(), |p| {
+            FileStore::open_with(p, relaxed).unwrap()
+        });
+    }
+
+    #[test]
+    fn interval_mode_acknowledges_written_entries_and_flushes_later() {
+        let d = tempfile::tempdir().unwrap();
+        let every = std::time::Duration::from_millis(20);
+        let s = std::sync::Arc::new(
+            FileStore::open_with(d.path(), Durability::Interval(every)).unwrap(),
+        );
+        assert!(!s.sync_blocks());
+        s.append(&[entry(1), entry(2)]).unwrap();
+        assert_eq!(
+            s.read(1, 10).unwrap().len(),
+            0,
+            "not acknowledged before sync"
+        );
+        assert_eq!(s.sync().unwrap(), 2);
+        assert_eq!(s.read(1, 10).unwrap().len(), 2);
+        assert_eq!(s.unsynced(), 2, "sync in interval mode does not fdatasync");
+        let flusher = super::super::spawn_flusher(&s).expect("a flusher in interval mode");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while s.unsynced() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the flusher never ran"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        // The thread ends once the store is gone.
+        drop(s);
+        flusher.join().unwrap();
+        // What was written survives the process (here: the handle) going away.
+        let s = FileStore::open(d.path()).unwrap();
+        assert_eq!(s.read(1, 10).unwrap(), vec![entry(1), entry(2)]);
+        assert!(super::super::spawn_flusher(&std::sync::Arc::new(s)).is_none());
+    }
+
+    #[test]
+    fn sync_to_disk_works_in_both_modes() {
+        for mode in [
+            Durability::Fsync,
+            Durability::Interval(std::time::Duration::from_secs(1)),
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            let s = FileStore::open_with(d.path(), mode).unwrap();
+            s.append(&[entry(1)]).unwrap();
+            assert_eq!(s.unsynced(), 1);
+            assert_eq!(s.sync_to_disk().unwrap(), 1);
+            assert_eq!(s.unsynced(), 0);
+            assert_eq!(s.durable_id(), 1);
+            assert_eq!(s.sync_blocks(), mode == Durability::Fsync);
+        }
     }
 
     #[test]

@@ -12,7 +12,96 @@ pub use file::{FileStore, Recovery};
 pub use mem::MemStore;
 
 use crate::protocol::Entry;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 use thiserror::Error;
+
+/// When an appended entry counts as durable: acknowledged to a writer, counted toward a
+/// write concern, served to readers and replicated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Once `fdatasync` returned: an acknowledged write survives a power loss or kernel
+    /// crash of every node. Syncs are shared by every write waiting at the time (group
+    /// commit). The default.
+    Fsync,
+    /// Once written to the operating system (`pwrite`, in the page cache); the log is
+    /// `fdatasync`'d every interval. A crash or `kill -9` of the process loses nothing;
+    /// a power loss or kernel crash loses up to one interval of acknowledged writes on
+    /// each node it hits, and when it hits every node at once (one machine, one rack,
+    /// one power feed) acknowledged writes are gone whatever the write concern was.
+    /// Like MongoDB's `journalCommitInterval` or NATS JetStream's `sync_interval`.
+    Interval(Duration),
+}
+
+impl Durability {
+    /// `fsync` or `relaxed`, as the command line and `/status` say it.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Durability::Fsync => "fsync",
+            Durability::Interval(_) => "relaxed",
+        }
+    }
+
+    /// The flush interval of relaxed mode.
+    pub fn sync_interval_ms(&self) -> Option<u64> {
+        match self {
+            Durability::Fsync => None,
+            Durability::Interval(d) => Some(d.as_millis() as u64),
+        }
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Durability::Fsync => f.write_str("fsync"),
+            Durability::Interval(d) => write!(f, "relaxed (fsync every {} ms)", d.as_millis()),
+        }
+    }
+}
+
+/// Open a node's log in `dir` with `durability`, log what recovery found and, in
+/// interval mode, start the flusher.
+pub fn open_for_node(
+    dir: &std::path::Path,
+    durability: Durability,
+) -> Result<Arc<FileStore>, StorageError> {
+    let store = Arc::new(FileStore::open_with(dir, durability)?);
+    store.log_recovery();
+    tracing::info!(%durability, "durability");
+    spawn_flusher(&store);
+    Ok(store)
+}
+
+/// Start the thread that fdatasyncs `store` every interval of its
+/// [`Durability::Interval`] (nothing for [`Durability::Fsync`]). The thread ends when
+/// the store is dropped.
+pub fn spawn_flusher(store: &Arc<FileStore>) -> Option<std::thread::JoinHandle<()>> {
+    let Durability::Interval(every) = store.durability() else {
+        return None;
+    };
+    let weak: Weak<FileStore> = Arc::downgrade(store);
+    let spawned = std::thread::Builder::new()
+        .name("log-flusher".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let Some(store) = weak.upgrade() else { return };
+                if store.unsynced() > 0
+                    && let Err(e) = store.sync_to_disk()
+                {
+                    tracing::error!(error = %e, "interval fsync failed; retrying next interval");
+                }
+            }
+        });
+    match spawned {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the log flusher thread");
+            None
+        }
+    }
+}
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum StorageError {
@@ -41,6 +130,12 @@ pub trait LogStore: Send + Sync {
     /// return the highest durable id. Safe to call from another thread while appends go
     /// on: it covers at least what was appended before the call.
     fn sync(&self) -> Result<u64, StorageError>;
+
+    /// Whether [`LogStore::sync`] may block on the medium (and so belongs on a blocking
+    /// thread). False when it only updates memory.
+    fn sync_blocks(&self) -> bool {
+        true
+    }
 
     /// The highest id stored (durable or not), 0 for an empty log.
     fn last_id(&self) -> u64;
@@ -91,6 +186,9 @@ impl<T: LogStore + ?Sized> LogStore for std::sync::Arc<T> {
     }
     fn sync(&self) -> Result<u64, StorageError> {
         (**self).sync()
+    }
+    fn sync_blocks(&self) -> bool {
+        (**self).sync_blocks()
     }
     fn last_id(&self) -> u64 {
         (**self).last_id()
