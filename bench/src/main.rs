@@ -8,6 +8,16 @@
 //!
 //! Bounded by `--duration` (at most an hour) or `--count`, whichever ends first.
 //! Prints throughput and p50/p90/p99/p99.9/max; `--json FILE` writes them too.
+//!
+//! The same loops drive the peers chorus is compared with (docs/benchmarks.md), each
+//! through its own native protocol, so that only the server differs:
+//! - `--target redis`: per write `RPUSH` of the message, pipelined with `WAIT w-1 0`
+//!   (when w > 1) on the same connection: one round trip, answered once w-1 replicas
+//!   have it; one connection per outstanding write.
+//! - `--target etcd`: per write a gRPC `etcdserverpb.KV/Put` over one HTTP/2
+//!   connection per thread (as etcd's own clients do); Raft commits it on a majority.
+
+mod peers;
 
 use anyhow::Context;
 use clap::Parser;
@@ -18,12 +28,29 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+/// What is being loaded.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    /// A chorus master (or anything answering POST /newMessage the same way).
+    Chorus,
+    /// A Redis primary: RPUSH + WAIT.
+    Redis,
+    /// An etcd member: KV.Put over gRPC.
+    Etcd,
+}
+
 #[derive(Parser, Debug, Clone)]
-#[command(version, about = "Load generator for a chorus master")]
+#[command(
+    version,
+    about = "Load generator for a chorus master (and the peers it is compared with)"
+)]
 struct Cli {
-    /// The master's HTTP address.
+    /// The server's address: http://HOST:PORT for chorus, HOST:PORT for redis and etcd.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// What kind of server --url is.
+    #[arg(long, value_enum, default_value = "chorus")]
+    target: Target,
     /// Concurrent clients per thread (closed loop).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     concurrency: u32,
@@ -33,7 +60,8 @@ struct Cli {
     /// Message size in bytes.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=33_554_432))]
     size: u32,
-    /// Write concern: an integer or "majority".
+    /// Write concern: an integer or "majority" (redis: w-1 replicas in WAIT; etcd:
+    /// always a Raft majority).
     #[arg(long, default_value = "1")]
     write_concern: String,
     /// How long to run, in seconds (at most 3600).
@@ -99,9 +127,28 @@ fn main() -> anyhow::Result<()> {
         Ok(n) => json!(n),
         Err(_) => json!(cli.write_concern),
     };
-    let body = json!({"message": "x".repeat(cli.size as usize), "writeConcern": wc, "timeoutMs": cli.timeout_ms})
-        .to_string();
-    let url = format!("{}/newMessage", cli.url.trim_end_matches('/'));
+    let message = "x".repeat(cli.size as usize);
+    let (url, body) = match cli.target {
+        Target::Chorus => (
+            format!("{}/newMessage", cli.url.trim_end_matches('/')),
+            json!({"message": message, "writeConcern": wc, "timeoutMs": cli.timeout_ms})
+                .to_string(),
+        ),
+        Target::Redis | Target::Etcd => {
+            let addr = cli.url.trim_start_matches("http://").trim_end_matches('/');
+            (addr.to_string(), message)
+        }
+    };
+    let wc = match cli.target {
+        Target::Chorus => wc,
+        Target::Redis => match wc.as_u64() {
+            Some(n) if n >= 1 => wc,
+            _ => anyhow::bail!(
+                "--target redis needs an integer write concern (1 + replicas in WAIT)"
+            ),
+        },
+        Target::Etcd => json!("majority"),
+    };
 
     let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let bar = if cli.quiet {
@@ -182,10 +229,28 @@ async fn run_thread(
             true
         }
     };
+    let client = match cli.target {
+        Target::Chorus => Client::Chorus {
+            http: client,
+            url,
+            body,
+        },
+        Target::Redis => {
+            let replicas = cli
+                .write_concern
+                .parse::<u64>()
+                .unwrap_or(1)
+                .saturating_sub(1);
+            Client::Redis(peers::Redis::new(&url, &body, replicas))
+        }
+        Target::Etcd => Client::Etcd(
+            peers::Etcd::connect(&url, &body)
+                .await
+                .with_context(|| format!("connect to etcd at {url}"))?,
+        ),
+    };
     let shared = Rc::new(Shared {
         client,
-        url,
-        body,
         tally: tally.clone(),
         done,
     });
@@ -239,11 +304,44 @@ async fn run_thread(
         .into_inner())
 }
 
+/// How one thread talks to the server.
+enum Client {
+    Chorus {
+        http: awc::Client,
+        url: String,
+        body: String,
+    },
+    Redis(peers::Redis),
+    Etcd(peers::Etcd),
+}
+
+impl Client {
+    async fn write(&self) -> Result<(), String> {
+        match self {
+            Client::Chorus { http, url, body } => {
+                let answer = http
+                    .post(url)
+                    .insert_header(("content-type", "application/json"))
+                    .send_body(body.clone())
+                    .await;
+                match answer {
+                    Ok(mut resp) if resp.status().as_u16() == 201 => {
+                        let _ = resp.body().await;
+                        Ok(())
+                    }
+                    Ok(resp) => Err(resp.status().as_u16().to_string()),
+                    Err(e) => Err(format!("no answer: {e}")),
+                }
+            }
+            Client::Redis(r) => r.write().await,
+            Client::Etcd(e) => e.write().await,
+        }
+    }
+}
+
 /// What every write of one thread shares.
 struct Shared {
-    client: awc::Client,
-    url: String,
-    body: String,
+    client: Client,
     tally: Rc<RefCell<Tally>>,
     done: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -251,22 +349,13 @@ struct Shared {
 impl Shared {
     /// One write, due at `due`: its latency (or its error) goes into the tally.
     async fn write(&self, due: Instant) {
-        let answer = self
+        // Finish the write before touching the tally: no borrow across an await, where
+        // another write's task may want it.
+        let outcome = self
             .client
-            .post(&self.url)
-            .insert_header(("content-type", "application/json"))
-            .send_body(self.body.clone())
-            .await;
-        // Read the whole answer before touching the tally: no borrow across an await,
-        // where another write's task may want it.
-        let outcome = match answer {
-            Ok(mut resp) if resp.status().as_u16() == 201 => {
-                let _ = resp.body().await;
-                Ok(due.elapsed().as_micros().max(1) as u64)
-            }
-            Ok(resp) => Err(resp.status().as_u16().to_string()),
-            Err(e) => Err(format!("no answer: {e}")),
-        };
+            .write()
+            .await
+            .map(|()| due.elapsed().as_micros().max(1) as u64);
         let mut t = self.tally.borrow_mut();
         match outcome {
             Ok(micros) => t.ok.saturating_record(micros),
@@ -285,6 +374,7 @@ fn report(cli: &Cli, wc: &Value, t: &Tally, elapsed: f64) -> Value {
     let errors: u64 = t.errors.values().sum();
     json!({
         "mode": if cli.rate.is_some() { "open" } else { "closed" },
+        "target": format!("{:?}", cli.target).to_lowercase(),
         "url": cli.url,
         "concurrency": cli.concurrency * cli.threads,
         "threads": cli.threads,

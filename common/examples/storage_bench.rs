@@ -5,7 +5,11 @@
 //! ```sh
 //! cargo run --release -p common --features bench --example storage_bench -- [DIR] [SECONDS]
 //! cargo run --release -p common --features bench --example storage_bench -- fill DIR N
+//! cargo run --release -p common --features bench --example storage_bench -- fsync DIR N
 //! ```
+//!
+//! `fsync DIR N` measures this disk's floor for a durable write: N times, append 100
+//! bytes to a file in DIR and fdatasync it; prints one JSON line with the latencies.
 //!
 //! Concurrency 64 is real group commit: 64 writer threads each append a 100-byte message
 //! and wait until it is durable; one syncer thread makes everything appended durable,
@@ -198,8 +202,45 @@ fn fill(dir: &Path, n: u64) {
     store.sync().unwrap();
 }
 
+/// N sequential 100-byte appends, each followed by fdatasync; the latencies as JSON.
+fn fsync_probe(dir: &Path, n: usize) {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let mut took: Vec<f64> = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        f.write_all(MESSAGE.as_bytes()).unwrap();
+        f.sync_data().unwrap();
+        took.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let total = start.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path).unwrap();
+    took.sort_by(f64::total_cmp);
+    let q = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
+    println!(
+        "{{\"fsyncs\": {n}, \"perSecond\": {:.1}, \"p50Ms\": {:.3}, \"p99Ms\": {:.3}, \"maxMs\": {:.3}}}",
+        n as f64 / total,
+        q(0.5),
+        q(0.99),
+        took[took.len() - 1]
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("fsync") {
+        let n: usize = args
+            .get(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1000)
+            .max(1);
+        fsync_probe(Path::new(&args[1]), n);
+        return;
+    }
     if args.first().map(String::as_str) == Some("fill") {
         let dir = PathBuf::from(&args[1]);
         let n: u64 = args[2].parse().unwrap();

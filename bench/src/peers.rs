@@ -1,0 +1,217 @@
+//! Clients for the peers chorus is measured against, each speaking its server's own
+//! protocol with the least work a client can do: Redis (RESP over TCP) and etcd (gRPC
+//! over HTTP/2). Every write is one round trip; the error of a failed write is a short
+//! kind for the tally.
+
+use bytes::Bytes;
+use std::cell::RefCell;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufStream};
+use tokio::net::TcpStream;
+
+/// `RPUSH chorus-bench <message>`, then `WAIT <replicas> 0` when replicas > 0, sent
+/// together on one connection: the answer to WAIT comes once that many replicas have
+/// acknowledged everything this connection wrote.
+pub struct Redis {
+    addr: String,
+    command: Vec<u8>,
+    replicas: u64,
+    idle: RefCell<Vec<BufStream<TcpStream>>>,
+}
+
+fn resp(args: &[&[u8]], out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+impl Redis {
+    pub fn new(addr: &str, message: &str, replicas: u64) -> Self {
+        let mut command = Vec::new();
+        resp(
+            &[b"RPUSH", b"chorus-bench", message.as_bytes()],
+            &mut command,
+        );
+        if replicas > 0 {
+            resp(
+                &[b"WAIT", replicas.to_string().as_bytes(), b"0"],
+                &mut command,
+            );
+        }
+        Self {
+            addr: addr.to_string(),
+            command,
+            replicas,
+            idle: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub async fn write(&self) -> Result<(), String> {
+        let idle = self.idle.borrow_mut().pop();
+        let mut conn = match idle {
+            Some(c) => c,
+            None => {
+                let s = TcpStream::connect(&self.addr)
+                    .await
+                    .map_err(|e| format!("no answer: {e}"))?;
+                let _ = s.set_nodelay(true);
+                BufStream::new(s)
+            }
+        };
+        self.round_trip(&mut conn).await?;
+        // Only a connection in a known state goes back to the pool.
+        self.idle.borrow_mut().push(conn);
+        Ok(())
+    }
+
+    async fn round_trip(&self, conn: &mut BufStream<TcpStream>) -> Result<(), String> {
+        let io = |e: std::io::Error| format!("no answer: {e}");
+        conn.write_all(&self.command).await.map_err(io)?;
+        conn.flush().await.map_err(io)?;
+        let mut line = String::new();
+        let replies = if self.replicas > 0 { 2 } else { 1 };
+        for i in 0..replies {
+            line.clear();
+            if conn.read_line(&mut line).await.map_err(io)? == 0 {
+                return Err("no answer: connection closed".into());
+            }
+            let reply = line.trim_end();
+            let Some(n) = reply.strip_prefix(':') else {
+                let word = reply.split_whitespace().next().unwrap_or("?");
+                return Err(format!("redis {word}"));
+            };
+            if i == 1
+                && n.parse::<u64>()
+                    .map_err(|_| format!("redis reply {reply:?}"))?
+                    < self.replicas
+            {
+                return Err("redis WAIT short of replicas".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// gRPC `etcdserverpb.KV/Put` of one key over a shared HTTP/2 connection.
+pub struct Etcd {
+    send: h2::client::SendRequest<Bytes>,
+    uri: String,
+    body: Bytes,
+}
+
+/// Protobuf varint.
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A length-prefixed gRPC message holding `PutRequest { key = 1, value = 2 }`.
+fn put_request(key: &[u8], value: &[u8]) -> Bytes {
+    let mut pb = Vec::with_capacity(key.len() + value.len() + 8);
+    for (tag, field) in [(0x0a, key), (0x12, value)] {
+        pb.push(tag);
+        varint(field.len() as u64, &mut pb);
+        pb.extend_from_slice(field);
+    }
+    let mut framed = Vec::with_capacity(pb.len() + 5);
+    framed.push(0); // not compressed
+    framed.extend_from_slice(&(pb.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&pb);
+    Bytes::from(framed)
+}
+
+impl Etcd {
+    /// Connect to `addr` (HOST:PORT, plain text) and start the connection's task on the
+    /// current event loop.
+    pub async fn connect(addr: &str, message: &str) -> anyhow::Result<Self> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(16 << 20)
+            .handshake(tcp)
+            .await?;
+        actix_rt::spawn(async move {
+            if let Err(e) = conn.await {
+                eprintln!("etcd connection ended: {e}");
+            }
+        });
+        Ok(Self {
+            send,
+            uri: format!("http://{addr}/etcdserverpb.KV/Put"),
+            body: put_request(b"chorus-bench", message.as_bytes()),
+        })
+    }
+
+    pub async fn write(&self) -> Result<(), String> {
+        let h2e = |e: h2::Error| format!("no answer: {e}");
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(&self.uri)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("a valid request");
+        let mut send = self.send.clone().ready().await.map_err(h2e)?;
+        let (response, mut stream) = send.send_request(request, false).map_err(h2e)?;
+        stream.send_data(self.body.clone(), true).map_err(h2e)?;
+        let response = response.await.map_err(h2e)?;
+        let (head, mut body) = response.into_parts();
+        if head.status != 200 {
+            return Err(format!("etcd http {}", head.status.as_u16()));
+        }
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(h2e)?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        let trailers = body.trailers().await.map_err(h2e)?;
+        // A "trailers-only" answer carries grpc-status in the headers.
+        let status = trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .or_else(|| head.headers.get("grpc-status"))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("missing");
+        if status == "0" {
+            Ok(())
+        } else {
+            Err(format!("etcd grpc-status {status}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_request_is_length_prefixed_protobuf() {
+        let value = vec![b'v'; 200];
+        let b = put_request(b"k", &value);
+        assert_eq!(b[0], 0);
+        let len = u32::from_be_bytes(b[1..5].try_into().unwrap()) as usize;
+        assert_eq!(len, b.len() - 5);
+        // key: tag 1, length 1, "k"; value: tag 2, varint 200 = [0xc8, 0x01].
+        assert_eq!(&b[5..11], &[0x0a, 1, b'k', 0x12, 0xc8, 0x01]);
+        assert_eq!(&b[11..], &value[..]);
+    }
+
+    #[test]
+    fn redis_command_pipelines_rpush_and_wait() {
+        let r = Redis::new("127.0.0.1:1", "hi", 2);
+        assert_eq!(
+            String::from_utf8(r.command.clone()).unwrap(),
+            "*3\r\n$5\r\nRPUSH\r\n$12\r\nchorus-bench\r\n$2\r\nhi\r\n*3\r\n$4\r\nWAIT\r\n$1\r\n2\r\n$1\r\n0\r\n"
+        );
+        assert!(
+            !String::from_utf8(Redis::new("a:1", "hi", 0).command)
+                .unwrap()
+                .contains("WAIT")
+        );
+    }
+}

@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# The benchmark scenario (docs/benchmarks.md): everything in one run on this machine,
+# so that the ratios compare like with like.
+#
+#   scripts/bench.sh [OUT_DIR]          (default target/bench/<date-time>)
+#
+#   BENCH_SECONDS   seconds per load point (default 10)
+#   BENCH_MESSAGES  size of the catch-up / read test (default 1000000)
+#   BENCH_PEERS     0 to skip Redis and etcd (default 1)
+#
+# 1. builds chorus in release mode (and the storage tools);
+# 2. ceilings: this disk's fdatasync latency, and chorus-ceiling (HTTP only, no
+#    replication) at concurrency 1, 16 and 64;
+# 3. chorus, master + 2 secondaries on loopback, in both durability modes (fsync,
+#    relaxed): w=1, 2, 3 at concurrency 1, 16, 64, 100-byte messages, closed loop;
+# 4. peers from Debian's packages (installed here if missing): Redis 7 with 2 replicas,
+#    RPUSH + WAIT 2 0, in memory and with appendfsync always; a 3-member etcd cluster,
+#    put through the leader;
+# 5. a log of BENCH_MESSAGES: master start, reading it all, an empty secondary catching
+#    up, RSS per million messages;
+# 6. results.json, results.md (tables, ratios, targets) and plot.png in OUT_DIR.
+#
+# Every server it starts listens on 127.0.0.1 ports picked at random, lives in a temp
+# directory and is killed by pid when the script ends, however it ends.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${BENCH_SECONDS:-10}
+n=${BENCH_MESSAGES:-1000000}
+peers=${BENCH_PEERS:-1}
+out=${1:-target/bench/$(date -u +%Y%m%d-%H%M%S)}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+log() { echo "== $*" >&2; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+if [ "$peers" = 1 ] && ! { command -v redis-server && command -v etcd && command -v etcdctl; } >/dev/null; then
+  log "installing redis-server and etcd from Debian's packages"
+  as_root apt-get install -y -q --no-install-recommends redis-server etcd-server etcd-client >/dev/null
+fi
+
+log "building (release)"
+cargo build --release --workspace --bins -q
+cargo build --release -p common --features bench --example storage_bench -q
+bin=$PWD/target/release
+bench=("$bin/chorus-bench" --quiet --threads 1 --duration "$secs")
+
+work=$(mktemp -d)
+pids=()
+stop_all() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$p" 2>/dev/null; then
+      echo "pid $p did not stop within 5 s of SIGTERM; killing it" >&2
+      kill -9 "$p" 2>/dev/null || true
+    fi
+  done
+  pids=()
+}
+cleanup() { stop_all; rm -rf "$work"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+start() { # name, command...: run in the background, output to $work/name.log
+  local name=$1; shift
+  "$@" >"$work/$name.log" 2>&1 &
+  pids+=($!)
+}
+rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+now() { date +%s.%N; }
+minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
+wait_for() { # what, command...: poll for up to 30 s
+  local what=$1; shift
+  for _ in $(seq 300); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "timed out waiting for $what" >&2; return 1
+}
+port=$((20000 + RANDOM % 30000))
+take_port() { port=$((port + 1)); printf -v "$1" %s "$port"; } # take_port VAR
+
+log "fsync latency of this disk"
+"$bin/examples/storage_bench" fsync "$work/fsync" 2000 >"$out/fsync.json"
+
+log "HTTP-only ceiling (chorus-ceiling)"
+take_port cport
+start ceiling "$bin/chorus-ceiling" --http-port "$cport"
+wait_for ceiling curl -fsS -m 1 -X POST -d '{"message":"x"}' "http://127.0.0.1:$cport/newMessage"
+for c in 1 16 64; do
+  "${bench[@]}" --url "http://127.0.0.1:$cport" --concurrency "$c" --json "$out/ceiling-c$c.json"
+done
+stop_all
+
+chorus_cluster() { # durability: start master + 2 secondaries, wait until w=3 writes work
+  local mode=$1 dir="$work/chorus-$1"
+  take_port mhttp; take_port mcomm
+  start "$mode-master" "$bin/master-node" --name master --http-port "$mhttp" --comm-port "$mcomm" \
+    --data-dir "$dir/master" --durability "$mode"
+  for i in 1 2; do
+    take_port shttp
+    start "$mode-s$i" "$bin/secondary-node" --name "s$i" --http-port "$shttp" \
+      --master-comm-port "$mcomm" --data-dir "$dir/s$i" --durability "$mode"
+  done
+  wait_for "chorus ($mode)" curl -fsS -m 5 -X POST \
+    -d '{"message":"ready?","writeConcern":3,"timeoutMs":2000}' "http://127.0.0.1:$mhttp/newMessage"
+}
+
+for mode in fsync relaxed; do
+  log "chorus, durability $mode"
+  chorus_cluster "$mode"
+  for w in 1 2 3; do
+    for c in 1 16 64; do
+      "${bench[@]}" --url "http://127.0.0.1:$mhttp" --write-concern "$w" --concurrency "$c" \
+        --json "$out/chorus-$mode-w$w-c$c.json"
+    done
+  done
+  curl -fsS "http://127.0.0.1:$mhttp/health" >"$out/chorus-$mode-health.json"
+  stop_all
+done
+
+if [ "$peers" = 1 ]; then
+  redis_cluster() { # mode (memory|aof)
+    local mode=$1 extra=(--save "" --appendonly no)
+    [ "$mode" = aof ] && extra=(--save "" --appendonly yes --appendfsync always)
+    local r1 r2
+    take_port rp; take_port r1; take_port r2
+    local ports=("$rp" "$r1" "$r2")
+    for i in 0 1 2; do
+      mkdir -p "$work/redis-$mode-$i"
+      local role=()
+      [ "$i" -gt 0 ] && role=(--replicaof 127.0.0.1 "$rp")
+      start "redis-$mode-$i" redis-server --port "${ports[$i]}" --bind 127.0.0.1 \
+        --dir "$work/redis-$mode-$i" --daemonize no "${extra[@]}" "${role[@]}"
+    done
+    # Both replicas through their initial sync (until then WAIT waits for it).
+    wait_for "redis replicas" bash -c "[ \$(redis-cli -p $rp info replication | grep -c state=online) = 2 ]"
+  }
+  for mode in memory aof; do
+    log "Redis, 2 replicas, $mode"
+    redis_cluster "$mode"
+    for c in 1 64; do
+      "${bench[@]}" --target redis --url "127.0.0.1:$rp" --write-concern 3 --concurrency "$c" \
+        --json "$out/redis-$mode-w3-c$c.json"
+    done
+    redis-server --version >"$out/redis-version.txt"
+    stop_all
+  done
+
+  log "etcd, 3 members"
+  cluster="" eps=() clients=()
+  for i in 0 1 2; do
+    take_port client; take_port peer
+    clients+=("$client"); eps+=("$peer")
+    cluster+="${cluster:+,}e$i=http://127.0.0.1:$peer"
+  done
+  for i in 0 1 2; do
+    start "etcd-$i" etcd --name "e$i" --data-dir "$work/etcd-$i" \
+      --listen-client-urls "http://127.0.0.1:${clients[$i]}" \
+      --advertise-client-urls "http://127.0.0.1:${clients[$i]}" \
+      --listen-peer-urls "http://127.0.0.1:${eps[$i]}" \
+      --initial-advertise-peer-urls "http://127.0.0.1:${eps[$i]}" \
+      --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token chorus-bench
+  done
+  endpoints=$(printf '127.0.0.1:%s,' "${clients[@]}")
+  wait_for "etcd" etcdctl --endpoints "${endpoints%,}" put ready yes
+  leader=$(ETCDCTL_API=3 etcdctl --endpoints "${endpoints%,}" endpoint status -w json | python3 -c '
+import json, sys
+for s in json.load(sys.stdin):
+    if s["Status"]["leader"] == s["Status"]["header"]["member_id"]:
+        print(s["Endpoint"])')
+  for c in 1 64; do
+    "${bench[@]}" --target etcd --url "$leader" --concurrency "$c" --json "$out/etcd-c$c.json"
+  done
+  etcd --version | head -1 >"$out/etcd-version.txt"
+  stop_all
+fi
+
+log "a log of $n messages: start, read, catch-up, RSS"
+"$bin/examples/storage_bench" fill "$work/big/master" "$n" >/dev/null
+take_port mhttp; take_port mcomm; take_port shttp
+t0=$(now)
+start big-master "$bin/master-node" --name master --http-port "$mhttp" --comm-port "$mcomm" --data-dir "$work/big/master"
+mpid=${pids[-1]}
+wait_for "master with $n messages" curl -fsS -m 1 "http://127.0.0.1:$mhttp/health"
+t1=$(now)
+start_s=$(minus "$t1" "$t0")
+rss_start=$(rss_mib "$mpid")
+t0=$(now)
+bytes=$(curl -fsS "http://127.0.0.1:$mhttp/messages" | wc -c)
+t1=$(now)
+read_s=$(minus "$t1" "$t0")
+t0=$(now)
+start big-s1 "$bin/secondary-node" --name s1 --http-port "$shttp" --master-comm-port "$mcomm" --data-dir "$work/big/s1"
+spid=${pids[-1]}
+caught_up() { curl -fsS -m 2 "http://127.0.0.1:$shttp/health" | grep -q "\"lastId\":$n[,}]"; }
+for _ in $(seq 6000); do caught_up && break; sleep 0.02; done
+caught_up
+t1=$(now)
+catchup_s=$(minus "$t1" "$t0")
+cat >"$out/big.json" <<JSON
+{"messages": $n, "masterStartSeconds": $start_s, "masterRssMiBAtStart": $rss_start,
+ "readSeconds": $read_s, "readBytes": $bytes, "catchUpSeconds": $catchup_s,
+ "masterRssMiB": $(rss_mib "$mpid"), "secondaryRssMiB": $(rss_mib "$spid")}
+JSON
+stop_all
+
+log "report"
+nproc >"$out/cores.txt"
+# matplotlib for the plot, in a virtualenv of the project's (from PyPI).
+venv=target/bench-venv
+if ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q matplotlib
+fi
+"$venv/bin/python" scripts/bench-report.py "$out"
+echo "results in $out: results.md, results.json, plot.png" >&2
