@@ -9,6 +9,12 @@
 //! <data-dir>/meta.json  {"logId": ..., "members": [...]}, replaced atomically.
 //! ```
 //!
+//! The file grows in preallocated steps of [`PREALLOCATE`] bytes (`fallocate`), so that
+//! an `fdatasync` after an append writes the data and not also the file's new size: a
+//! third less time per sync on this project's machine (docs/benchmarks.md). The space
+//! past the last record reads as zeros; opening the store recognises such a tail as
+//! preallocated, not torn, and a clean close gives it back.
+//!
 //! In memory there is only the byte offset of each record (8 bytes a message). Opening
 //! the store scans the file once, checking every record's length, checksum and id; the
 //! first record that fails (a torn write at a crash, or corruption) and everything after
@@ -31,6 +37,8 @@ const HEADER: usize = 8; // len + crc
 const FIXED: usize = 18; // id + term + key length
 /// The largest record accepted when reading back (a message of up to 64 MiB).
 const MAX_RECORD: usize = 64 * 1024 * 1024 + FIXED;
+/// How much the log file grows at a time.
+pub const PREALLOCATE: u64 = 16 * 1024 * 1024;
 
 fn io(context: &str, e: std::io::Error) -> StorageError {
     StorageError::Io(format!("{context}: {e}"))
@@ -64,14 +72,45 @@ pub struct Recovery {
     pub cut_reason: Option<String>,
 }
 
+#[derive(Debug)]
+struct Allocated {
+    len: u64,
+    supported: bool,
+}
+
+/// Allocate the file up to `want` bytes in steps of [`PREALLOCATE`]; without `fallocate`
+/// on this file system the file just grows with each append.
+fn preallocate(log: &File, a: &mut Allocated, want: u64) -> Result<(), StorageError> {
+    use std::os::fd::AsRawFd;
+    if !a.supported || want <= a.len {
+        return Ok(());
+    }
+    let to = want.div_ceil(PREALLOCATE) * PREALLOCATE;
+    // SAFETY: fallocate on a file descriptor this store owns; no memory is passed.
+    let rc = unsafe { libc::fallocate(log.as_raw_fd(), 0, a.len as i64, (to - a.len) as i64) };
+    if rc == 0 {
+        a.len = to;
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
+            a.supported = false;
+            Ok(())
+        }
+        _ => Err(io("preallocate log", e)),
+    }
+}
+
 /// A durable [`LogStore`] in a directory. One process at a time: the log file is locked.
 #[derive(Debug)]
 pub struct FileStore {
     dir: PathBuf,
     log: File,
     index: RwLock<Index>,
-    /// Serialises appends (the index is updated after the write lands).
-    append_lock: Mutex<()>,
+    /// Serialises appends (the index is updated after the write lands); holds the
+    /// file's allocated length (0: preallocation unsupported here).
+    append_lock: Mutex<Allocated>,
     meta: Mutex<Meta>,
     recovery: Recovery,
     durability: Durability,
@@ -109,11 +148,15 @@ impl FileStore {
         }
         let (index, recovery) = recover(&log, &path)?;
         let meta = read_meta(&dir)?;
+        let len = log.metadata().map_err(|e| io("stat log", e))?.len();
         Ok(Self {
             dir,
             log,
             index: RwLock::new(index),
-            append_lock: Mutex::new(()),
+            append_lock: Mutex::new(Allocated {
+                len,
+                supported: true,
+            }),
             meta: Mutex::new(meta),
             recovery,
             durability,
@@ -256,7 +299,12 @@ fn recover(log: &File, path: &Path) -> Result<(Index, Recovery), StorageError> {
         offsets.push(pos);
         pos += (HEADER + rec_len) as u64;
     };
-    let cut_bytes = len - pos;
+    // Zeros from here on are the preallocated tail, not damage.
+    let cut_bytes = if zeros_from(log, pos, len)? {
+        0
+    } else {
+        len - pos
+    };
     if cut_bytes > 0 {
         tracing::warn!(
             path = %path.display(),
@@ -282,6 +330,22 @@ fn recover(log: &File, path: &Path) -> Result<(Index, Recovery), StorageError> {
             cut_reason: cut_reason.filter(|_| cut_bytes > 0),
         },
     ))
+}
+
+/// Whether every byte of `log` in `from..to` is zero.
+fn zeros_from(log: &File, from: u64, to: u64) -> Result<bool, StorageError> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(buf.len());
+        log.read_exact_at(&mut buf[..n], at)
+            .map_err(|e| io("read log tail", e))?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
 }
 
 /// Read until `buf` is full or EOF; returns how many bytes were read.
@@ -344,12 +408,27 @@ fn encode(entries: &[Entry], out: &mut Vec<u8>) {
     }
 }
 
+impl Drop for FileStore {
+    /// A clean close gives the preallocated tail back.
+    fn drop(&mut self) {
+        let end = self.index.read().unwrap_or_else(|e| e.into_inner()).end;
+        let allocated = self
+            .append_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len;
+        if allocated > end {
+            let _ = self.log.set_len(end);
+        }
+    }
+}
+
 impl LogStore for FileStore {
     fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
         if entries.is_empty() {
             return Ok(());
         }
-        let _guard = self.append_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut allocated = self.append_lock.lock().unwrap_or_else(|e| e.into_inner());
         let (first, end) = {
             let idx = self.index.read().unwrap_or_else(|e| e.into_inner());
             (idx.offsets.len() as u64 + 1, idx.end)
@@ -372,9 +451,12 @@ impl LogStore for FileStore {
                 .sum(),
         );
         encode(entries, &mut buf);
+        preallocate(&self.log, &mut allocated, end + buf.len() as u64)?;
         if let Err(e) = self.log.write_all_at(&buf, end) {
-            // Leave no partial record behind.
-            let _ = self.log.set_len(end);
+            // Leave no partial record behind (the preallocation goes with it).
+            if self.log.set_len(end).is_ok() {
+                allocated.len = end;
+            }
             return Err(io("append to log", e));
         }
         let mut idx = self.index.write().unwrap_or_else(|e| e.into_inner());
@@ -554,6 +636,50 @@ mod tests {
                 "the torn bytes are gone from disk"
             );
         }
+    }
+
+    #[test]
+    fn the_log_grows_in_preallocated_steps_and_a_clean_close_gives_them_back() {
+        let d = tempfile::tempdir().unwrap();
+        let s = filled(d.path(), 3);
+        let end = s.index.read().unwrap().end;
+        assert_eq!(log_len(d.path()), PREALLOCATE, "one step allocated");
+        drop(s);
+        assert_eq!(log_len(d.path()), end);
+    }
+
+    #[test]
+    fn a_zero_tail_is_preallocated_space_not_damage() {
+        let d = tempfile::tempdir().unwrap();
+        drop(filled(d.path(), 3));
+        let mut full = fs::read(d.path().join("log")).unwrap();
+        let end = full.len();
+        // A crash leaves the preallocated zeros behind the last record.
+        full.resize(end + 100_000, 0);
+        fs::write(d.path().join("log"), &full).unwrap();
+        let s = FileStore::open(d.path()).unwrap();
+        assert_eq!(s.last_id(), 3);
+        assert_eq!(s.recovery().cut_bytes, 0);
+        assert_eq!(s.recovery().cut_reason, None);
+        s.append(&[entry(4)]).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let s = FileStore::open(d.path()).unwrap();
+        assert_eq!(
+            s.read(1, 10).unwrap(),
+            (1..=4).map(entry).collect::<Vec<_>>()
+        );
+        drop(s);
+        // A torn record in the preallocated space is damage: cut, with a reason.
+        let mut torn = fs::read(d.path().join("log")).unwrap();
+        let good = torn.len();
+        torn.extend_from_slice(&[60, 0, 0, 0, 1, 2]);
+        torn.resize(good + 4096, 0);
+        fs::write(d.path().join("log"), &torn).unwrap();
+        let s = FileStore::open(d.path()).unwrap();
+        assert_eq!(s.last_id(), 4);
+        assert_eq!(s.recovery().cut_bytes, 4096);
+        assert!(s.recovery().cut_reason.is_some());
     }
 
     #[test]
