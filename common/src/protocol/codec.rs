@@ -32,6 +32,8 @@ pub enum CodecError {
 #[derive(Debug)]
 pub struct FrameCodec<In, Out> {
     max_len: usize,
+    counted_in: crate::metrics::FrameCounters,
+    counted_out: crate::metrics::FrameCounters,
     _marker: PhantomData<fn(Out) -> In>,
 }
 
@@ -43,6 +45,8 @@ impl<In, Out> FrameCodec<In, Out> {
     pub fn with_max_len(max_len: usize) -> Self {
         Self {
             max_len,
+            counted_in: crate::metrics::FrameCounters::new("in"),
+            counted_out: crate::metrics::FrameCounters::new("out"),
             _marker: PhantomData,
         }
     }
@@ -76,7 +80,7 @@ impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
         }
         src.advance(PREFIX);
         let body = src.split_to(len);
-        crate::metrics::frame("in", PREFIX + len);
+        self.counted_in.count(PREFIX + len);
         rmp_serde::from_slice(&body)
             .map(Some)
             .map_err(|e| CodecError::Malformed(e.to_string()))
@@ -110,7 +114,7 @@ impl<In, Out: Serialize> Encoder<Out> for FrameCodec<In, Out> {
             });
         }
         dst[start..start + PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
-        crate::metrics::frame("out", PREFIX + len);
+        self.counted_out.count(PREFIX + len);
         Ok(())
     }
 }

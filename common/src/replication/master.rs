@@ -932,28 +932,44 @@ impl<S: LogStore> MasterCore<S> {
     }
 
     /// Answer every waiting write whose write concern is now met.
+    ///
+    /// Runs after every sync and every acknowledgement, so it allocates nothing for the
+    /// writes that stay waiting: an id's acks are the holders whose position reaches
+    /// it, and ids past every position cannot have any.
     fn check_waiters(&mut self) {
-        let ids: Vec<u64> = self.waiters.keys().copied().collect();
-        for id in ids {
-            let acks = self.acks(id);
+        let mut held: Vec<u64> = Vec::with_capacity(self.members.len() + 1);
+        held.push(self.durable_id);
+        held.extend(self.members.iter().map(|m| m.upto));
+        let acks = |id: u64| held.iter().filter(|&&at| at >= id).count();
+        let highest = held.iter().copied().max().unwrap_or(0);
+        let ready: Vec<u64> = self
+            .waiters
+            .range(..=highest)
+            .filter(|(id, ws)| {
+                let a = acks(**id);
+                ws.iter().any(|w| w.need <= a)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            let a = acks(id);
+            let receipt = self.receipt(id);
+            let outputs = &mut self.outputs;
             let Some(ws) = self.waiters.get_mut(&id) else {
                 continue;
             };
-            let (done, keep): (Vec<Waiter>, Vec<Waiter>) =
-                std::mem::take(ws).into_iter().partition(|w| w.need <= acks);
-            if keep.is_empty() {
-                self.waiters.remove(&id);
-            } else {
-                *self.waiters.get_mut(&id).expect("present") = keep;
-            }
-            if !done.is_empty() {
-                let receipt = self.receipt(id);
-                for w in done {
-                    self.outputs.push(MasterOutput::Reply {
-                        token: w.token,
-                        outcome: WriteOutcome::Committed(receipt.clone()),
-                    });
+            ws.retain(|w| {
+                if w.need > a {
+                    return true;
                 }
+                outputs.push(MasterOutput::Reply {
+                    token: w.token,
+                    outcome: WriteOutcome::Committed(receipt.clone()),
+                });
+                false
+            });
+            if ws.is_empty() {
+                self.waiters.remove(&id);
             }
         }
     }
