@@ -310,11 +310,6 @@ pub fn messages_json_chunk(entries: &[Entry], first: bool) -> Vec<u8> {
     out
 }
 
-/// The 201 body of a write.
-pub fn receipt_json(r: &Receipt) -> Value {
-    json!({"id": r.id, "acks": r.acks, "ackedBy": r.acked_by})
-}
-
 /// Types that describe the HTTP API in its OpenAPI document (`GET /openapi.json`).
 pub mod doc {
     use serde::Serialize;

@@ -108,39 +108,36 @@ async fn write(
         Err(e) => return (error_response(&e), None),
     };
     let asked = req.write_concern;
-    let submit = Submit(WriteRequest {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let write = WriteRequest {
         message: req.message,
         write_concern: req.write_concern,
         timeout: req.timeout,
         request_id: req.request_id,
-    });
-    let rx = match state.replicator.send(submit).await {
-        Ok(Ok((_, rx))) => rx,
-        other => return (refused(other.map(|r| r.map(|_| ()))), Some(asked)),
     };
-    let response = match rx.await {
-        Ok(WriteOutcome::Committed(r)) => HttpResponse::Created().json(api::receipt_json(&r)),
-        Ok(WriteOutcome::TimedOut(r)) => {
+    state.replicator.do_send(Submit { write, reply });
+    let response = match answer.await {
+        Ok(Ok(WriteOutcome::Committed(r))) => HttpResponse::Created().json(&r),
+        Ok(Ok(WriteOutcome::TimedOut(r))) => {
             error_response(&ApiError::write_concern_timeout(&r, asked))
         }
-        Err(_) => error_response(&ApiError::not_writable(
-            "the master is shutting down; the message is stored but its write concern was not confirmed",
-        )),
+        Ok(Err(e)) => refused(e),
+        // The replicator is gone (the process is stopping) without answering.
+        Err(_) => error_response(&ApiError::not_writable("the master is shutting down")),
     };
     (response, Some(asked))
 }
 
-/// The answer to a write the replicator did not accept.
-fn refused(result: Result<Result<(), SubmitError>, actix::MailboxError>) -> HttpResponse {
-    match result {
-        Ok(Ok(())) => unreachable!("only called for refusals"),
-        Ok(Err(SubmitError::ShuttingDown)) | Err(_) => {
-            error_response(&ApiError::not_writable("the master is shutting down"))
-        }
-        Ok(Err(SubmitError::Rejected(e @ Rejected::NoQuorum { .. }))) => {
+/// The answer to a write the replicator did not accept (or stopped waiting for).
+fn refused(e: SubmitError) -> HttpResponse {
+    match e {
+        SubmitError::ShuttingDown | SubmitError::StoppedWaiting => {
             error_response(&ApiError::not_writable(e.to_string()))
         }
-        Ok(Err(SubmitError::Rejected(Rejected::Storage(e)))) => {
+        SubmitError::Rejected(e @ Rejected::NoQuorum { .. }) => {
+            error_response(&ApiError::not_writable(e.to_string()))
+        }
+        SubmitError::Rejected(Rejected::Storage(e)) => {
             error_response(&ApiError::new(500, "storage_error", e.to_string()))
         }
     }

@@ -47,11 +47,19 @@ pub struct Unregister {
     pub conn: ConnId,
 }
 
-/// A client write. The answer is the message id and a receiver for the outcome, so the
-/// replicator never waits on a client.
+/// A client write, sent with `do_send`: its one answer (refused, or the outcome once the
+/// write concern is met or timed out) comes on `reply`. One hand-off each way between
+/// the HTTP worker and the replicator: waiting for actix's own reply as well cost a
+/// third wake-up per write (docs/benchmarks.md).
 #[derive(Message)]
-#[rtype(result = "Result<(u64, oneshot::Receiver<WriteOutcome>), SubmitError>")]
-pub struct Submit(pub WriteRequest);
+#[rtype(result = "()")]
+pub struct Submit {
+    pub write: WriteRequest,
+    pub reply: Reply,
+}
+
+/// Where a write's answer goes.
+pub type Reply = oneshot::Sender<Result<WriteOutcome, SubmitError>>;
 
 /// Why a write was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +68,11 @@ pub enum SubmitError {
     Rejected(#[from] Rejected),
     #[error("the master is shutting down")]
     ShuttingDown,
+    /// Stopped while the write waited for its write concern: it is stored.
+    #[error(
+        "the master is shutting down; the message is stored but its write concern was not confirmed"
+    )]
+    StoppedWaiting,
 }
 
 /// Stop taking writes and fail every write still waiting for its write concern (their
@@ -85,7 +98,7 @@ pub struct Replicator {
     syncs: u64,
     /// Open connections: where to send their frames, and the peer's address.
     sessions: HashMap<ConnId, (Recipient<ToSession>, String)>,
-    pending: HashMap<Token, oneshot::Sender<WriteOutcome>>,
+    pending: HashMap<Token, Reply>,
     next_token: Token,
     timer: Option<(Instant, SpawnHandle)>,
     heartbeat: Duration,
@@ -140,7 +153,7 @@ impl Replicator {
                 }
                 MasterOutput::Reply { token, outcome } => {
                     if let Some(tx) = self.pending.remove(&token) {
-                        let _ = tx.send(outcome); // the client may have gone
+                        let _ = tx.send(Ok(outcome)); // the client may have gone
                     }
                 }
                 MasterOutput::StorageFailed(e) => {
@@ -266,21 +279,22 @@ impl Handler<Unregister> for Replicator {
 }
 
 impl Handler<Submit> for Replicator {
-    type Result = Result<(u64, oneshot::Receiver<WriteOutcome>), SubmitError>;
-    fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
+    type Result = ();
+    fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) {
         if self.stopping {
-            return Err(SubmitError::ShuttingDown);
+            let _ = msg.reply.send(Err(SubmitError::ShuttingDown));
+            return;
         }
         let token = self.next_token;
         self.next_token += 1;
-        let (tx, rx) = oneshot::channel();
-        self.pending.insert(token, tx);
-        let result = self.core.submit(Instant::now(), msg.0, token);
-        if result.is_err() {
-            self.pending.remove(&token);
+        // In the map before the core runs: a repeated requestId is answered at once.
+        self.pending.insert(token, msg.reply);
+        if let Err(e) = self.core.submit(Instant::now(), msg.write, token)
+            && let Some(reply) = self.pending.remove(&token)
+        {
+            let _ = reply.send(Err(e.into()));
         }
         self.drain(ctx);
-        Ok(result.map(|id| (id, rx))?)
     }
 }
 
@@ -289,8 +303,9 @@ impl Handler<Shutdown> for Replicator {
     fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> usize {
         self.stopping = true;
         let failed = self.pending.len();
-        // Dropping the senders answers every waiting request.
-        self.pending.clear();
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Err(SubmitError::StoppedWaiting));
+        }
         failed
     }
 }

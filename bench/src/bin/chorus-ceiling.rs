@@ -43,7 +43,7 @@ async fn new_message(payload: web::Payload) -> HttpResponse {
         acks: 1,
         acked_by: vec!["ceiling".into()],
     };
-    HttpResponse::Created().json(api::receipt_json(&receipt))
+    HttpResponse::Created().json(&receipt)
 }
 
 fn main() -> anyhow::Result<()> {

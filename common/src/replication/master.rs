@@ -57,13 +57,14 @@ pub struct WriteRequest {
     pub request_id: Option<String>,
 }
 
-/// Who held a message when a write was answered.
+/// Who held a message when a write was answered; serialised as the 201 body of a write
+/// (`{"ackedBy": [...], "acks": n, "id": n}`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Receipt {
-    pub id: u64,
-    pub acks: usize,
     #[serde(rename = "ackedBy")]
     pub acked_by: Vec<String>,
+    pub acks: usize,
+    pub id: u64,
 }
 
 /// Why a write was not accepted.
