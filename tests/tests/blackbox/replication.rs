@@ -323,5 +323,9 @@ async fn sigterm_answers_waiting_writes_and_exits_0() -> anyhow::Result<()> {
         (503, Some("not_writable")),
         "{body}"
     );
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("stored"),
+        "says the message is stored: {body}"
+    );
     Ok(())
 }
