@@ -35,23 +35,29 @@ pub fn method_not_allowed(
 
 /// Build and start the HTTP server on `listener`: the routes `configure` adds, JSON 404s
 /// for everything else, 5 s to finish in-flight requests when stopped, and no signal
-/// handling of its own (each node handles SIGINT/SIGTERM itself).
+/// handling of its own (each node handles SIGINT/SIGTERM itself). `workers` threads
+/// (None: one per core); `configure` runs once on each, on that thread.
 pub fn serve<F>(
     listener: std::net::TcpListener,
+    workers: Option<usize>,
     configure: F,
 ) -> std::io::Result<actix_web::dev::Server>
 where
     F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
 {
-    Ok(actix_web::HttpServer::new(move || {
+    let mut server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
             .configure(configure.clone())
             .default_service(web::to(not_found))
-    })
-    .shutdown_timeout(5)
-    .disable_signals()
-    .listen(listener)?
-    .run())
+    });
+    if let Some(n) = workers {
+        server = server.workers(n);
+    }
+    Ok(server
+        .shutdown_timeout(5)
+        .disable_signals()
+        .listen(listener)?
+        .run())
 }
 
 /// A resource at `path` served by `route`, answering 405 (with `Allow: method`) to

@@ -1,7 +1,7 @@
 //! The master's HTTP API (see `docs/api.md`).
 
-use crate::Config;
 use crate::replicator::{GetStatus, Holders, RemoveMember, Replicator, Submit, SubmitError};
+use crate::{Config, Engine};
 use actix::Addr;
 use actix_web::{HttpRequest, HttpResponse, dev::Server, web};
 use common::api::{self, ApiError, doc};
@@ -22,24 +22,40 @@ struct State {
     durability: common::storage::Durability,
 }
 
-/// Build the HTTP server on an already bound listener.
+/// Build the HTTP server on an already bound listener: one worker thread, which starts
+/// the `engine` (replicator and comm port) on its event loop as it comes up.
 pub fn server(
     cfg: &Config,
     listener: std::net::TcpListener,
-    replicator: Addr<Replicator>,
+    engine: Engine,
     store: Arc<dyn LogStore>,
     metrics: common::metrics::PrometheusHandle,
 ) -> anyhow::Result<Server> {
-    let state = web::Data::new(State {
-        metrics,
-        replicator,
-        store,
-        max_message_bytes: cfg.max_message_bytes,
-        started: Instant::now(),
-        durability: cfg.durability,
-    });
-    let server = common::web::serve(listener, move |cfg: &mut web::ServiceConfig| {
-        cfg.app_data(state.clone())
+    let (max_message_bytes, durability) = (cfg.max_message_bytes, cfg.durability);
+    let started = Instant::now();
+    // The engine until the worker starts it, then its address (a restarted worker
+    // finds the replicator running).
+    let slot = Arc::new(std::sync::Mutex::new((
+        Some(engine),
+        None::<Addr<Replicator>>,
+    )));
+    let server = common::web::serve(listener, Some(1), move |cfg: &mut web::ServiceConfig| {
+        let replicator = {
+            let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(engine) = slot.0.take() {
+                slot.1 = Some(engine.start());
+            }
+            slot.1.clone().expect("started above or before")
+        };
+        let state = web::Data::new(State {
+            metrics: metrics.clone(),
+            replicator,
+            store: store.clone(),
+            max_message_bytes,
+            started,
+            durability,
+        });
+        cfg.app_data(state)
             .service(endpoint("/newMessage", "POST", web::post().to(new_message)))
             .service(endpoint("/messages", "GET", web::get().to(messages)))
             .service(endpoint("/health", "GET", web::get().to(health)))

@@ -6,6 +6,10 @@
 //! - [`session::Session`], one actor per secondary connection, which only turns frames
 //!   into messages for the replicator and back (and applies `--delay-ms`);
 //! - [`http`], the actix-web API.
+//!
+//! All three run on one thread, the HTTP worker's event loop ([`Engine`]): a write
+//! crosses no thread between its request and its answer, the way Redis serves from one
+//! loop. Only fsync runs elsewhere (the blocking pool), and the relaxed mode's flusher.
 
 pub mod http;
 pub mod replicator;
@@ -34,12 +38,37 @@ pub struct Config {
     pub durability: common::storage::Durability,
 }
 
+/// What the HTTP worker thread starts when it comes up: the replicator and the comm
+/// port's accept loop (and so every session), on its own event loop.
+pub struct Engine {
+    replicator: replicator::Replicator,
+    comm: std::net::TcpListener,
+    delay: DelaySpec,
+    started: tokio::sync::oneshot::Sender<actix::Addr<replicator::Replicator>>,
+}
+
+impl Engine {
+    /// Start on the current thread's event loop; tell `run` where the replicator is.
+    fn start(self) -> actix::Addr<replicator::Replicator> {
+        use actix::Actor;
+        let addr = self.replicator.start();
+        match tokio::net::TcpListener::from_std(self.comm) {
+            Ok(comm) => {
+                actix_web::rt::spawn(session::accept_loop(comm, addr.clone(), self.delay));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot serve the comm port"),
+        }
+        let _ = self.started.send(addr.clone());
+        addr
+    }
+}
+
 /// Bind both ports, run until SIGINT/SIGTERM, then stop cleanly. Must be called inside
 /// an actix system.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let comm = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.comm_port))
-        .await
+    let comm = std::net::TcpListener::bind((cfg.host.as_str(), cfg.comm_port))
         .with_context(|| format!("cannot listen on comm port {}:{}", cfg.host, cfg.comm_port))?;
+    comm.set_nonblocking(true)?;
     let http = std::net::TcpListener::bind((cfg.host.as_str(), cfg.http_port))
         .with_context(|| format!("cannot listen on http port {}:{}", cfg.host, cfg.http_port))?;
     let comm_addr = comm.local_addr()?;
@@ -48,12 +77,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let file = common::storage::open_for_node(&cfg.data_dir, cfg.durability)
         .with_context(|| format!("cannot open the log in {}", cfg.data_dir.display()))?;
     let store: replicator::Store = file.clone();
-    let replicator = replicator::Replicator::start_with(&cfg, store.clone())?;
-    actix_web::rt::spawn(session::accept_loop(comm, replicator.clone(), cfg.delay));
+    let (started, replicator) = tokio::sync::oneshot::channel();
+    let engine = Engine {
+        replicator: replicator::Replicator::new(&cfg, store.clone())?,
+        comm,
+        delay: cfg.delay,
+        started,
+    };
 
     let metrics = common::metrics::install()
         .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
-    let server = http::server(&cfg, http, replicator.clone(), store, metrics)?;
+    let server = http::server(&cfg, http, engine, store, metrics)?;
     let handle = server.handle();
     actix_web::rt::spawn(async move {
         let signal = common::shutdown::signal().await;
@@ -61,6 +95,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             signal,
             "stopping: refusing new writes, answering waiting ones"
         );
+        let Ok(replicator) = replicator.await else {
+            handle.stop(true).await;
+            return;
+        };
         let failed = replicator
             .send(replicator::Shutdown)
             .await

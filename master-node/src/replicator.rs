@@ -106,7 +106,9 @@ pub struct Replicator {
 }
 
 impl Replicator {
-    pub fn start_with(cfg: &Config, store: Store) -> anyhow::Result<Addr<Self>> {
+    /// Open the replication core over `store`; [`Actor::start`] it on the thread that is
+    /// to run it.
+    pub fn new(cfg: &Config, store: Store) -> anyhow::Result<Self> {
         let mut core_cfg = MasterConfig::new(cfg.name.clone(), cfg.ack_timeout);
         core_cfg.seed = rand::random();
         core_cfg.health = HealthPolicy {
@@ -132,8 +134,7 @@ impl Replicator {
             timer: None,
             heartbeat,
             stopping: false,
-        }
-        .start())
+        })
     }
 
     /// Carry out the core's decisions, then re-arm the resend/timeout timer.

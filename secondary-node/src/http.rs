@@ -34,7 +34,7 @@ pub fn server(
         started: Instant::now(),
         durability: cfg.durability,
     });
-    let server = common::web::serve(listener, move |cfg: &mut web::ServiceConfig| {
+    let server = common::web::serve(listener, None, move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(state.clone())
             .service(endpoint("/newMessage", "POST", web::post().to(new_message)))
             .service(endpoint("/messages", "GET", web::get().to(messages)))

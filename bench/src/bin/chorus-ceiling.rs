@@ -54,7 +54,7 @@ fn main() -> anyhow::Result<()> {
         listener.local_addr()?
     );
     actix_web::rt::System::new().block_on(async move {
-        let server = common::web::serve(listener, |cfg| {
+        let server = common::web::serve(listener, None, |cfg| {
             cfg.service(endpoint("/newMessage", "POST", web::post().to(new_message)));
         })?;
         let handle = server.handle();
