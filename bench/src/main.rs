@@ -51,6 +51,10 @@ struct Cli {
     /// What kind of server --url is.
     #[arg(long, value_enum, default_value = "chorus")]
     target: Target,
+    /// HTTP client for chorus: `raw` (HTTP/1.1 over keep-alive TCP, built for this
+    /// load, as lean as the Redis client) or `awc` (actix's full client).
+    #[arg(long, default_value = "raw", value_parser = ["raw", "awc"])]
+    http_client: String,
     /// Concurrent clients per thread (closed loop).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     concurrency: u32,
@@ -230,6 +234,9 @@ async fn run_thread(
         }
     };
     let client = match cli.target {
+        Target::Chorus if cli.http_client == "raw" => {
+            Client::Raw(peers::Http::new(&url_base(&url), &body))
+        }
         Target::Chorus => Client::Chorus {
             http: client,
             url,
@@ -311,8 +318,14 @@ enum Client {
         url: String,
         body: String,
     },
+    Raw(peers::Http),
     Redis(peers::Redis),
     Etcd(peers::Etcd),
+}
+
+/// http://HOST:PORT of a .../newMessage URL.
+fn url_base(url: &str) -> String {
+    url.trim_end_matches("/newMessage").to_string()
 }
 
 impl Client {
@@ -333,6 +346,7 @@ impl Client {
                     Err(e) => Err(format!("no answer: {e}")),
                 }
             }
+            Client::Raw(h) => h.write().await,
             Client::Redis(r) => r.write().await,
             Client::Etcd(e) => e.write().await,
         }
@@ -375,6 +389,7 @@ fn report(cli: &Cli, wc: &Value, t: &Tally, elapsed: f64) -> Value {
     json!({
         "mode": if cli.rate.is_some() { "open" } else { "closed" },
         "target": format!("{:?}", cli.target).to_lowercase(),
+        "httpClient": (cli.target == Target::Chorus).then_some(&cli.http_client),
         "url": cli.url,
         "concurrency": cli.concurrency * cli.threads,
         "threads": cli.threads,
