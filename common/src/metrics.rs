@@ -31,6 +31,60 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The outcome counters and latency histograms of client writes, looked up once (per
+/// outcome, per write concern) instead of by name and label on every write.
+pub struct WriteMetrics {
+    outcomes: Vec<(&'static str, metrics::Counter)>,
+    latency: std::sync::Mutex<
+        std::collections::HashMap<crate::replication::WriteConcern, metrics::Histogram>,
+    >,
+}
+
+impl WriteMetrics {
+    /// Every outcome a write can have.
+    pub const OUTCOMES: [&'static str; 5] =
+        ["committed", "timeout", "not_writable", "invalid", "error"];
+
+    pub fn new() -> Self {
+        Self {
+            outcomes: Self::OUTCOMES
+                .iter()
+                .map(|&o| (o, metrics::counter!(WRITES, "outcome" => o)))
+                .collect(),
+            latency: Default::default(),
+        }
+    }
+
+    /// Count a write with `outcome` (one of [`Self::OUTCOMES`]) and, when it asked for a
+    /// write concern, how long it took.
+    pub fn record(
+        &self,
+        outcome: &'static str,
+        write_concern: Option<crate::replication::WriteConcern>,
+        seconds: f64,
+    ) {
+        if let Some((_, c)) = self.outcomes.iter().find(|(o, _)| *o == outcome) {
+            c.increment(1);
+        }
+        if let Some(wc) = write_concern {
+            self.latency
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(wc)
+                .or_insert_with(
+                    || metrics::histogram!(WRITE_SECONDS, "write_concern" => wc.to_string()),
+                )
+                .record(seconds);
+        }
+    }
+}
+
+impl Default for WriteMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The counters of replication frames going one `direction` (`in` or `out`), looked up
 /// once per connection: a lookup by name and label on every frame cost 4 % of the
 /// master's replication thread (docs/benchmarks.md).

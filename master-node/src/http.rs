@@ -20,6 +20,7 @@ struct State {
     max_message_bytes: usize,
     started: Instant,
     durability: common::storage::Durability,
+    write_metrics: common::metrics::WriteMetrics,
 }
 
 /// Build the HTTP server on an already bound listener: one worker thread, which starts
@@ -54,6 +55,7 @@ pub fn server(
             max_message_bytes,
             started,
             durability,
+            write_metrics: common::metrics::WriteMetrics::new(),
         });
         cfg.app_data(state)
             .service(endpoint("/newMessage", "POST", web::post().to(new_message)))
@@ -100,11 +102,9 @@ async fn new_message(state: web::Data<State>, payload: web::Payload) -> HttpResp
         400 | 413 => "invalid",
         _ => "error",
     };
-    metrics::counter!(common::metrics::WRITES, "outcome" => outcome).increment(1);
-    if let Some(wc) = write_concern {
-        metrics::histogram!(common::metrics::WRITE_SECONDS, "write_concern" => wc.to_string())
-            .record(started.elapsed().as_secs_f64());
-    }
+    state
+        .write_metrics
+        .record(outcome, write_concern, started.elapsed().as_secs_f64());
     response
 }
 

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 pub type ConnId = u64;
 
 /// How many members (the master included) must hold a message before the write returns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum WriteConcern {
     /// This many members.
     Count(u32),
