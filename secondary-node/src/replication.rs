@@ -64,12 +64,9 @@ enum Out {
 /// Make what the core appended durable (no-op when nothing is pending).
 async fn sync(store: &Store) -> anyhow::Result<()> {
     if store.last_id() > store.durable_id() {
-        if store.sync_blocks() {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || store.sync()).await??;
-        } else {
-            store.sync()?;
-        }
+        // On this thread: it runs only the replication tasks (HTTP has its own
+        // workers), and nothing here can proceed before the sync anyway.
+        store.sync()?;
         metrics::counter!(common::metrics::SYNCS).increment(1);
     }
     Ok(())
