@@ -122,8 +122,9 @@ def target(name, value, need, ok_if_ge=True, unit="x"):
         targets.append((name, "–", "–", "not measured"))
         return
     ok = value >= need if ok_if_ge else value <= need
-    shown = f"{value:.2f}{unit}" if unit == "x" else f"{value:,.2f} {unit}"
-    needs = f"{'≥' if ok_if_ge else '≤'} {need:,.2f}{unit if unit == 'x' else ' ' + unit}"
+    digits = 0 if unit == "messages/s" else 2
+    shown = f"{value:.2f}{unit}" if unit == "x" else f"{value:,.{digits}f} {unit}"
+    needs = f"{'≥' if ok_if_ge else '≤'} {need:,.{digits}f}{unit if unit == 'x' else ' ' + unit}"
     targets.append((name, shown, needs, "met" if ok else "NOT met"))
 
 

@@ -102,11 +102,19 @@ chorus_cluster() { # durability: start master + 2 secondaries, wait until w=3 wr
     -d '{"message":"ready?","writeConcern":3,"timeoutMs":2000}' "http://127.0.0.1:$mhttp/newMessage"
 }
 
+caught_up() { # every secondary holds everything the master has
+  curl -fsS -m 2 "http://127.0.0.1:$mhttp/status" | python3 -c '
+import json, sys
+sys.exit(0 if all(m["lagMessages"] == 0 for m in json.load(sys.stdin)["members"]) else 1)'
+}
+
 for mode in fsync relaxed; do
   log "chorus, durability $mode"
   chorus_cluster "$mode"
   for w in 1 2 3; do
     for c in 1 16 64; do
+      # Each point starts with the secondaries caught up (w=1 runs ahead of them).
+      wait_for "the secondaries to catch up" caught_up
       "${bench[@]}" --url "http://127.0.0.1:$mhttp" --write-concern "$w" --concurrency "$c" \
         --json "$out/chorus-$mode-w$w-c$c.json"
     done
