@@ -206,3 +206,12 @@ ax1.legend(fontsize=7, loc="upper left")
 fig.suptitle("chorus: master + 2 secondaries, 100-byte writes, one 2-core machine")
 fig.tight_layout()
 fig.savefig(out / "plot.png", dpi=110)
+
+# A point that produced no result is a broken run, whatever the other figures say.
+expected = [f"ceiling-c{c}" for c in CONC] + [f"chorus-{m}-w{w}-c{c}" for m in MODES for w in WS for c in CONC]
+if (out / "redis-version.txt").exists():
+    expected += [f"redis-{m}-w3-c{c}" for m in ["memory", "aof"] for c in [1, 64]] + [f"etcd-c{c}" for c in [1, 64]]
+expected += ["fsync", "big"]
+missing = [name for name in expected if load(name) is None or (load(name).get("ok") == 0)]
+if missing:
+    sys.exit(f"no result for: {', '.join(missing)}")

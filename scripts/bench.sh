@@ -7,6 +7,8 @@
 #   BENCH_SECONDS   seconds per load point (default 10)
 #   BENCH_MESSAGES  size of the catch-up / read test (default 1000000)
 #   BENCH_PEERS     0 to skip Redis and etcd (default 1)
+#   BENCH_PROFILE   release (default) or debug: CI runs the whole scenario in debug, for
+#                   a second a point, to keep this script working; its figures mean nothing
 #
 # 1. builds chorus in release mode (and the storage tools);
 # 2. ceilings: this disk's fdatasync latency, and chorus-ceiling (HTTP only, no
@@ -27,6 +29,7 @@ cd "$(dirname "$0")/.."
 secs=${BENCH_SECONDS:-10}
 n=${BENCH_MESSAGES:-1000000}
 peers=${BENCH_PEERS:-1}
+profile=${BENCH_PROFILE:-release}
 out=${1:-target/bench/$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -35,13 +38,16 @@ log() { echo "== $*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 if [ "$peers" = 1 ] && ! { command -v redis-server && command -v etcd && command -v etcdctl; } >/dev/null; then
   log "installing redis-server and etcd from Debian's packages"
+  as_root apt-get update -qq
   as_root apt-get install -y -q --no-install-recommends redis-server etcd-server etcd-client >/dev/null
 fi
 
-log "building (release)"
-cargo build --release --workspace --bins -q
-cargo build --release -p common --features bench --example storage_bench -q
-bin=$PWD/target/release
+log "building ($profile)"
+flag=()
+[ "$profile" = release ] && flag=(--release)
+cargo build "${flag[@]}" --workspace --bins -q
+cargo build "${flag[@]}" -p common --features bench --example storage_bench -q
+bin=$PWD/target/$profile
 bench=("$bin/chorus-bench" --quiet --threads 1 --duration "$secs")
 
 work=$(mktemp -d)
