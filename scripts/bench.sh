@@ -63,7 +63,16 @@ stop_all() {
   done
   pids=()
 }
-cleanup() { stop_all; rm -rf "$work"; }
+cleanup() {
+  local status=$?
+  stop_all
+  if [ "$status" != 0 ]; then
+    for f in "$work"/*.log; do
+      [ -e "$f" ] && { echo "--- last lines of $(basename "$f")" >&2; tail -n 15 "$f" >&2; }
+    done
+  fi
+  rm -rf "$work"
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 start() { # name, command...: run in the background, output to $work/name.log
@@ -74,9 +83,9 @@ start() { # name, command...: run in the background, output to $work/name.log
 rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 now() { date +%s.%N; }
 minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
-wait_for() { # what, command...: poll for up to 30 s
+wait_for() { # what, command...: poll for up to 60 s
   local what=$1; shift
-  for _ in $(seq 300); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  for _ in $(seq 600); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
   echo "timed out waiting for $what" >&2; return 1
 }
 port=$((20000 + RANDOM % 30000))
@@ -131,8 +140,9 @@ done
 
 if [ "$peers" = 1 ]; then
   redis_cluster() { # mode (memory|aof)
-    local mode=$1 extra=(--save "" --appendonly no)
-    [ "$mode" = aof ] && extra=(--save "" --appendonly yes --appendfsync always)
+    # No 5 s wait for more replicas before a full sync (Redis's default).
+    local mode=$1 extra=(--save "" --appendonly no --repl-diskless-sync-delay 0)
+    [ "$mode" = aof ] && extra=(--save "" --appendonly yes --appendfsync always --repl-diskless-sync-delay 0)
     local r1 r2
     take_port rp; take_port r1; take_port r2
     local ports=("$rp" "$r1" "$r2")

@@ -8,14 +8,47 @@ use std::cell::RefCell;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
 
+/// Keep-alive connections to one address, one per outstanding write: a write takes an
+/// idle one or opens a new one, and gives it back only if it is in a known state.
+struct Pool {
+    addr: String,
+    idle: RefCell<Vec<BufStream<TcpStream>>>,
+}
+
+impl Pool {
+    fn new(addr: &str) -> Self {
+        Self {
+            addr: addr.to_string(),
+            idle: RefCell::new(Vec::new()),
+        }
+    }
+
+    async fn take(&self) -> Result<BufStream<TcpStream>, String> {
+        let idle = self.idle.borrow_mut().pop();
+        match idle {
+            Some(c) => Ok(c),
+            None => {
+                let s = TcpStream::connect(&self.addr)
+                    .await
+                    .map_err(|e| format!("no answer: {e}"))?;
+                let _ = s.set_nodelay(true);
+                Ok(BufStream::new(s))
+            }
+        }
+    }
+
+    fn put(&self, conn: BufStream<TcpStream>) {
+        self.idle.borrow_mut().push(conn);
+    }
+}
+
 /// `RPUSH chorus-bench <message>`, then `WAIT <replicas> 0` when replicas > 0, sent
 /// together on one connection: the answer to WAIT comes once that many replicas have
 /// acknowledged everything this connection wrote.
 pub struct Redis {
-    addr: String,
+    pool: Pool,
     command: Vec<u8>,
     replicas: u64,
-    idle: RefCell<Vec<BufStream<TcpStream>>>,
 }
 
 fn resp(args: &[&[u8]], out: &mut Vec<u8>) {
@@ -41,28 +74,16 @@ impl Redis {
             );
         }
         Self {
-            addr: addr.to_string(),
+            pool: Pool::new(addr),
             command,
             replicas,
-            idle: RefCell::new(Vec::new()),
         }
     }
 
     pub async fn write(&self) -> Result<(), String> {
-        let idle = self.idle.borrow_mut().pop();
-        let mut conn = match idle {
-            Some(c) => c,
-            None => {
-                let s = TcpStream::connect(&self.addr)
-                    .await
-                    .map_err(|e| format!("no answer: {e}"))?;
-                let _ = s.set_nodelay(true);
-                BufStream::new(s)
-            }
-        };
+        let mut conn = self.pool.take().await?;
         self.round_trip(&mut conn).await?;
-        // Only a connection in a known state goes back to the pool.
-        self.idle.borrow_mut().push(conn);
+        self.pool.put(conn);
         Ok(())
     }
 
@@ -100,9 +121,8 @@ impl Redis {
 /// machine the servers share with their load the client takes the same small share
 /// whichever server it drives (awc cost ~10 µs a request here; `--http-client awc`).
 pub struct Http {
-    addr: String,
+    pool: Pool,
     request: Vec<u8>,
-    idle: RefCell<Vec<BufStream<TcpStream>>>,
 }
 
 impl Http {
@@ -119,28 +139,17 @@ impl Http {
         .into_bytes();
         request.extend_from_slice(body.as_bytes());
         Self {
-            addr,
+            pool: Pool::new(&addr),
             request,
-            idle: RefCell::new(Vec::new()),
         }
     }
 
     /// One write; Ok only for a 201, otherwise the status (or why there was none).
     pub async fn write(&self) -> Result<(), String> {
-        let idle = self.idle.borrow_mut().pop();
-        let mut conn = match idle {
-            Some(c) => c,
-            None => {
-                let s = TcpStream::connect(&self.addr)
-                    .await
-                    .map_err(|e| format!("no answer: {e}"))?;
-                let _ = s.set_nodelay(true);
-                BufStream::new(s)
-            }
-        };
+        let mut conn = self.pool.take().await?;
         let (status, keep) = http_round_trip(&mut conn, &self.request).await?;
         if keep {
-            self.idle.borrow_mut().push(conn);
+            self.pool.put(conn);
         }
         if status == 201 {
             Ok(())
@@ -305,7 +314,7 @@ mod tests {
     #[test]
     fn http_request_is_built_once_with_its_length() {
         let h = Http::new("http://127.0.0.1:8080/", r#"{"message":"hi"}"#);
-        assert_eq!(h.addr, "127.0.0.1:8080");
+        assert_eq!(h.pool.addr, "127.0.0.1:8080");
         let text = String::from_utf8(h.request).unwrap();
         assert!(text.starts_with("POST /newMessage HTTP/1.1\r\n"), "{text}");
         assert!(
