@@ -195,11 +195,15 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let results = report(&cli, &wc, &total, elapsed);
-    println!("{}", summary(&results));
+    // Written before the summary: a reader that stops early (`| head -1`) must not cost
+    // the JSON.
     if let Some(path) = &cli.json {
         std::fs::write(path, serde_json::to_vec_pretty(&results)?)
             .with_context(|| format!("write {}", path.display()))?;
     }
+    // Not println!: it panics when stdout is a pipe already closed.
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{}", summary(&results));
     Ok(())
 }
 
