@@ -228,8 +228,10 @@ impl Actor for Replicator {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // HTTP handlers wait (`send().await`) when this many messages are queued; sessions
-        // use `do_send`, which is not bounded by it.
+        // Status queries (`send().await`) wait when this many messages are queued. Writes
+        // and sessions use `do_send`, which is not bounded by it: writes are bounded by
+        // the open HTTP connections (one request each at a time), and the replicator
+        // shares their thread, so it drains its mailbox between requests.
         ctx.set_mailbox_capacity(4096);
         ctx.run_interval(self.heartbeat, |act, ctx| {
             act.core.tick_heartbeat(Instant::now());
