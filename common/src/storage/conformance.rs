@@ -24,6 +24,49 @@ pub fn run_all<S: LogStore>(make: impl Fn() -> S) {
     sync_covers_every_append(&make());
     membership(&make());
     request_ids(&make());
+    flush_makes_appends_readable(&make());
+    truncation(&make());
+    terms(&make());
+}
+
+fn flush_makes_appends_readable<S: LogStore>(s: &S) {
+    s.append(&[entry(1), entry(2)]).unwrap();
+    assert_eq!(s.flush().unwrap(), 2);
+    assert_eq!(s.written_id(), 2);
+    assert!(s.durable_id() <= s.written_id());
+    assert_eq!(s.read(1, 10).unwrap(), vec![entry(1), entry(2)]);
+    assert_eq!(s.sync().unwrap(), 2);
+    assert_eq!(s.durable_id(), 2);
+}
+
+fn truncation<S: LogStore>(s: &S) {
+    s.append(&(1..=5).map(entry).collect::<Vec<_>>()).unwrap();
+    s.sync().unwrap();
+    s.append(&[entry(6)]).unwrap(); // appended, not even written yet
+    s.truncate(3).unwrap();
+    assert_eq!(s.last_id(), 3);
+    assert!(s.durable_id() <= 3 && s.written_id() <= 3);
+    assert_eq!(
+        s.read(1, 10).unwrap(),
+        (1..=3).map(entry).collect::<Vec<_>>()
+    );
+    s.truncate(7).unwrap(); // past the end: nothing to do
+    assert_eq!(s.last_id(), 3);
+    // The log goes on from the cut, with other contents.
+    let mut other = entry(4);
+    other.message = "another history".into();
+    s.append(std::slice::from_ref(&other)).unwrap();
+    assert_eq!(s.sync().unwrap(), 4);
+    assert_eq!(s.read(3, 10).unwrap(), vec![entry(3), other]);
+    s.truncate(0).unwrap();
+    assert_eq!(s.last_id(), 0);
+    assert_eq!(s.read(1, 10).unwrap(), vec![]);
+}
+
+fn terms<S: LogStore>(s: &S) {
+    assert_eq!(s.term(), 0);
+    s.set_term(3).unwrap();
+    assert_eq!(s.term(), 3);
 }
 
 fn request_ids<S: LogStore>(s: &S) {
@@ -58,6 +101,7 @@ pub fn run_reopen<S: LogStore>(dir: &std::path::Path, open: impl Fn(&std::path::
         let s = open(dir);
         s.set_log_id(9).unwrap();
         s.set_members(&["a".to_string()]).unwrap();
+        s.set_term(4).unwrap();
         let mut entries: Vec<Entry> = (1..=100).map(entry).collect();
         entries[41].request_id = Some("order-42".into());
         s.append(&entries).unwrap();
@@ -73,11 +117,18 @@ pub fn run_reopen<S: LogStore>(dir: &std::path::Path, open: impl Fn(&std::path::
     assert_eq!(s.request_ids().unwrap(), vec![("order-42".to_string(), 42)]);
     assert_eq!(s.log_id(), 9);
     assert_eq!(s.members(), vec!["a".to_string()]);
+    assert_eq!(s.term(), 4);
     // And the log goes on from there.
     s.append(&[entry(101)]).unwrap();
     s.sync().unwrap();
+    // A truncation is durable: what was cut stays cut, what follows it survives.
+    s.truncate(90).unwrap();
+    s.append(&[entry(91)]).unwrap();
+    s.sync().unwrap();
     drop(s);
-    assert_eq!(open(dir).last_id(), 101);
+    let s = open(dir);
+    assert_eq!(s.last_id(), 91);
+    assert_eq!(s.read(90, 10).unwrap(), vec![entry(90), entry(91)]);
 }
 
 fn empty_store<S: LogStore>(s: &S) {

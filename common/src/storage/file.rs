@@ -52,6 +52,9 @@ fn io(context: &str, e: std::io::Error) -> StorageError {
 struct Meta {
     log_id: u64,
     members: Vec<String>,
+    /// The master's current term (absent in logs written before terms counted).
+    #[serde(default)]
+    term: u64,
 }
 
 #[derive(Debug)]
@@ -60,6 +63,9 @@ struct Index {
     offsets: Vec<u64>,
     /// Where the next record goes.
     end: u64,
+    /// The highest id written to the file (handed to the operating system): what reads
+    /// return. At least `durable_id`.
+    written_id: u64,
     durable_id: u64,
     /// The highest id known to be on the disk (fdatasync'd); at most `durable_id`.
     disk_id: u64,
@@ -196,6 +202,31 @@ impl FileStore {
         Ok(idx.durable_id)
     }
 
+    /// A node's last act before it exits: sync everything (as [`Self::sync_to_disk`])
+    /// and give back the preallocated space after the last record. Other handles on
+    /// the store may still be alive at that point, so this cannot wait for `Drop`;
+    /// should anything be appended afterwards, the file just grows again.
+    pub fn close(&self) -> Result<u64, StorageError> {
+        let durable = self.sync_to_disk()?;
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if self.give_back_tail(&mut w)? {
+            self.log.sync_all().map_err(|e| io("sync log", e))?;
+        }
+        Ok(durable)
+    }
+
+    /// Cut the preallocated space after the last record once nothing is pending;
+    /// true if there was some.
+    fn give_back_tail(&self, w: &mut Writer) -> Result<bool, StorageError> {
+        let end = self.index.read().unwrap_or_else(|e| e.into_inner()).end;
+        if !w.pending.is_empty() || w.allocated <= end {
+            return Ok(false);
+        }
+        self.log.set_len(end).map_err(|e| io("trim log", e))?;
+        w.allocated = end;
+        Ok(true)
+    }
+
     /// Write the pending records to the file (one `pwrite`); returns the last id written.
     /// On failure they stay pending and the next call tries again at the same offset.
     fn write_out(&self) -> Result<u64, StorageError> {
@@ -204,20 +235,23 @@ impl FileStore {
         Ok(self.last_id())
     }
 
+    /// Called with the writer locked, so every appended record is either pending or
+    /// already written: afterwards all of them are written.
     fn write_pending(&self, w: &mut Writer) -> Result<(), StorageError> {
-        if w.pending.is_empty() {
-            return Ok(());
+        if !w.pending.is_empty() {
+            let end = w.pending_at + w.pending.len() as u64;
+            preallocate(&self.log, w, end)?;
+            self.log
+                .write_all_at(&w.pending, w.pending_at)
+                .map_err(|e| io("write log", e))?;
+            w.pending_at = end;
+            w.pending.clear();
+            if w.pending.capacity() > 4 * WRITE_BEHIND {
+                w.pending = Vec::new();
+            }
         }
-        let end = w.pending_at + w.pending.len() as u64;
-        preallocate(&self.log, w, end)?;
-        self.log
-            .write_all_at(&w.pending, w.pending_at)
-            .map_err(|e| io("write log", e))?;
-        w.pending_at = end;
-        w.pending.clear();
-        if w.pending.capacity() > 4 * WRITE_BEHIND {
-            w.pending = Vec::new();
-        }
+        let mut idx = self.index.write().unwrap_or_else(|e| e.into_inner());
+        idx.written_id = idx.offsets.len() as u64;
         Ok(())
     }
 
@@ -280,6 +314,7 @@ fn recover(log: &File, path: &Path) -> Result<(Index, Recovery), StorageError> {
         let index = Index {
             offsets: Vec::new(),
             end: MAGIC.len() as u64,
+            written_id: 0,
             durable_id: 0,
             disk_id: 0,
         };
@@ -361,6 +396,7 @@ fn recover(log: &File, path: &Path) -> Result<(Index, Recovery), StorageError> {
         Index {
             offsets,
             end: pos,
+            written_id: entries,
             durable_id: entries,
             disk_id: entries,
         },
@@ -451,11 +487,9 @@ fn encode(entries: &[Entry], out: &mut Vec<u8>) {
 impl Drop for FileStore {
     /// A clean close writes what is pending and gives the preallocated tail back.
     fn drop(&mut self) {
-        let end = self.index.read().unwrap_or_else(|e| e.into_inner()).end;
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let written = self.write_pending(&mut w).is_ok();
-        if written && w.allocated > end {
-            let _ = self.log.set_len(end);
+        if self.write_pending(&mut w).is_ok() {
+            let _ = self.give_back_tail(&mut w);
         }
     }
 }
@@ -521,6 +555,47 @@ impl LogStore for FileStore {
         self.durability == Durability::Fsync
     }
 
+    fn flush(&self) -> Result<u64, StorageError> {
+        self.write_out()
+    }
+
+    fn written_id(&self) -> u64 {
+        self.index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .written_id
+    }
+
+    fn truncate(&self, after: u64) -> Result<(), StorageError> {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idx = self.index.write().unwrap_or_else(|e| e.into_inner());
+        if after >= idx.offsets.len() as u64 {
+            return Ok(());
+        }
+        let cut = idx.offsets[after as usize];
+        if cut >= w.pending_at {
+            let keep = (cut - w.pending_at) as usize;
+            w.pending.truncate(keep);
+        } else {
+            w.pending.clear();
+        }
+        // Shrinking the file zeroes everything after the cut (the preallocation grows it
+        // again with the next writes); synced before anything is appended after it.
+        self.log.set_len(cut).map_err(|e| io("truncate log", e))?;
+        self.log.sync_all().map_err(|e| io("sync log", e))?;
+        w.allocated = cut;
+        if w.pending.is_empty() {
+            w.pending_at = cut;
+        }
+        idx.offsets.truncate(after as usize);
+        idx.end = cut;
+        idx.written_id = idx.written_id.min(after);
+        idx.durable_id = idx.durable_id.min(after);
+        idx.disk_id = idx.disk_id.min(after);
+        tracing::warn!(dir = %self.dir.display(), kept = after, "log truncated");
+        Ok(())
+    }
+
     fn last_id(&self) -> u64 {
         self.index
             .read()
@@ -540,10 +615,10 @@ impl LogStore for FileStore {
         let from = from.max(1);
         let (start, stop, count) = {
             let idx = self.index.read().unwrap_or_else(|e| e.into_inner());
-            if from > idx.durable_id || limit == 0 {
+            if from > idx.written_id || limit == 0 {
                 return Ok(Vec::new());
             }
-            let last = idx.durable_id.min(from.saturating_add(limit as u64 - 1));
+            let last = idx.written_id.min(from.saturating_add(limit as u64 - 1));
             let stop = if (last as usize) < idx.offsets.len() {
                 idx.offsets[last as usize]
             } else {
@@ -603,6 +678,16 @@ impl LogStore for FileStore {
         let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
         let old = std::mem::replace(&mut meta.members, names.to_vec());
         self.write_meta(&meta).inspect_err(|_| meta.members = old)
+    }
+
+    fn term(&self) -> u64 {
+        self.meta.lock().unwrap_or_else(|e| e.into_inner()).term
+    }
+
+    fn set_term(&self, term: u64) -> Result<(), StorageError> {
+        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        let old = std::mem::replace(&mut meta.term, term);
+        self.write_meta(&meta).inspect_err(|_| meta.term = old)
     }
 }
 
@@ -717,6 +802,22 @@ mod tests {
     }
 
     #[test]
+    fn close_gives_the_preallocated_space_back_while_the_store_is_shared() {
+        let d = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(filled(d.path(), 3));
+        let other = s.clone(); // e.g. a server's state, still alive at exit
+        assert!(log_len(d.path()) >= PREALLOCATE);
+        s.append(&[entry(4)]).unwrap();
+        assert_eq!(s.close().unwrap(), 4);
+        let len = log_len(d.path());
+        assert!(len < 1024, "{len} bytes after close");
+        // Still usable: the file grows again.
+        other.append(&[entry(5)]).unwrap();
+        other.sync().unwrap();
+        assert_eq!(other.read(4, 5).unwrap(), vec![entry(4), entry(5)]);
+    }
+
+    #[test]
     fn a_zero_tail_is_preallocated_space_not_damage() {
         let d = tempfile::tempdir().unwrap();
         drop(filled(d.path(), 3));
@@ -815,15 +916,52 @@ mod tests {
     }
 
     #[test]
-    fn unsynced_entries_are_not_read() {
+    fn appended_entries_are_read_once_written_and_durable_once_synced() {
         let d = tempfile::tempdir().unwrap();
         let s = filled(d.path(), 2);
         s.append(&[entry(3)]).unwrap();
         assert_eq!(s.last_id(), 3);
         assert_eq!(s.durable_id(), 2);
-        assert_eq!(s.read(1, 10).unwrap().len(), 2);
-        assert_eq!(s.sync().unwrap(), 3);
+        assert_eq!(s.read(1, 10).unwrap().len(), 2, "still in memory");
+        assert_eq!(s.flush().unwrap(), 3);
         assert_eq!(s.read(3, 10).unwrap(), vec![entry(3)]);
+        assert_eq!((s.written_id(), s.durable_id()), (3, 2));
+        assert_eq!(s.unsynced(), 1);
+        assert_eq!(s.sync().unwrap(), 3);
+        assert_eq!(s.unsynced(), 0);
+    }
+
+    /// The store's files as a crash would leave them: copied while it is open, without
+    /// the clean close.
+    fn crash_copy(from: &Path) -> tempfile::TempDir {
+        let to = tempfile::tempdir().unwrap();
+        for f in ["log", "meta.json"] {
+            if from.join(f).exists() {
+                fs::copy(from.join(f), to.path().join(f)).unwrap();
+            }
+        }
+        to
+    }
+
+    #[test]
+    fn a_truncation_survives_a_crash_and_the_log_grows_again() {
+        let d = tempfile::tempdir().unwrap();
+        let s = filled(d.path(), 10);
+        s.append(&[entry(11)]).unwrap();
+        s.truncate(4).unwrap();
+        let crashed = crash_copy(d.path());
+        drop(s);
+        let s = FileStore::open(crashed.path()).unwrap();
+        assert_eq!(s.recovery().cut_bytes, 0, "nothing torn to cut");
+        assert_eq!(s.last_id(), 4);
+        s.append(&(5..=3000).map(entry).collect::<Vec<_>>())
+            .unwrap();
+        s.sync().unwrap();
+        let again = crash_copy(crashed.path());
+        drop(s);
+        let s = FileStore::open(again.path()).unwrap();
+        assert_eq!(s.last_id(), 3000);
+        assert_eq!(s.read(2999, 5).unwrap(), vec![entry(2999), entry(3000)]);
     }
 
     #[test]

@@ -14,6 +14,7 @@ struct Inner {
     entries: Vec<Entry>,
     log_id: u64,
     members: Vec<String>,
+    term: u64,
 }
 
 impl MemStore {
@@ -44,6 +45,30 @@ impl LogStore for MemStore {
 
     fn durable_id(&self) -> u64 {
         self.last_id()
+    }
+
+    fn flush(&self) -> Result<u64, StorageError> {
+        Ok(self.last_id())
+    }
+
+    fn written_id(&self) -> u64 {
+        self.last_id()
+    }
+
+    fn truncate(&self, after: u64) -> Result<(), StorageError> {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let keep = (after as usize).min(inner.entries.len());
+        inner.entries.truncate(keep);
+        Ok(())
+    }
+
+    fn term(&self) -> u64 {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).term
+    }
+
+    fn set_term(&self, term: u64) -> Result<(), StorageError> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner()).term = term;
+        Ok(())
     }
 
     fn last_id(&self) -> u64 {

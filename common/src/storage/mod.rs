@@ -144,8 +144,29 @@ pub trait LogStore: Send + Sync {
     fn durable_id(&self) -> u64;
 
     /// Up to `limit` entries starting at id `from` (ids below 1 are read from 1), never
-    /// past [`LogStore::durable_id`]: a reader never sees what a crash could take back.
+    /// past [`LogStore::written_id`]: a reader sees what a crash of the process cannot
+    /// take back (a power loss still can until [`LogStore::sync`]).
     fn read(&self, from: u64, limit: usize) -> Result<Vec<Entry>, StorageError>;
+
+    /// Hand every entry appended so far to the operating system (or the medium), without
+    /// waiting for it to be durable, so that reads return it; returns the highest id
+    /// written. [`LogStore::sync`] does this too, and then makes it durable.
+    fn flush(&self) -> Result<u64, StorageError>;
+
+    /// The highest id written (what reads return), durable or not; at least
+    /// [`LogStore::durable_id`].
+    fn written_id(&self) -> u64;
+
+    /// Remove, durably, every entry after `after` (nothing if the log is not longer).
+    /// A secondary does this when it holds entries its master lost (see
+    /// `docs/protocol.md`, "One history").
+    fn truncate(&self, after: u64) -> Result<(), StorageError>;
+
+    /// The current term of the master that owns this log (0: never set).
+    fn term(&self) -> u64;
+
+    /// Save the term (durably).
+    fn set_term(&self, term: u64) -> Result<(), StorageError>;
 
     /// Identity of this log's history (0: not set yet). A secondary only follows a
     /// master whose log has the same identity.
@@ -198,6 +219,21 @@ impl<T: LogStore + ?Sized> LogStore for std::sync::Arc<T> {
     }
     fn read(&self, from: u64, limit: usize) -> Result<Vec<Entry>, StorageError> {
         (**self).read(from, limit)
+    }
+    fn flush(&self) -> Result<u64, StorageError> {
+        (**self).flush()
+    }
+    fn written_id(&self) -> u64 {
+        (**self).written_id()
+    }
+    fn truncate(&self, after: u64) -> Result<(), StorageError> {
+        (**self).truncate(after)
+    }
+    fn term(&self) -> u64 {
+        (**self).term()
+    }
+    fn set_term(&self, term: u64) -> Result<(), StorageError> {
+        (**self).set_term(term)
     }
     fn log_id(&self) -> u64 {
         (**self).log_id()
