@@ -91,15 +91,15 @@ pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8
 const READ_CHUNK: usize = 1000;
 
 /// `GET /messages` from `store`, streamed in chunks: the whole log is never held in
-/// memory. The response ends at the durable end of the log as it was when the request
-/// arrived (at `commit_id` too for `readConcern=majority`), so a log growing meanwhile
-/// cannot make it endless.
+/// memory. The response ends at the written end of the log as it was when the request
+/// arrived (at `commit_id`, durable on a majority, for `readConcern=majority`), so a log
+/// growing meanwhile cannot make it endless.
 pub async fn messages(
     q: api::MessagesQuery,
     store: Arc<dyn LogStore>,
     commit_id: u64,
 ) -> HttpResponse {
-    let mut end = store.durable_id();
+    let mut end = store.written_id();
     if q.majority {
         end = end.min(commit_id);
     }
@@ -134,8 +134,8 @@ pub async fn messages(
                     }
                 }
             };
-            // The store can only return fewer than asked if its durable end moved back,
-            // which never happens; stop rather than loop.
+            // The store returns fewer than asked only if its end moved back (a
+            // secondary cutting what its master lost); stop rather than loop.
             let got = entries.len() as u64;
             let left = if got < n as u64 { 0 } else { left - got };
             let mut chunk = api::messages_json_chunk(&entries, first);

@@ -226,6 +226,8 @@ async fn health(state: web::Data<State>) -> HttpResponse {
         "writable": st.has_quorum,
         "pendingWrites": st.pending_writes,
         "appendedId": st.appended_id,
+        "writtenId": st.written_id,
+        "term": st.term,
         "syncs": syncs,
         "uptimeMs": state.started.elapsed().as_millis() as u64,
     }))
@@ -282,6 +284,8 @@ async fn status(state: web::Data<State>) -> HttpResponse {
         "name": st.name,
         "role": "master",
         "lastId": st.last_id,
+        "writtenId": st.written_id,
+        "term": st.term,
         "commitId": st.commit_id,
         "hasQuorum": st.has_quorum,
         "writable": st.has_quorum,

@@ -187,25 +187,40 @@ impl Replicator {
 
 impl Replicator {
     /// Group commit: if entries are waiting to be made durable and no sync is running,
-    /// start one on the blocking pool. It covers everything appended before it starts;
-    /// whatever arrives meanwhile waits for the next one.
+    /// start one. It covers everything appended before it starts; whatever arrives
+    /// meanwhile waits for the next one.
+    ///
+    /// It starts once the writes already in the mailbox are appended, so that one write
+    /// to the file, one frame per secondary and one sync carry all of them. The entries
+    /// are written to the file and sent to the secondaries first, and synced on the
+    /// blocking pool while the secondaries store them: a write waits for the slower of
+    /// the two syncs, not for one after the other (docs/protocol.md, "One history").
     fn maybe_sync(&mut self, ctx: &mut Context<Self>) {
         if self.syncing || !self.core.needs_sync() {
             return;
         }
         self.syncing = true;
-        let store = self.store.clone();
-        // Either way the sync runs after the writes already in the mailbox are appended,
-        // so it covers all of them (and one frame per secondary carries them).
-        let sync = async move {
-            if store.sync_blocks() {
-                tokio::task::spawn_blocking(move || store.sync()).await
-            } else {
-                // Relaxed durability: nothing to wait for, no trip to the blocking pool.
-                Ok(store.sync())
+        let start = fut::ready(()).then(|(), act: &mut Self, ctx: &mut Context<Self>| {
+            let store = act.store.clone();
+            match store.flush() {
+                Ok(upto) => {
+                    act.core.flushed(Instant::now(), upto);
+                    act.drain(ctx);
+                }
+                // The sync below meets the same failure and reports it.
+                Err(e) => tracing::error!(error = %e, "writing the log failed"),
             }
-        };
-        ctx.spawn(sync.into_actor(self).map(|result, act, ctx| {
+            async move {
+                if store.sync_blocks() {
+                    tokio::task::spawn_blocking(move || store.sync()).await
+                } else {
+                    // Relaxed durability: nothing to wait for, no trip to the blocking pool.
+                    Ok(store.sync())
+                }
+            }
+            .into_actor(act)
+        });
+        ctx.spawn(start.map(|result, act, ctx| {
             act.syncing = false;
             match result {
                 Ok(Ok(upto)) => {

@@ -144,6 +144,7 @@ async fn status(state: web::Data<State>) -> HttpResponse {
         "heldBack": st.held_back,
         "missing": st.missing,
         "duplicatesIgnored": st.duplicates,
+        "truncated": st.truncated,
         "lastHeardMsAgo": st.last_heard_ms_ago,
         "lastError": st.last_error,
         "uptimeMs": state.started.elapsed().as_millis() as u64,

@@ -72,8 +72,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     server.await.context("http server failed")?;
     // Acknowledged entries are durable already (in relaxed mode: written); put
-    // everything appended on the disk before exiting.
-    let durable = file.sync_to_disk().context("final sync")?;
+    // everything appended on the disk, and give the preallocated space back.
+    let durable = file.close().context("final sync")?;
     tracing::info!(durable, "stopped");
     Ok(())
 }

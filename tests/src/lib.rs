@@ -429,6 +429,22 @@ pub async fn wait_converged(
     .await
 }
 
+/// Write `message` with write concern `wc`, retrying while the master answers 503 (it
+/// waits for a quorum, e.g. after a restart); the first other answer.
+pub async fn write_once_writable(
+    http: &Http,
+    master: &Node,
+    message: &str,
+    wc: serde_json::Value,
+    within: Duration,
+) -> Result<(u16, serde_json::Value)> {
+    wait_for("writes to resume", within, || async {
+        let (st, body) = http.write(master, message, wc.clone()).await?;
+        Ok((st != 503).then_some((st, body)))
+    })
+    .await
+}
+
 /// Ids are exactly 1..=n, in order (no gap, no duplicate).
 pub fn assert_gap_free(log: &[(u64, String)]) {
     let ids: Vec<u64> = log.iter().map(|e| e.0).collect();

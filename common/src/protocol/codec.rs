@@ -134,6 +134,7 @@ mod tests {
                 name: "m".into(),
                 log_id: 42,
                 last_id: 7,
+                truncate_after: Some(5),
             },
             MasterFrame::AddMessages {
                 entries: vec![Entry {
@@ -194,6 +195,7 @@ mod tests {
                 name: "s1".into(),
                 next_expected: 1,
                 log_id: 0,
+                last_term: 0,
             },
             SecondaryFrame::GetMessages { start_id: 1 },
             SecondaryFrame::Ready,

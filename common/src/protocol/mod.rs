@@ -12,20 +12,23 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The protocol version this build speaks. A peer with another version is refused with
-/// [`ErrorCode::VersionMismatch`].
-pub const PROTOCOL_VERSION: u32 = 1;
+/// [`ErrorCode::VersionMismatch`]. Version 2: the master sends messages before its own
+/// sync, so the handshake compares terms and may cut a secondary's tail
+/// (`last_term`, `truncate_after`); a version 1 secondary would not cut it.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame body either side accepts or sends. Checked before anything is
 /// allocated for a frame.
 pub const MAX_FRAME_LEN: usize = 64 * 1024 * 1024;
 
-/// The term every entry carries until elections exist.
+/// The term of a log's first master run; each start of the master takes the next one.
 pub const INITIAL_TERM: u64 = 1;
 
 /// One message in the replicated log.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
-    /// The term of the master that accepted it (always [`INITIAL_TERM`] for now).
+    /// The term of the master run that accepted it: a master takes a new term each time
+    /// it starts, so `(term, id)` names one entry for good.
     pub term: u64,
     /// Position in the log: 1, 2, 3, ... without gaps.
     pub id: u64,
@@ -50,6 +53,9 @@ pub enum SecondaryFrame {
         next_expected: u64,
         /// Identity of the log the secondary holds (0: none yet).
         log_id: u64,
+        /// The term of the secondary's last entry (0: it holds none).
+        #[serde(default)]
+        last_term: u64,
     },
     /// Ask for every message from `start_id` on (the seed's `getMessages(startMsgId)`).
     GetMessages { start_id: u64 },
@@ -76,6 +82,11 @@ pub enum MasterFrame {
         log_id: u64,
         /// The master's last id at the time of the handshake.
         last_id: u64,
+        /// The secondary holds entries after this id that the master's log does not
+        /// have (the master lost them in a crash before they were durable on it): the
+        /// secondary removes them before asking for messages.
+        #[serde(default)]
+        truncate_after: Option<u64>,
     },
     /// A batch of the answer to [`SecondaryFrame::GetMessages`]. `last` marks the batch
     /// that reaches the master's last id at the time it was sent: after it, the

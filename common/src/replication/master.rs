@@ -2,13 +2,17 @@
 
 use super::{ConnId, Health, HealthPolicy, RetryPolicy, WriteConcern};
 use crate::protocol::{
-    Entry, ErrorCode, ErrorFrame, INITIAL_TERM, MasterFrame, PROTOCOL_VERSION, SecondaryFrame,
+    Entry, ErrorCode, ErrorFrame, MasterFrame, PROTOCOL_VERSION, SecondaryFrame,
 };
 use crate::storage::{LogStore, StorageError};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
+
+/// Bounds of [`MasterCore`]'s cache of recent entries (count, and message bytes).
+const RECENT_MAX: usize = 8192;
+const RECENT_MAX_BYTES: usize = 8 << 20;
 
 /// Identifies a client write waiting for its write concern, assigned by the shell.
 pub type Token = u64;
@@ -227,8 +231,13 @@ pub struct MemberStatus {
 pub struct MasterStatus {
     pub name: String,
     pub log_id: u64,
-    /// Highest durable id (what readers and secondaries can see).
+    /// This run's term (one more than the last run's).
+    pub term: u64,
+    /// Highest id durable on the master.
     pub last_id: u64,
+    /// Highest id written to the operating system: what readers see and what has been
+    /// sent to secondaries.
+    pub written_id: u64,
     /// Highest id appended, durable or not.
     pub appended_id: u64,
     /// Members reachable now (connected secondaries plus the master).
@@ -248,16 +257,31 @@ pub struct MasterCore<S> {
     cfg: MasterConfig,
     store: S,
     log_id: u64,
+    /// This run's term: entries appended now carry it.
+    term: u64,
     /// Highest id appended to the store.
     last_id: u64,
-    /// Highest id the store has made durable. Only durable entries are sent to
-    /// secondaries or counted as held by the master, so no secondary ever holds a message
-    /// that a crash of the master could take back.
+    /// Highest id the store has written to the operating system: readable, sent to
+    /// secondaries, safe from a crash of this process but not from a power loss.
+    written_id: u64,
+    /// Highest id the store has made durable. The master counts itself as holding an
+    /// entry, and answers its writer, only from here on; a write concern is therefore
+    /// never met by secondaries alone.
     durable_id: u64,
     members: Vec<Member>,
     /// Open connections and the member each one belongs to, once handshaken.
     conns: HashMap<ConnId, Option<usize>>,
     waiters: BTreeMap<u64, Vec<Waiter>>,
+    /// The latest appended entries, ids `last_id - len + 1 ..= last_id`: frames are
+    /// built from here rather than read back from the store (a read, a checksum and a
+    /// decode per entry and member). At most [`RECENT_MAX`] entries or bytes.
+    recent: VecDeque<Entry>,
+    recent_bytes: usize,
+    /// At or before the earliest resend or write deadline: exact after
+    /// [`Self::handle_timeout`], moved earlier whenever a deadline is set. Acks do not
+    /// move it later (the timer then fires once early and finds nothing due), so that
+    /// [`Self::poll_timeout`], asked after every event, scans nothing.
+    next_timeout: Option<Instant>,
     request_ids: HashMap<String, u64>,
     outputs: Vec<MasterOutput>,
     rng: StdRng,
@@ -266,7 +290,9 @@ pub struct MasterCore<S> {
 impl<S: LogStore> MasterCore<S> {
     /// A core over `store`, which may already hold a log and a membership. A log without
     /// an identity gets a fresh one. Everything the store holds at this point counts as
-    /// durable (a store recovers only what it had made durable).
+    /// durable (a store recovers only what it had made durable). The run takes a new
+    /// term, saved before anything is sent: the term of an entry tells this run's
+    /// entries from those a crashed run sent but lost.
     pub fn new(cfg: MasterConfig, store: S) -> Result<Self, StorageError> {
         let mut rng = StdRng::seed_from_u64(cfg.seed);
         let mut log_id = store.log_id();
@@ -276,16 +302,24 @@ impl<S: LogStore> MasterCore<S> {
         }
         let members = store.members().into_iter().map(Member::new).collect();
         let durable_id = store.sync()?;
+        let last_term = store.read(durable_id, 1)?.first().map_or(0, |e| e.term);
+        let term = store.term().max(last_term) + 1;
+        store.set_term(term)?;
         let request_ids = store.request_ids()?.into_iter().collect();
         Ok(Self {
             last_id: durable_id,
+            written_id: durable_id,
             durable_id,
+            term,
             cfg,
             store,
             log_id,
             members,
             conns: HashMap::new(),
             waiters: BTreeMap::new(),
+            recent: VecDeque::new(),
+            recent_bytes: 0,
+            next_timeout: None,
             request_ids,
             outputs: Vec::new(),
             rng,
@@ -301,21 +335,49 @@ impl<S: LogStore> MasterCore<S> {
         self.durable_id
     }
 
+    /// Highest id written by the store (readable, sent to secondaries).
+    pub fn written_id(&self) -> u64 {
+        self.written_id
+    }
+
+    /// This run's term.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
     /// True when entries were appended since the last [`Self::persisted`]: the shell
-    /// should run the store's `sync` (one at a time; each covers everything appended
-    /// before it started: group commit) and report back.
+    /// should `flush` the store and report it with [`Self::flushed`], then run the
+    /// store's `sync` (one at a time; each covers everything appended before it
+    /// started: group commit) and report it with [`Self::persisted`].
     pub fn needs_sync(&self) -> bool {
         self.last_id > self.durable_id
     }
 
+    /// The store wrote everything up to `upto` to the operating system: send it to the
+    /// live secondaries now, so that they store it while the master's own sync runs.
+    /// The master does not count itself as holding it yet.
+    pub fn flushed(&mut self, now: Instant, upto: u64) {
+        let upto = upto.min(self.last_id);
+        if upto <= self.written_id {
+            return;
+        }
+        self.written_id = upto;
+        self.pump_live(now);
+    }
+
     /// The store made everything up to `upto` durable: count the master as holding it,
-    /// answer the writes this completes, and send it to the live secondaries.
+    /// answer the writes this completes, and send what is new to the live secondaries.
     pub fn persisted(&mut self, now: Instant, upto: u64) {
         if upto <= self.durable_id {
             return;
         }
         self.durable_id = upto.min(self.last_id);
+        self.written_id = self.written_id.max(self.durable_id);
         self.check_waiters();
+        self.pump_live(now);
+    }
+
+    fn pump_live(&mut self, now: Instant) {
         for idx in 0..self.members.len() {
             if self.members[idx].phase == Phase::Live {
                 self.pump(idx, now);
@@ -368,7 +430,7 @@ impl<S: LogStore> MasterCore<S> {
                 self.check_quorum(now)?;
                 let id = self.last_id + 1;
                 let entry = Entry {
-                    term: INITIAL_TERM,
+                    term: self.term,
                     id,
                     message: req.message,
                     request_id: req.request_id.clone(),
@@ -378,25 +440,29 @@ impl<S: LogStore> MasterCore<S> {
                 if let Some(key) = req.request_id {
                     self.request_ids.insert(key, id);
                 }
+                self.remember(entry);
                 id
             }
         };
         let need = req.write_concern.required(self.members.len() + 1);
-        let acks = self.acks(id);
-        if acks >= need {
+        if id <= self.durable_id && self.acks(id) >= need {
             let receipt = self.receipt(id);
             self.outputs.push(MasterOutput::Reply {
                 token,
                 outcome: WriteOutcome::Committed(receipt),
             });
         } else {
+            let deadline = req.timeout.map(|t| now + t);
+            if let Some(at) = deadline {
+                self.note_deadline(at);
+            }
             self.waiters.entry(id).or_default().push(Waiter {
                 token,
                 need,
-                deadline: req.timeout.map(|t| now + t),
+                deadline,
             });
         }
-        // New entries go out once durable: see `persisted`.
+        // New entries go out once written: see `flushed`.
         Ok(id)
     }
 
@@ -442,6 +508,7 @@ impl<S: LogStore> MasterCore<S> {
             for r in self.members[idx].inflight.values_mut() {
                 r.deadline = now;
             }
+            self.note_deadline(now);
         }
         self.members[idx].last_heard = Some(now);
         match frame {
@@ -449,10 +516,10 @@ impl<S: LogStore> MasterCore<S> {
                 self.refuse(conn, ErrorCode::UnexpectedFrame, "Hello sent twice");
             }
             SecondaryFrame::GetMessages { start_id } => {
-                if start_id == 0 || start_id > self.durable_id + 1 {
+                if start_id == 0 || start_id > self.written_id + 1 {
                     let msg = format!(
                         "getMessages from id {start_id}, but the master's log holds ids 1..={}",
-                        self.durable_id
+                        self.written_id
                     );
                     self.refuse(conn, ErrorCode::LogMismatch, msg);
                     return;
@@ -506,10 +573,10 @@ impl<S: LogStore> MasterCore<S> {
     /// Record that member `idx` holds everything up to `upto`. Returns false (and refuses
     /// the connection) when `upto` is beyond the log.
     fn progress(&mut self, now: Instant, conn: ConnId, idx: usize, upto: u64) -> bool {
-        if upto > self.durable_id {
+        if upto > self.written_id {
             let msg = format!(
                 "acknowledged id {upto}, but the master's log ends at {}",
-                self.durable_id
+                self.written_id
             );
             self.refuse(conn, ErrorCode::LogMismatch, msg);
             return false;
@@ -533,6 +600,7 @@ impl<S: LogStore> MasterCore<S> {
             name,
             next_expected,
             log_id,
+            last_term,
         } = frame
         else {
             self.refuse(
@@ -566,14 +634,28 @@ impl<S: LogStore> MasterCore<S> {
         if next_expected == 0
             || (log_id != 0 && log_id != self.log_id)
             || (log_id == 0 && holds > 0)
-            || holds > self.durable_id
+            || last_term > self.term
+            || (last_term == self.term && holds > self.written_id)
+            || (holds > 0 && last_term == 0)
         {
             let msg = format!(
-                "the secondary holds ids up to {holds} of log {log_id:#x}; the master holds ids up to {} of log {:#x}",
-                self.durable_id, self.log_id
+                "the secondary holds ids up to {holds} (term {last_term}) of log {log_id:#x}; the master holds ids up to {} (term {}) of log {:#x}",
+                self.written_id, self.term, self.log_id
             );
             self.refuse(conn, ErrorCode::LogMismatch, msg);
             return;
+        }
+        let keep = match self.common_prefix(holds, last_term) {
+            Ok(keep) => keep,
+            Err(e) => {
+                self.outputs.push(MasterOutput::StorageFailed(e));
+                self.refuse(conn, ErrorCode::Other, "the master cannot read its log");
+                return;
+            }
+        };
+        let truncate_after = (keep < holds).then_some(keep);
+        if let Some(keep) = truncate_after {
+            tracing::warn!(peer = %name, holds, last_term, keep, "the secondary holds entries this master lost; it will cut them");
         }
         let idx = match self.members.iter().position(|m| m.name == name) {
             Some(idx) => idx,
@@ -603,8 +685,8 @@ impl<S: LogStore> MasterCore<S> {
         let m = &mut self.members[idx];
         m.conn = Some(conn);
         m.phase = Phase::Handshaken;
-        m.upto = holds;
-        m.next_send = next_expected;
+        m.upto = keep;
+        m.next_send = keep + 1;
         m.inflight.clear();
         m.last_heard = Some(now);
         m.connected_at = Some(now);
@@ -616,11 +698,41 @@ impl<S: LogStore> MasterCore<S> {
                 version: PROTOCOL_VERSION,
                 name: self.cfg.name.clone(),
                 log_id: self.log_id,
-                last_id: self.durable_id,
+                last_id: self.written_id,
+                truncate_after,
             },
         });
         // A member joining (or coming back holding messages) can complete waiting writes.
         self.check_waiters();
+    }
+
+    /// How much of a secondary's log, `holds` entries with the last one of term
+    /// `last_term`, is also this master's log: Raft's log matching. Entries of one term
+    /// come from one master run, in order, so a secondary's entries of term t agree with
+    /// the master's up to where the master's entries of term t end (a run that crashed
+    /// may have sent more than it kept). Terms never decrease along a log, so that end
+    /// is found by bisection.
+    fn common_prefix(&self, holds: u64, last_term: u64) -> Result<u64, StorageError> {
+        let (mut lo, mut hi) = (0, holds.min(self.written_id));
+        if last_term == self.term {
+            return Ok(hi); // sent by this very run
+        }
+        // The answer is the last id in 0..=hi whose term is at most `last_term`.
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            let term = self
+                .store
+                .read(mid, 1)?
+                .first()
+                .map(|e| e.term)
+                .ok_or_else(|| StorageError::Io(format!("entry {mid} missing")))?;
+            if term <= last_term {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        Ok(lo)
     }
 
     /// Tell the shell the peer address of a handshaken connection (for status only).
@@ -655,7 +767,7 @@ impl<S: LogStore> MasterCore<S> {
             if !matches!(m.phase, Phase::CatchingUp | Phase::Live) {
                 return;
             }
-            if m.next_send > self.durable_id {
+            if m.next_send > self.written_id {
                 if m.phase == Phase::CatchingUp {
                     // Nothing (left) to stream: close the catch-up with an empty batch.
                     self.members[idx].phase = Phase::AwaitingReady;
@@ -673,10 +785,10 @@ impl<S: LogStore> MasterCore<S> {
             if room == 0 {
                 return;
             }
-            let want = (self.durable_id - m.next_send + 1)
+            let want = (self.written_id - m.next_send + 1)
                 .min(room as u64)
                 .min(self.cfg.batch_max_entries as u64) as usize;
-            let mut entries = match self.store.read(m.next_send, want) {
+            let mut entries = match self.entries(m.next_send, want) {
                 Ok(e) if !e.is_empty() => e,
                 Ok(_) => {
                     let err = StorageError::Io(format!("entry {} missing", m.next_send));
@@ -690,6 +802,7 @@ impl<S: LogStore> MasterCore<S> {
             };
             self.trim_to_bytes(&mut entries);
             let first_delay = self.cfg.retry.jittered(0, &mut self.rng);
+            self.note_deadline(now + first_delay);
             let m = &mut self.members[idx];
             for e in &entries {
                 m.inflight.insert(
@@ -708,7 +821,7 @@ impl<S: LogStore> MasterCore<S> {
                     commit_id: self.commit_id(),
                 }
             } else {
-                let last = m.next_send > self.durable_id;
+                let last = m.next_send > self.written_id;
                 if last {
                     m.phase = Phase::AwaitingReady;
                 }
@@ -716,6 +829,32 @@ impl<S: LogStore> MasterCore<S> {
             };
             self.outputs.push(MasterOutput::Send { conn, frame });
         }
+    }
+
+    /// Keep a just-appended entry for the frames that will carry it.
+    fn remember(&mut self, entry: Entry) {
+        self.recent_bytes += entry.message.len();
+        self.recent.push_back(entry);
+        while self.recent.len() > RECENT_MAX
+            || (self.recent_bytes > RECENT_MAX_BYTES && self.recent.len() > 1)
+        {
+            if let Some(old) = self.recent.pop_front() {
+                self.recent_bytes -= old.message.len();
+            }
+        }
+    }
+
+    /// Up to `limit` entries from `from` on, never past what the store has written:
+    /// from the cache of recent entries when it holds `from`, else from the store.
+    fn entries(&self, from: u64, limit: usize) -> Result<Vec<Entry>, StorageError> {
+        let from = from.max(1);
+        let limit = limit.min(self.written_id.saturating_sub(from - 1) as usize);
+        let first = self.recent.front().map_or(u64::MAX, |e| e.id);
+        if from >= first {
+            let skip = ((from - first) as usize).min(self.recent.len());
+            return Ok(self.recent.range(skip..).take(limit).cloned().collect());
+        }
+        self.store.read(from, limit)
     }
 
     fn trim_to_bytes(&self, entries: &mut Vec<Entry>) {
@@ -733,6 +872,11 @@ impl<S: LogStore> MasterCore<S> {
 
     /// Resend what is overdue and expire waiting writes whose timeout has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.resend_and_expire(now);
+        self.next_timeout = self.scan_timeout();
+    }
+
+    fn resend_and_expire(&mut self, now: Instant) {
         for idx in 0..self.members.len() {
             if self.health(&self.members[idx], now) == Health::Unhealthy {
                 // Silent member: hold its resends at the longest back-off; they go out
@@ -769,7 +913,7 @@ impl<S: LogStore> MasterCore<S> {
             tracing::debug!(peer = %m.name, count = due.len(), first = due[0], "resending unacknowledged messages");
             let mut batch: Vec<Entry> = Vec::new();
             for run in runs(&due) {
-                let entries = match self.store.read(run.0, (run.1 - run.0 + 1) as usize) {
+                let entries = match self.entries(run.0, (run.1 - run.0 + 1) as usize) {
                     Ok(e) => e,
                     Err(err) => {
                         self.outputs.push(MasterOutput::StorageFailed(err));
@@ -826,8 +970,27 @@ impl<S: LogStore> MasterCore<S> {
         self.outputs.push(MasterOutput::Send { conn, frame });
     }
 
-    /// When [`Self::handle_timeout`] next has work to do.
+    fn note_deadline(&mut self, at: Instant) {
+        self.next_timeout = Some(self.next_timeout.map_or(at, |t| t.min(at)));
+    }
+
+    /// When [`Self::handle_timeout`] next may have work to do (possibly earlier).
     pub fn poll_timeout(&self) -> Option<Instant> {
+        // Early is harmless, late would stall a resend: checked in every debug build
+        // (so by every test and simulation), skipped in release.
+        debug_assert!(
+            match (self.next_timeout, self.scan_timeout()) {
+                (Some(hint), Some(exact)) => hint <= exact,
+                (None, exact) => exact.is_none(),
+                (Some(_), None) => true,
+            },
+            "the timeout hint is later than a deadline"
+        );
+        self.next_timeout
+    }
+
+    /// The earliest resend or write deadline, exactly.
+    fn scan_timeout(&self) -> Option<Instant> {
         let resend = self
             .members
             .iter()
@@ -855,7 +1018,7 @@ impl<S: LogStore> MasterCore<S> {
                 self.outputs.push(MasterOutput::Send {
                     conn,
                     frame: MasterFrame::Heartbeat {
-                        last_id: self.durable_id,
+                        last_id: self.written_id,
                         commit_id,
                     },
                 });
@@ -863,7 +1026,8 @@ impl<S: LogStore> MasterCore<S> {
         }
     }
 
-    /// The highest id that a majority of the members (the master included) holds.
+    /// The highest id that a majority of the members holds, the master included: never
+    /// past what is durable on the master, whose log wins after a crash.
     pub fn commit_id(&self) -> u64 {
         let mut held: Vec<u64> = std::iter::once(self.durable_id)
             .chain(self.members.iter().map(|m| m.upto.min(self.durable_id)))
@@ -874,7 +1038,7 @@ impl<S: LogStore> MasterCore<S> {
 
     /// Who holds message `id` now (None if the log has no such message yet).
     pub fn holders(&self, id: u64) -> Option<Receipt> {
-        (id >= 1 && id <= self.durable_id).then(|| self.receipt(id))
+        (id >= 1 && id <= self.written_id).then(|| self.receipt(id))
     }
 
     /// Remove member `name` for good: it is forgotten, its connection closed, and it no
@@ -936,16 +1100,16 @@ impl<S: LogStore> MasterCore<S> {
     ///
     /// Runs after every sync and every acknowledgement, so it allocates nothing for the
     /// writes that stay waiting: an id's acks are the holders whose position reaches
-    /// it, and ids past every position cannot have any.
+    /// it. Only ids durable on the master can be answered: a write concern always
+    /// includes the master.
     fn check_waiters(&mut self) {
         let mut held: Vec<u64> = Vec::with_capacity(self.members.len() + 1);
         held.push(self.durable_id);
         held.extend(self.members.iter().map(|m| m.upto));
         let acks = |id: u64| held.iter().filter(|&&at| at >= id).count();
-        let highest = held.iter().copied().max().unwrap_or(0);
         let ready: Vec<u64> = self
             .waiters
-            .range(..=highest)
+            .range(..=self.durable_id)
             .filter(|(id, ws)| {
                 let a = acks(**id);
                 ws.iter().any(|w| w.need <= a)
@@ -972,6 +1136,9 @@ impl<S: LogStore> MasterCore<S> {
             if ws.is_empty() {
                 self.waiters.remove(&id);
             }
+        }
+        if self.waiters.is_empty() && self.members.iter().all(|m| m.inflight.is_empty()) {
+            self.next_timeout = None; // nothing left that could be due
         }
     }
 
@@ -1016,7 +1183,9 @@ impl<S: LogStore> MasterCore<S> {
         MasterStatus {
             name: self.cfg.name.clone(),
             log_id: self.log_id,
+            term: self.term,
             last_id: self.durable_id,
+            written_id: self.written_id,
             appended_id: self.last_id,
             reachable,
             member_count,

@@ -52,6 +52,8 @@ pub struct SecondaryStatus {
     pub commit_id: u64,
     pub buffered: usize,
     pub duplicates: u64,
+    /// Entries cut because the master had lost them in a crash (see docs/protocol.md).
+    pub truncated: u64,
     pub last_heard_ms_ago: Option<u64>,
     /// The last refusal, by either side, in words.
     pub last_error: Option<String>,
@@ -68,6 +70,8 @@ pub struct SecondaryCore<S> {
     name: String,
     store: S,
     next_expected: u64,
+    /// The term of the last entry held (0: none).
+    last_term: u64,
     /// Messages that arrived before an earlier one, keyed by id.
     buffer: BTreeMap<u64, Entry>,
     phase: Phase,
@@ -77,15 +81,19 @@ pub struct SecondaryCore<S> {
     commit_id: u64,
     last_heard: Option<Instant>,
     duplicates: u64,
+    /// Entries cut because the master had lost them (over this process's life).
+    truncated: u64,
     last_error: Option<String>,
     outputs: Vec<SecondaryOutput>,
 }
 
 impl<S: LogStore> SecondaryCore<S> {
     pub fn new(name: impl Into<String>, store: S) -> Self {
+        let last_id = store.last_id();
         Self {
             name: name.into(),
-            next_expected: store.last_id() + 1,
+            next_expected: last_id + 1,
+            last_term: term_of(&store, last_id),
             store,
             buffer: BTreeMap::new(),
             phase: Phase::Disconnected,
@@ -94,6 +102,7 @@ impl<S: LogStore> SecondaryCore<S> {
             commit_id: 0,
             last_heard: None,
             duplicates: 0,
+            truncated: 0,
             last_error: None,
             outputs: Vec::new(),
         }
@@ -128,6 +137,7 @@ impl<S: LogStore> SecondaryCore<S> {
                 name: self.name.clone(),
                 next_expected: self.next_expected,
                 log_id: self.store.log_id(),
+                last_term: self.last_term,
             }));
     }
 
@@ -168,8 +178,9 @@ impl<S: LogStore> SecondaryCore<S> {
                     name,
                     log_id,
                     last_id,
+                    truncate_after,
                 },
-            ) => self.welcome(version, name, log_id, last_id),
+            ) => self.welcome(version, name, log_id, last_id, truncate_after),
             // Frames are delayed independently, so a heartbeat may overtake the Welcome.
             (Phase::AwaitingWelcome, MasterFrame::Heartbeat { .. }) => {}
             (Phase::AwaitingWelcome, other) => self.fail(
@@ -217,7 +228,14 @@ impl<S: LogStore> SecondaryCore<S> {
         }
     }
 
-    fn welcome(&mut self, version: u32, name: String, log_id: u64, last_id: u64) {
+    fn welcome(
+        &mut self,
+        version: u32,
+        name: String,
+        log_id: u64,
+        last_id: u64,
+        truncate_after: Option<u64>,
+    ) {
         if version != PROTOCOL_VERSION {
             return self.fail(
                 ErrorCode::VersionMismatch,
@@ -227,6 +245,25 @@ impl<S: LogStore> SecondaryCore<S> {
             );
         }
         let ours = self.store.log_id();
+        if ours == log_id
+            && let Some(keep) = truncate_after
+            && keep < self.last_id()
+        {
+            // The master lost these in a crash before they were durable on it, and no
+            // write that counted on them was ever answered: its log is the history.
+            let cut = self.last_id() - keep;
+            tracing::warn!(master = %name, cut_after = keep, cut, "cutting entries the master does not have");
+            if let Err(e) = self.store.truncate(keep) {
+                return self.fail(ErrorCode::Other, format!("storage failure: {e}"));
+            }
+            self.next_expected = keep + 1;
+            // Entries before the cut may still be in memory only; reads need them written.
+            if let Err(e) = self.store.flush() {
+                return self.fail(ErrorCode::Other, format!("storage failure: {e}"));
+            }
+            self.last_term = term_of(&self.store, keep);
+            self.truncated += cut;
+        }
         if (ours != 0 && ours != log_id) || self.last_id() > last_id {
             return self.fail(
                 ErrorCode::LogMismatch,
@@ -296,6 +333,7 @@ impl<S: LogStore> SecondaryCore<S> {
                 }
                 return self.fail(ErrorCode::Other, format!("storage failure: {e}"));
             }
+            self.last_term = run[run.len() - 1].term;
             self.next_expected = next;
         }
         let upto = self.last_id();
@@ -341,6 +379,7 @@ impl<S: LogStore> SecondaryCore<S> {
             commit_id: self.commit_id,
             buffered: self.buffer.len(),
             duplicates: self.duplicates,
+            truncated: self.truncated,
             last_heard_ms_ago: self
                 .last_heard
                 .map(|t| now.saturating_duration_since(t).as_millis() as u64),
@@ -363,6 +402,21 @@ impl<S: LogStore> SecondaryCore<S> {
     /// Ids held back in the buffer (for tests and status).
     pub fn buffered_ids(&self) -> Vec<u64> {
         self.buffer.keys().copied().collect()
+    }
+}
+
+/// The term of entry `id` in `store` (0 for none, or if it cannot be read: the master
+/// then refuses the handshake rather than guess).
+fn term_of<S: LogStore>(store: &S, id: u64) -> u64 {
+    if id == 0 {
+        return 0;
+    }
+    match store.read(id, 1) {
+        Ok(e) => e.first().map_or(0, |e| e.term),
+        Err(e) => {
+            tracing::error!(id, error = %e, "cannot read the last entry's term");
+            0
+        }
     }
 }
 

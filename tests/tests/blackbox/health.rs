@@ -106,11 +106,7 @@ async fn without_a_majority_the_master_is_read_only_until_it_returns() -> anyhow
     assert_eq!(before.last().map(|e| e.1.as_str()), Some("before"));
 
     nodes[0].restart()?;
-    let (st, body) = wait_for("writes to resume", LONG, || async {
-        let (st, body) = http.write(&master, "after", json!(2)).await?;
-        Ok((st != 503).then_some((st, body)))
-    })
-    .await?;
+    let (st, body) = write_once_writable(&http, &master, "after", json!(2), LONG).await?;
     assert_eq!(
         (st, body["id"].as_u64()),
         (201, Some(before.len() as u64 + 1)),

@@ -22,6 +22,8 @@ fn hello(name: &str, next_expected: u64, log_id: u64) -> SecondaryFrame {
         name: name.into(),
         next_expected,
         log_id,
+        // Every entry in these tests is from the master's first run.
+        last_term: u64::from(next_expected > 1),
     }
 }
 
@@ -90,7 +92,8 @@ fn handshake_catch_up_ready_then_live_write() {
                 version: PROTOCOL_VERSION,
                 name: "m".into(),
                 log_id: c.log_id(),
-                last_id: 0
+                last_id: 0,
+                truncate_after: None,
             }
         }]
     );
@@ -117,11 +120,10 @@ fn handshake_catch_up_ready_then_live_write() {
     assert_eq!(
         c.take_outputs(),
         vec![],
-        "nothing is sent before it is durable"
+        "nothing is sent before the store wrote it"
     );
     assert!(c.needs_sync());
-    durable(&mut c, now);
-    assert!(!c.needs_sync());
+    c.flushed(now, 1);
     assert_eq!(
         c.take_outputs(),
         vec![MasterOutput::Send {
@@ -130,11 +132,122 @@ fn handshake_catch_up_ready_then_live_write() {
                 entries: vec![entry(1, "a")],
                 commit_id: 0,
             }
-        }]
+        }],
+        "sent while the master's own sync runs"
     );
+    assert!(c.needs_sync(), "written is not durable");
     c.handle_frame(now, 1, ack(1));
+    assert_eq!(
+        c.take_outputs(),
+        vec![],
+        "w=2 is not met by a secondary alone: the master counts once durable"
+    );
+    assert_eq!(
+        c.commit_id(),
+        0,
+        "nothing is committed past the master's sync"
+    );
+    durable(&mut c, now);
+    assert!(!c.needs_sync());
     assert_eq!(c.take_outputs(), vec![committed(10, 1, &["m", "s1"])]);
+    assert_eq!(c.commit_id(), 1);
     assert_eq!(c.poll_timeout(), None, "nothing left to resend");
+}
+
+/// A store holding `n` entries of term 1, as a crashed first run left it.
+fn store_of_a_first_run(n: u64) -> Arc<MemStore> {
+    let store = Arc::new(MemStore::new());
+    store.set_log_id(7).unwrap();
+    store.set_term(1).unwrap();
+    store
+        .append(&(1..=n).map(|i| entry(i, "old")).collect::<Vec<_>>())
+        .unwrap();
+    store
+}
+
+#[test]
+fn each_run_takes_a_new_saved_term() {
+    let store = store_of_a_first_run(3);
+    let cfg = MasterConfig::new("m", Duration::from_millis(100));
+    let c = MasterCore::new(cfg.clone(), store.clone()).unwrap();
+    assert_eq!((c.term(), store.term()), (2, 2));
+    drop(c);
+    let mut c = MasterCore::new(cfg, store.clone()).unwrap();
+    assert_eq!(
+        c.term(),
+        3,
+        "even a run that appended nothing used its term"
+    );
+    c.submit(Instant::now(), write("new", 1), 1).unwrap();
+    c.flushed(Instant::now(), 4);
+    assert_eq!(store.read(4, 1).unwrap()[0].term, 3);
+}
+
+#[test]
+fn a_secondary_holding_entries_the_master_lost_is_told_where_to_cut() {
+    // Run 1 wrote 1..=5 and sent them; its machine crashed with 1..=3 durable. Run 2
+    // wrote 4 and 5 anew (term 2).
+    let store = store_of_a_first_run(3);
+    let mut cfg = MasterConfig::new("m", Duration::from_millis(100));
+    cfg.seed = 1;
+    let mut c = MasterCore::new(cfg, store).unwrap();
+    let now = Instant::now();
+    for i in 0..2 {
+        c.submit(now, write("new", 1), i).unwrap();
+    }
+    durable(&mut c, now);
+    c.take_outputs();
+    let hello_term = |name: &str, holds: u64, last_term: u64| SecondaryFrame::Hello {
+        version: PROTOCOL_VERSION,
+        name: name.into(),
+        next_expected: holds + 1,
+        log_id: 7,
+        last_term,
+    };
+    let welcome_cut = |c: &mut MasterCore<Arc<MemStore>>| match &c.take_outputs()[..] {
+        [
+            MasterOutput::Send {
+                frame: MasterFrame::Welcome { truncate_after, .. },
+                ..
+            },
+        ] => *truncate_after,
+        other => panic!("{other:?}"),
+    };
+    let cases = [
+        // (holds, term of its last entry) -> where it must cut
+        (5, 1, Some(3)), // 4 and 5 of run 1 are not the master's 4 and 5
+        (4, 1, Some(3)),
+        (3, 1, None), // all of it is the master's
+        (2, 1, None),
+        (5, 2, None), // from this run: the same entries
+        (0, 0, None),
+    ];
+    for (i, (holds, term, cut)) in cases.into_iter().enumerate() {
+        let conn = i as ConnId + 1;
+        c.connection_opened(conn);
+        c.handle_frame(now, conn, hello_term("s", holds, term));
+        assert_eq!(welcome_cut(&mut c), cut, "holds {holds} of term {term}");
+        // And it is sent what follows the cut.
+        c.handle_frame(
+            now,
+            conn,
+            SecondaryFrame::GetMessages {
+                start_id: cut.unwrap_or(holds) + 1,
+            },
+        );
+        let out = c.take_outputs();
+        assert!(
+            !refused(&out, conn, ErrorCode::LogMismatch),
+            "case {i}: {out:?}"
+        );
+        c.connection_closed(conn);
+    }
+    // A term from the future, or from this run but longer than the log, is not ours.
+    for (conn, holds, term) in [(20, 1, 3), (21, 6, 2)] {
+        c.connection_opened(conn);
+        c.handle_frame(now, conn, hello_term("s", holds, term));
+        assert!(refused(&c.take_outputs(), conn, ErrorCode::LogMismatch));
+    }
 }
 
 #[test]
@@ -402,6 +515,7 @@ fn bad_handshakes_are_refused_with_an_error_frame() {
                 name: "s".into(),
                 next_expected: 1,
                 log_id: 0,
+                last_term: 0,
             },
             ErrorCode::VersionMismatch,
         ),
