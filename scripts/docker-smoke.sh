@@ -13,7 +13,7 @@ if docker compose version >/dev/null 2>&1; then compose=(docker compose); else c
 
 CHORUS_PROFILE=${CHORUS_PROFILE:-debug} scripts/docker-image.sh
 project=chorus-smoke-$$
-base=$((20000 + RANDOM % 20000))
+base=$((20000 + RANDOM % 12000)) # below the ephemeral range (32768-): no client holds it
 export CHORUS_HTTP_PORT=$base CHORUS_S1_HTTP_PORT=$((base + 1)) CHORUS_S2_HTTP_PORT=$((base + 2))
 dc() { "${compose[@]}" -p "$project" "$@"; }
 cleanup() { dc down -v --remove-orphans >/dev/null 2>&1 || true; }
