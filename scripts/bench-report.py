@@ -13,8 +13,22 @@ out = pathlib.Path(sys.argv[1])
 
 
 def load(name):
+    """One measurement, or the mean of its rounds (NAME.r1.json, NAME.r2.json, ...)."""
     p = out / f"{name}.json"
-    return json.loads(p.read_text()) if p.exists() else None
+    if p.exists():
+        return json.loads(p.read_text())
+    rounds = [json.loads(f.read_text()) for f in sorted(out.glob(f"{name}.r*.json"))]
+    if not rounds:
+        return None
+    mean = lambda xs: sum(xs) / len(xs)
+    merged = dict(rounds[0])
+    merged["rounds"] = len(rounds)
+    merged["throughputByRound"] = [r["throughput"] for r in rounds]
+    merged["throughput"] = mean([r["throughput"] for r in rounds])
+    merged["ok"] = sum(r["ok"] for r in rounds)
+    merged["errors"] = sum(r["errors"] for r in rounds)
+    merged["latencyMs"] = {q: mean([r["latencyMs"][q] for r in rounds]) for q in rounds[0]["latencyMs"]}
+    return merged
 
 
 def text(name):
@@ -54,8 +68,11 @@ def errs(r):
 lines = []
 add = lines.append
 add(f"Machine: {text('cores.txt')} cores; every server and the load generator on it at once.")
-add(f"Each point: {chorus[('fsync', 1, 1)]['seconds']:.0f} s closed loop, 100-byte messages, keep-alive."
-    if chorus[("fsync", 1, 1)] else "")
+first = chorus[("fsync", 1, 1)]
+if first:
+    add(f"Each point: {first['seconds']:.0f} s closed loop, 100-byte messages, keep-alive"
+        + (f"; the mean of {first['rounds']} rounds, run in alternating order (the second"
+           " runs the peers first, chorus, then the ceiling)." if first.get("rounds", 1) > 1 else "."))
 add("")
 add("### Ceilings")
 add("")

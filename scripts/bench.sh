@@ -7,6 +7,10 @@
 #   BENCH_SECONDS   seconds per load point (default 10)
 #   BENCH_MESSAGES  size of the catch-up / read test (default 1000000)
 #   BENCH_PEERS     0 to skip Redis and etcd (default 1)
+#   BENCH_ROUNDS    rounds of the load points (default 2): each round measures every
+#                   ceiling, chorus point and peer, in alternating order (round 2 runs
+#                   the peers first), and the report takes the mean of the rounds, so
+#                   that the machine's drift over minutes favours neither side
 #   BENCH_PROFILE   release (default) or debug: CI runs the whole scenario in debug, for
 #                   a second a point, to keep this script working; its figures mean nothing
 #
@@ -29,6 +33,7 @@ cd "$(dirname "$0")/.."
 secs=${BENCH_SECONDS:-10}
 n=${BENCH_MESSAGES:-1000000}
 peers=${BENCH_PEERS:-1}
+rounds=${BENCH_ROUNDS:-2}
 profile=${BENCH_PROFILE:-release}
 out=${1:-target/bench/$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$out"
@@ -75,6 +80,9 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# Say where it stopped: under `set -e` a failing command can end the run without a word.
+set -E
+trap 'echo "bench.sh: line $LINENO: \"$BASH_COMMAND\" failed (exit $?)" >&2' ERR
 start() { # name, command...: run in the background, output to $work/name.log
   local name=$1; shift
   "$@" >"$work/$name.log" 2>&1 &
@@ -83,28 +91,38 @@ start() { # name, command...: run in the background, output to $work/name.log
 rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 now() { date +%s.%N; }
 minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
-wait_for() { # what, command...: poll for up to 60 s
-  local what=$1; shift
-  for _ in $(seq 600); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+wait_for() { # what, command...: poll for up to 60 s; give up at once if a server died
+  local what=$1 deadline=$((SECONDS + 60)) p; shift
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    "$@" >/dev/null 2>&1 && return 0
+    for p in "${pids[@]}"; do
+      kill -0 "$p" 2>/dev/null || { echo "pid $p exited while waiting for $what" >&2; return 1; }
+    done
+    sleep 0.1
+  done
   echo "timed out waiting for $what" >&2; return 1
 }
-port=$((20000 + RANDOM % 30000))
+# Below Linux's ephemeral range (32768-60999), where the clients' own connections take
+# their local ports and could hold one of ours: the run takes some 60 ports from here.
+port=$((20000 + RANDOM % 12000))
 take_port() { port=$((port + 1)); printf -v "$1" %s "$port"; } # take_port VAR
 
 log "fsync latency of this disk"
 "$bin/examples/storage_bench" fsync "$work/fsync" 2000 >"$out/fsync.json"
 
-log "HTTP-only ceiling (chorus-ceiling)"
-take_port cport
-start ceiling "$bin/chorus-ceiling" --http-port "$cport"
-wait_for ceiling curl -fsS -m 1 -X POST -d '{"message":"x"}' "http://127.0.0.1:$cport/newMessage"
-for c in 1 16 64; do
-  "${bench[@]}" --url "http://127.0.0.1:$cport" --concurrency "$c" --json "$out/ceiling-c$c.json"
-done
-stop_all
+measure_ceiling() { # round
+  log "HTTP-only ceiling (chorus-ceiling), round $1"
+  take_port cport
+  start ceiling "$bin/chorus-ceiling" --http-port "$cport"
+  wait_for ceiling curl -fsS -m 1 -X POST -d '{"message":"x"}' "http://127.0.0.1:$cport/newMessage"
+  for c in 1 16 64; do
+    "${bench[@]}" --url "http://127.0.0.1:$cport" --concurrency "$c" --json "$out/ceiling-c$c.r$1.json"
+  done
+  stop_all
+}
 
 chorus_cluster() { # durability: start master + 2 secondaries, wait until w=3 writes work
-  local mode=$1 dir="$work/chorus-$1"
+  local mode=$1 dir="$work/chorus-$1-r$round"
   take_port mhttp; take_port mcomm
   start "$mode-master" "$bin/master-node" --name master --http-port "$mhttp" --comm-port "$mcomm" \
     --data-dir "$dir/master" --durability "$mode"
@@ -123,22 +141,25 @@ import json, sys
 sys.exit(0 if all(m["lagMessages"] == 0 for m in json.load(sys.stdin)["members"]) else 1)'
 }
 
-for mode in fsync relaxed; do
-  log "chorus, durability $mode"
-  chorus_cluster "$mode"
-  for w in 1 2 3; do
-    for c in 1 16 64; do
-      # Each point starts with the secondaries caught up (w=1 runs ahead of them).
-      wait_for "the secondaries to catch up" caught_up
-      "${bench[@]}" --url "http://127.0.0.1:$mhttp" --write-concern "$w" --concurrency "$c" \
-        --json "$out/chorus-$mode-w$w-c$c.json"
+measure_chorus() { # round
+  for mode in fsync relaxed; do
+    log "chorus, durability $mode, round $1"
+    chorus_cluster "$mode"
+    for w in 1 2 3; do
+      for c in 1 16 64; do
+        # Each point starts with the secondaries caught up (w=1 runs ahead of them).
+        wait_for "the secondaries to catch up" caught_up
+        "${bench[@]}" --url "http://127.0.0.1:$mhttp" --write-concern "$w" --concurrency "$c" \
+          --json "$out/chorus-$mode-w$w-c$c.r$1.json"
+      done
     done
+    curl -fsS "http://127.0.0.1:$mhttp/health" >"$out/chorus-$mode-health.json"
+    stop_all
   done
-  curl -fsS "http://127.0.0.1:$mhttp/health" >"$out/chorus-$mode-health.json"
-  stop_all
-done
+}
 
-if [ "$peers" = 1 ]; then
+measure_peers() { # round
+  [ "$peers" = 1 ] || return 0
   redis_cluster() { # mode (memory|aof)
     # No 5 s wait for more replicas before a full sync (Redis's default).
     local mode=$1 extra=(--save "" --appendonly no --repl-diskless-sync-delay 0)
@@ -147,27 +168,27 @@ if [ "$peers" = 1 ]; then
     take_port rp; take_port r1; take_port r2
     local ports=("$rp" "$r1" "$r2")
     for i in 0 1 2; do
-      mkdir -p "$work/redis-$mode-$i"
+      mkdir -p "$work/redis-$mode-$i-r$round"
       local role=()
       [ "$i" -gt 0 ] && role=(--replicaof 127.0.0.1 "$rp")
       start "redis-$mode-$i" redis-server --port "${ports[$i]}" --bind 127.0.0.1 \
-        --dir "$work/redis-$mode-$i" --daemonize no "${extra[@]}" "${role[@]}"
+        --dir "$work/redis-$mode-$i-r$round" --daemonize no "${extra[@]}" "${role[@]}"
     done
     # Both replicas through their initial sync (until then WAIT waits for it).
     wait_for "redis replicas" bash -c "[ \$(redis-cli -p $rp info replication | grep -c state=online) = 2 ]"
   }
   for mode in memory aof; do
-    log "Redis, 2 replicas, $mode"
+    log "Redis, 2 replicas, $mode, round $1"
     redis_cluster "$mode"
     for c in 1 64; do
       "${bench[@]}" --target redis --url "127.0.0.1:$rp" --write-concern 3 --concurrency "$c" \
-        --json "$out/redis-$mode-w3-c$c.json"
+        --json "$out/redis-$mode-w3-c$c.r$1.json"
     done
     redis-server --version >"$out/redis-version.txt"
     stop_all
   done
 
-  log "etcd, 3 members"
+  log "etcd, 3 members, round $1"
   cluster="" eps=() clients=()
   for i in 0 1 2; do
     take_port client; take_port peer
@@ -175,7 +196,7 @@ if [ "$peers" = 1 ]; then
     cluster+="${cluster:+,}e$i=http://127.0.0.1:$peer"
   done
   for i in 0 1 2; do
-    start "etcd-$i" etcd --name "e$i" --data-dir "$work/etcd-$i" \
+    start "etcd-$i" etcd --name "e$i" --data-dir "$work/etcd-$i-r$round" \
       --listen-client-urls "http://127.0.0.1:${clients[$i]}" \
       --advertise-client-urls "http://127.0.0.1:${clients[$i]}" \
       --listen-peer-urls "http://127.0.0.1:${eps[$i]}" \
@@ -183,18 +204,36 @@ if [ "$peers" = 1 ]; then
       --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token chorus-bench
   done
   endpoints=$(printf '127.0.0.1:%s,' "${clients[@]}")
-  wait_for "etcd" etcdctl --endpoints "${endpoints%,}" put ready yes
-  leader=$(ETCDCTL_API=3 etcdctl --endpoints "${endpoints%,}" endpoint status -w json | python3 -c '
+  endpoints=${endpoints%,}
+  # All three members up (a put needs only two of them, and `endpoint status` fails
+  # while any one does not answer), then the one that leads.
+  wait_for "etcd members" env ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint health
+  wait_for "etcd" env ETCDCTL_API=3 etcdctl --endpoints "$endpoints" put ready yes
+  etcd_leader() {
+    ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint status -w json | python3 -c '
 import json, sys
-for s in json.load(sys.stdin):
-    if s["Status"]["leader"] == s["Status"]["header"]["member_id"]:
-        print(s["Endpoint"])')
+leaders = [s["Endpoint"] for s in json.load(sys.stdin)
+           if s["Status"]["leader"] == s["Status"]["header"]["member_id"]]
+if len(leaders) != 1:
+    sys.exit(1)
+print(leaders[0])' >"$work/etcd-leader"
+  }
+  wait_for "an etcd leader" etcd_leader
+  leader=$(cat "$work/etcd-leader")
   for c in 1 64; do
-    "${bench[@]}" --target etcd --url "$leader" --concurrency "$c" --json "$out/etcd-c$c.json"
+    "${bench[@]}" --target etcd --url "$leader" --concurrency "$c" --json "$out/etcd-c$c.r$1.json"
   done
-  etcd --version | head -1 >"$out/etcd-version.txt"
+  etcd --version | sed -n 1p >"$out/etcd-version.txt" # sed reads it all: no SIGPIPE
   stop_all
-fi
+}
+
+for round in $(seq "$rounds"); do
+  if [ $((round % 2)) = 1 ]; then
+    measure_ceiling "$round"; measure_chorus "$round"; measure_peers "$round"
+  else
+    measure_peers "$round"; measure_chorus "$round"; measure_ceiling "$round"
+  fi
+done
 
 log "a log of $n messages: start, read, catch-up, RSS"
 "$bin/examples/storage_bench" fill "$work/big/master" "$n" >/dev/null
@@ -214,8 +253,11 @@ t0=$(now)
 start big-s1 "$bin/secondary-node" --name s1 --http-port "$shttp" --master-comm-port "$mcomm" --data-dir "$work/big/s1"
 spid=${pids[-1]}
 caught_up() { curl -fsS -m 2 "http://127.0.0.1:$shttp/health" | grep -q "\"lastId\":$n[,}]"; }
-for _ in $(seq 6000); do caught_up && break; sleep 0.02; done
-caught_up
+deadline=$((SECONDS + 120))
+until caught_up; do
+  [ "$SECONDS" -lt "$deadline" ] || { echo "the secondary did not catch up in 120 s" >&2; exit 1; }
+  sleep 0.02
+done
 t1=$(now)
 catchup_s=$(minus "$t1" "$t0")
 cat >"$out/big.json" <<JSON
