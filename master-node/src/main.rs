@@ -1,3 +1,8 @@
+/// mimalloc: glibc's malloc and free were ~10 % of the master's samples under load,
+/// and its CPU per write fell 12-30 % with mimalloc (docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use common::config::{DelaySpec, parse_cli, parse_positive_ms};
 use std::{path::PathBuf, process::ExitCode, time::Duration};

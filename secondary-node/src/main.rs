@@ -1,3 +1,7 @@
+/// mimalloc, as in the master (docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use common::config::{DelaySpec, parse_cli, parse_probability};
 use std::{path::PathBuf, process::ExitCode};

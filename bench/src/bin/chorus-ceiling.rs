@@ -7,6 +7,10 @@
 //! chorus-ceiling --http-port 8090
 //! ```
 
+/// The master's allocator, so that the ceiling stays the master's HTTP path alone.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use actix_web::{HttpResponse, web};
 use clap::Parser;
 use common::api;
