@@ -279,6 +279,19 @@ impl FileStore {
         }
     }
 
+    /// Set one field of meta.json and save it durably; if saving fails, the field keeps
+    /// its old value.
+    fn replace_meta<T>(
+        &self,
+        field: impl Fn(&mut Meta) -> &mut T,
+        value: T,
+    ) -> Result<(), StorageError> {
+        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        let old = std::mem::replace(field(&mut meta), value);
+        self.write_meta(&meta)
+            .inspect_err(|_| *field(&mut meta) = old)
+    }
+
     fn write_meta(&self, meta: &Meta) -> Result<(), StorageError> {
         let tmp = self.dir.join("meta.json.tmp");
         let body = serde_json::to_vec_pretty(meta).expect("meta serialises");
@@ -661,9 +674,7 @@ impl LogStore for FileStore {
     }
 
     fn set_log_id(&self, id: u64) -> Result<(), StorageError> {
-        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
-        let old = std::mem::replace(&mut meta.log_id, id);
-        self.write_meta(&meta).inspect_err(|_| meta.log_id = old)
+        self.replace_meta(|m| &mut m.log_id, id)
     }
 
     fn members(&self) -> Vec<String> {
@@ -675,9 +686,7 @@ impl LogStore for FileStore {
     }
 
     fn set_members(&self, names: &[String]) -> Result<(), StorageError> {
-        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
-        let old = std::mem::replace(&mut meta.members, names.to_vec());
-        self.write_meta(&meta).inspect_err(|_| meta.members = old)
+        self.replace_meta(|m| &mut m.members, names.to_vec())
     }
 
     fn term(&self) -> u64 {
@@ -685,9 +694,7 @@ impl LogStore for FileStore {
     }
 
     fn set_term(&self, term: u64) -> Result<(), StorageError> {
-        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
-        let old = std::mem::replace(&mut meta.term, term);
-        self.write_meta(&meta).inspect_err(|_| meta.term = old)
+        self.replace_meta(|m| &mut m.term, term)
     }
 }
 
