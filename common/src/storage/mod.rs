@@ -6,6 +6,7 @@
 
 pub mod conformance;
 mod file;
+mod grow;
 mod mem;
 
 pub use file::{FileStore, Recovery};
