@@ -3,7 +3,7 @@
 use crate::{Config, SharedCore, Store};
 use common::protocol::codec::{CodecError, FrameCodec};
 use common::protocol::{ErrorCode, ErrorFrame, MasterFrame, SecondaryFrame};
-use common::replication::SecondaryOutput;
+use common::replication::{SecondaryOutput, SyncSchedule, is_urgent};
 use futures::FutureExt;
 use futures::{SinkExt, StreamExt};
 use rand::RngExt;
@@ -101,28 +101,50 @@ async fn session(stream: TcpStream, cfg: &Config, core: &SharedCore, store: &Sto
         c.take_outputs()
     };
     let mut closing = dispatch(outputs, cfg, &tx);
+    // What the core answered to frames whose sync is put off (acks), in order.
+    let mut held: Vec<SecondaryOutput> = Vec::new();
+    let mut schedule = SyncSchedule::default();
+    let defer_allowed = store.sync_blocks();
     while !closing {
+        let due = schedule.due().map(tokio::time::Instant::from_std);
         tokio::select! {
-            item = reader.next() => match item {
-                Some(Ok(frame)) => {
-                    // Group commit: take every frame that has already arrived, make what
-                    // they stored durable with one sync, and only then acknowledge.
-                    let mut frames = vec![frame];
-                    while let Some(Some(Ok(f))) = reader.next().now_or_never() {
-                        frames.push(f);
-                    }
-                    let outputs = {
-                        let mut c = lock(core);
-                        for f in frames {
-                            c.handle_frame(Instant::now(), f);
-                        }
-                        c.take_outputs()
-                    };
+            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                if schedule.timer(Instant::now()) {
                     if let Err(e) = sync(store).await {
                         tracing::error!(error = %e, "sync failed; reconnecting");
                         break;
                     }
-                    closing = dispatch(outputs, cfg, &tx);
+                    closing = dispatch(std::mem::take(&mut held), cfg, &tx);
+                }
+            }
+            item = reader.next() => match item {
+                Some(Ok(frame)) => {
+                    // Group commit: take every frame that has already arrived, make what
+                    // they stored durable with one sync, and only then acknowledge (or,
+                    // if no write waits for this secondary, put that off a little:
+                    // SyncSchedule).
+                    let mut frames = vec![frame];
+                    while let Some(Some(Ok(f))) = reader.next().now_or_never() {
+                        frames.push(f);
+                    }
+                    let now = Instant::now();
+                    let urgent = frames.iter().any(is_urgent);
+                    let outputs = {
+                        let mut c = lock(core);
+                        for f in frames {
+                            c.handle_frame(now, f);
+                        }
+                        c.take_outputs()
+                    };
+                    let sync_now = schedule.stored(now, urgent, &outputs, defer_allowed);
+                    held.extend(outputs);
+                    if sync_now {
+                        if let Err(e) = sync(store).await {
+                            tracing::error!(error = %e, "sync failed; reconnecting");
+                            break;
+                        }
+                        closing = dispatch(std::mem::take(&mut held), cfg, &tx);
+                    }
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "bad frame from the master; closing");

@@ -144,6 +144,7 @@ mod tests {
                     request_id: None,
                 }],
                 commit_id: 0,
+                urgent: false,
             },
             MasterFrame::Messages {
                 entries: (1..=20)
@@ -320,6 +321,7 @@ mod tests {
                 request_id: None,
             }],
             commit_id: 0,
+            urgent: true,
         };
         assert!(matches!(
             codec.encode(big, &mut buf),

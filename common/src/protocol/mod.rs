@@ -98,6 +98,13 @@ pub enum MasterFrame {
         entries: Vec<Entry>,
         #[serde(default)]
         commit_id: u64,
+        /// A write waits for secondaries to hold these entries: make them durable and
+        /// acknowledge at once. When false, no write waits for a secondary's
+        /// acknowledgement of them (write concern 1), and the secondary may gather
+        /// several such frames into one sync, within [`crate::replication::SYNC_DEFER`].
+        /// Absent (from a master that predates it): true.
+        #[serde(default = "yes")]
+        urgent: bool,
     },
     /// The master took the secondary's [`SecondaryFrame::Ready`].
     ReadyAck,
@@ -162,4 +169,9 @@ pub enum ErrorCode {
 /// Encode a frame body (without the length prefix).
 pub fn encode_body<T: Serialize>(frame: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     rmp_serde::to_vec_named(frame)
+}
+
+/// The default of a flag that older peers do not send.
+fn yes() -> bool {
+    true
 }

@@ -813,12 +813,14 @@ impl<S: LogStore> MasterCore<S> {
                     },
                 );
             }
-            m.next_send = entries[entries.len() - 1].id + 1;
+            let upto = entries[entries.len() - 1].id;
+            m.next_send = upto + 1;
             m.sent += entries.len() as u64;
             let frame = if m.phase == Phase::Live {
                 MasterFrame::AddMessages {
                     entries,
                     commit_id: self.commit_id(),
+                    urgent: self.awaited(upto),
                 }
             } else {
                 let last = m.next_send > self.written_id;
@@ -829,6 +831,14 @@ impl<S: LogStore> MasterCore<S> {
             };
             self.outputs.push(MasterOutput::Send { conn, frame });
         }
+    }
+
+    /// Whether a write waiting for its write concern, at or below `upto`, needs a
+    /// secondary's acknowledgement (and so a secondary should sync without delay).
+    fn awaited(&self, upto: u64) -> bool {
+        self.waiters
+            .range(..=upto)
+            .any(|(_, ws)| ws.iter().any(|w| w.need > 1))
     }
 
     /// Keep a just-appended entry for the frames that will carry it.
@@ -957,9 +967,11 @@ impl<S: LogStore> MasterCore<S> {
 
     fn send_batch(&mut self, conn: ConnId, live: bool, entries: Vec<Entry>) {
         let frame = if live {
+            // A resend: its acknowledgement is overdue already.
             MasterFrame::AddMessages {
                 entries,
                 commit_id: self.commit_id(),
+                urgent: true,
             }
         } else {
             MasterFrame::Messages {

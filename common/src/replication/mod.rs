@@ -9,12 +9,14 @@
 //! Tests drive both cores through a seeded simulated network (`sim` tests) with delays,
 //! reordering, lost acknowledgements, duplicates and dropped connections.
 
+mod defer;
 mod master;
 mod retry;
 mod secondary;
 #[cfg(test)]
 mod sim;
 
+pub use defer::{SYNC_DEFER, SyncSchedule, is_urgent};
 pub use master::{
     MasterConfig, MasterCore, MasterOutput, MasterStatus, MemberStatus, Receipt, Rejected, Token,
     WriteOutcome, WriteRequest,

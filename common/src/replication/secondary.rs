@@ -207,7 +207,12 @@ impl<S: LogStore> SecondaryCore<S> {
                 }
                 self.accept(entries);
             }
-            (_, MasterFrame::AddMessages { entries, commit_id }) => {
+            (
+                _,
+                MasterFrame::AddMessages {
+                    entries, commit_id, ..
+                },
+            ) => {
                 self.commit_id = self.commit_id.max(commit_id);
                 self.accept(entries)
             }

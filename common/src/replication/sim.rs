@@ -640,6 +640,7 @@ fn out_of_order_delivery_is_buffered_until_the_gap_fills() {
     let add = |ids: &[u64]| MasterFrame::AddMessages {
         entries: ids.iter().map(|&i| e(i)).collect(),
         commit_id: 0,
+        urgent: true,
     };
     s.handle_frame(now, add(&[3]));
     assert_eq!(store.last_id(), 0);

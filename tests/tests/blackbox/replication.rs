@@ -329,3 +329,49 @@ async fn sigterm_answers_waiting_writes_and_exits_0() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Write concern 1 waits for no secondary, so the master marks those batches as not
+/// urgent and the secondaries put their syncs off (docs/protocol.md, "Deferred
+/// syncs"). They still acknowledge everything on their own, within a few milliseconds,
+/// with no later write, no heartbeat and no resend (each a minute away here) to carry
+/// the acks along; and a w=3 write right after is answered at once.
+#[actix_rt::test]
+async fn secondaries_acknowledge_w1_writes_on_their_own() -> anyhow::Result<()> {
+    let dir = TestDir::new("deferred-acks");
+    let http = Http::new();
+    let (master, _nodes) = cluster(
+        &dir,
+        &http,
+        &["--heartbeat-ms", "60000", "--ack-timeout-ms", "60000"],
+        &[&[], &[]],
+    )
+    .await?;
+    for i in 1..=20 {
+        let (st, body) = http.write(&master, &format!("w1-{i}"), json!(1)).await?;
+        assert_eq!(st, 201, "{body}");
+    }
+    // Well past the deferral (10 ms), well before any resend or heartbeat (60 s).
+    let within = Duration::from_secs(10);
+    wait_for("both secondaries to acknowledge 20", within, || async {
+        let (_, st) = http.get(&master.url("/status")).await?;
+        let acked: Vec<u64> = st["members"]
+            .as_array()
+            .map(|ms| {
+                ms.iter()
+                    .filter(|m| m["role"] == "secondary")
+                    .filter_map(|m| m["lastAckedId"].as_u64())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((acked == [20, 20]).then_some(()))
+    })
+    .await?;
+    let (st, body) = http
+        .post(
+            &master.url("/newMessage"),
+            &json!({"message": "w3", "writeConcern": 3, "timeoutMs": 5000}),
+        )
+        .await?;
+    assert_eq!((st, body["id"].as_u64()), (201, Some(21)), "{body}");
+    Ok(())
+}

@@ -131,6 +131,7 @@ fn handshake_catch_up_ready_then_live_write() {
             frame: MasterFrame::AddMessages {
                 entries: vec![entry(1, "a")],
                 commit_id: 0,
+                urgent: true,
             }
         }],
         "sent while the master's own sync runs"
@@ -310,6 +311,7 @@ fn catch_up_streams_in_batches_and_holds_new_writes_until_ready() {
                 frame: MasterFrame::AddMessages {
                     entries: vec![entry(1201, "late")],
                     commit_id: 0,
+                    urgent: false,
                 }
             }
         ]
@@ -343,6 +345,62 @@ fn sent_ids(out: Vec<MasterOutput>) -> Vec<u64> {
             _ => vec![],
         })
         .collect()
+}
+
+/// The `urgent` flag of every live batch in `out`, with its first id.
+fn urgency(out: &[MasterOutput]) -> Vec<(u64, bool)> {
+    out.iter()
+        .filter_map(|o| match o {
+            MasterOutput::Send {
+                frame:
+                    MasterFrame::AddMessages {
+                        entries, urgent, ..
+                    },
+                ..
+            } => Some((entries[0].id, *urgent)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn batches_are_urgent_only_while_a_write_waits_for_a_secondary() {
+    let (mut c, now) = core();
+    join(&mut c, now, 1, "s1");
+    c.submit(now, write("a", 1), 1).unwrap();
+    durable(&mut c, now);
+    assert_eq!(
+        urgency(&c.take_outputs()),
+        vec![(1, false)],
+        "w=1: no hurry"
+    );
+
+    // A w=2 write in the batch: urgent, whatever else the batch holds.
+    c.submit(now, write("b", 1), 2).unwrap();
+    c.submit(now, write("c", 2), 3).unwrap();
+    c.flushed(now, 3);
+    assert_eq!(urgency(&c.take_outputs()), vec![(2, true)]);
+    // A w=1 write sent while the w=2 write still waits: its batch is urgent too (the
+    // secondary syncs in order, so an earlier ack cannot come sooner than a later one).
+    c.submit(now, write("d", 1), 4).unwrap();
+    c.flushed(now, 4);
+    assert_eq!(urgency(&c.take_outputs()), vec![(4, true)]);
+    durable(&mut c, now);
+    c.handle_frame(now, 1, ack(4));
+    c.take_outputs();
+    c.submit(now, write("e", 1), 5).unwrap();
+    durable(&mut c, now);
+    assert_eq!(
+        urgency(&c.take_outputs()),
+        vec![(5, false)],
+        "nothing waits now"
+    );
+
+    // A resend is urgent: its ack is overdue.
+    let at = c.poll_timeout().expect("a resend is scheduled");
+    c.handle_frame(at, 1, SecondaryFrame::Heartbeat { upto: 4 });
+    c.handle_timeout(at);
+    assert_eq!(urgency(&c.take_outputs()), vec![(5, true)]);
 }
 
 #[test]
