@@ -1,9 +1,9 @@
 //! # secondary-node
 //!
 //! A thin shell around [`common::replication::SecondaryCore`]:
-//! - [`replication`]: keeps a connection to the master (reconnecting with backoff),
-//!   feeds the frames to the core and writes what it answers, applying `--delay-ms`
-//!   and `--drop-rate`;
+//! - [`replication`]: a thread that keeps a connection to the master (reconnecting
+//!   with backoff), feeds the frames to the core and writes what it answers, applying
+//!   `--delay-ms` and `--drop-rate`;
 //! - [`http`]: the actix-web API (reads only; writes go to the master).
 
 pub mod http;
@@ -15,6 +15,7 @@ use common::replication::SecondaryCore;
 use common::storage::LogStore;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -51,11 +52,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.name.clone(),
         store.clone(),
     )));
-    actix_web::rt::spawn(replication::follow(
-        cfg.clone(),
-        core.clone(),
-        store.clone(),
-    ));
+    let link = replication::Link::start(cfg.clone(), core.clone(), store.clone())
+        .context("cannot start the replication thread")?;
     let metrics = common::metrics::install()
         .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
     let server = http::server(&cfg, http, core, store, metrics)?;
@@ -70,7 +68,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         data_dir = %cfg.data_dir.display(),
         "listening http={http_addr}"
     );
-    server.await.context("http server failed")?;
+    let served = server.await.context("http server failed");
+    if !link.stop(Duration::from_secs(5)) {
+        tracing::warn!("the replication thread did not stop within 5 s");
+    }
+    served?;
     // Acknowledged entries are durable already (in relaxed mode: written); put
     // everything appended on the disk, and give the preallocated space back.
     let durable = file.close().context("final sync")?;

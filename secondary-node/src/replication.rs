@@ -1,38 +1,141 @@
-//! The secondary's side of the replication connection.
+//! The secondary's side of the replication connection, on a thread of its own.
+//!
+//! Plain blocking I/O on a thread that does nothing else: read what the master sent,
+//! hand it to the core, store (and in fsync mode sync) it, write the answers. One
+//! connection has nothing to multiplex, and an event loop between the socket and the
+//! core cost more than the rest of the secondary's work per frame (docs/benchmarks.md):
+//! a blocking `read` wakes up with the data, where a loop wakes up, asks which socket
+//! is ready, then reads.
 
 use crate::{Config, SharedCore, Store};
+use bytes::BytesMut;
 use common::protocol::codec::{CodecError, FrameCodec};
 use common::protocol::{ErrorCode, ErrorFrame, MasterFrame, SecondaryFrame};
 use common::replication::{SecondaryOutput, SyncSchedule, is_urgent};
-use futures::FutureExt;
-use futures::{SinkExt, StreamExt};
 use rand::RngExt;
+use std::collections::BinaryHeap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, FramedWrite};
-use tracing::Instrument;
+use tokio_util::codec::{Decoder, Encoder};
 
 type Codec = FrameCodec<MasterFrame, SecondaryFrame>;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A master that takes nothing from this connection for this long is treated as gone
+/// (the connection is dropped and made again).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// One `read` takes up to this much of what has arrived: everything, in practice, so
+/// that the frames it holds share one sync (group commit).
+const READ_CHUNK: usize = 1 << 20;
 
-/// Keep a connection to the master for as long as the process runs.
-pub async fn follow(cfg: Config, core: SharedCore, store: Store) {
+/// The replication thread, and the means to stop it.
+pub struct Link {
+    shared: Arc<Shared>,
+    done: mpsc::Receiver<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    stopping: AtomicBool,
+    /// The connection in use, so that [`Link::stop`] can cut a blocked read short.
+    conn: Mutex<Option<TcpStream>>,
+    /// Wakes the reconnect back-off when stopping.
+    wake: Condvar,
+}
+
+impl Shared {
+    fn conn(&self) -> MutexGuard<'_, Option<TcpStream>> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Sleep for `d`, or less if stopping.
+    fn sleep(&self, d: Duration) {
+        let guard = self.conn();
+        if !self.stopping() {
+            let _ = self.wake.wait_timeout(guard, d);
+        }
+    }
+}
+
+impl Link {
+    /// Start following the master: keep a connection to it for as long as the process
+    /// runs, reconnecting with jittered exponential back-off.
+    pub fn start(cfg: Config, core: SharedCore, store: Store) -> io::Result<Link> {
+        let shared = Arc::new(Shared {
+            stopping: AtomicBool::new(false),
+            conn: Mutex::new(None),
+            wake: Condvar::new(),
+        });
+        let (done_tx, done) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("replication".into())
+            .spawn({
+                let shared = shared.clone();
+                move || {
+                    follow(&cfg, &core, &store, &shared);
+                    let _ = done_tx.send(());
+                }
+            })?;
+        Ok(Link {
+            shared,
+            done,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stop following: close the connection and wait (at most `within`) for the thread
+    /// to finish what it was doing. Returns false if it did not finish in time.
+    pub fn stop(mut self, within: Duration) -> bool {
+        self.shared.stopping.store(true, Ordering::Release);
+        if let Some(conn) = self.shared.conn().as_ref() {
+            let _ = conn.shutdown(Shutdown::Both);
+        }
+        self.shared.wake.notify_all();
+        match self.done.recv_timeout(within) {
+            Err(mpsc::RecvTimeoutError::Timeout) => false,
+            _ => {
+                if let Some(t) = self.thread.take() {
+                    let _ = t.join();
+                }
+                true
+            }
+        }
+    }
+}
+
+fn follow(cfg: &Config, core: &SharedCore, store: &Store, shared: &Shared) {
     let master = format!("{}:{}", cfg.master_ip, cfg.master_comm_port);
     let mut backoff = MIN_BACKOFF;
     let mut warned = false;
-    loop {
-        match TcpStream::connect(master.as_str()).await {
+    while !shared.stopping() {
+        match connect(&master) {
             Ok(stream) => {
                 tracing::info!(%master, "connected to the master");
                 warned = false;
                 let started = Instant::now();
-                session(stream, &cfg, &core, &store)
-                    .instrument(tracing::info_span!("link", master = %master))
-                    .await;
-                lock(&core).disconnected();
+                if let Ok(clone) = stream.try_clone() {
+                    *shared.conn() = Some(clone);
+                }
+                if shared.stopping() {
+                    // Stopped while connecting: the clone above was not there to cut.
+                    break;
+                }
+                {
+                    let _span = tracing::info_span!("link", master = %master).entered();
+                    Session::new(stream, cfg, core, store).run();
+                }
+                *shared.conn() = None;
+                lock(core).disconnected();
                 tracing::info!(%master, "disconnected from the master");
                 if started.elapsed() > MAX_BACKOFF {
                     backoff = MIN_BACKOFF;
@@ -46,170 +149,376 @@ pub async fn follow(cfg: Config, core: SharedCore, store: Store) {
             }
         }
         let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
-        tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+        shared.sleep(backoff + Duration::from_millis(jitter));
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
-fn lock(core: &SharedCore) -> std::sync::MutexGuard<'_, crate::Core> {
+/// Resolve `master` (again on every attempt: a container's address may change) and
+/// connect to the first address that answers.
+fn connect(master: &str) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for addr in master.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+fn lock(core: &SharedCore) -> MutexGuard<'_, crate::Core> {
     core.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// What the writer task is asked to do.
-enum Out {
-    Frame(SecondaryFrame),
-    Close,
-}
-
 /// Make what the core appended durable (no-op when nothing is pending).
-async fn sync(store: &Store) -> anyhow::Result<()> {
+fn sync(store: &Store) -> anyhow::Result<()> {
     if store.last_id() > store.durable_id() {
-        // On this thread: it runs only the replication tasks (HTTP has its own
-        // workers), and nothing here can proceed before the sync anyway.
         store.sync()?;
         metrics::counter!(common::metrics::SYNCS).increment(1);
     }
     Ok(())
 }
 
-/// One connection, from handshake to close.
-async fn session(stream: TcpStream, cfg: &Config, core: &SharedCore, store: &Store) {
-    let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
-    let mut reader = FramedRead::new(read, Codec::new());
-    let (tx, mut rx) = mpsc::unbounded_channel::<Out>();
-    let mut writer_task = actix_web::rt::spawn(async move {
-        let mut sink = FramedWrite::new(write, Codec::new());
-        while let Some(out) = rx.recv().await {
-            match out {
-                Out::Frame(f) => {
-                    if let Err(e) = sink.send(f).await {
-                        tracing::warn!(error = %e, "write to the master failed");
-                        return;
-                    }
-                }
-                Out::Close => {
-                    let _ = sink.close().await;
-                    return;
-                }
-            }
-        }
-    });
-    let outputs = {
-        let mut c = lock(core);
-        c.connected(Instant::now());
-        c.take_outputs()
-    };
-    let mut closing = dispatch(outputs, cfg, &tx);
-    // What the core answered to frames whose sync is put off (acks), in order.
-    let mut held: Vec<SecondaryOutput> = Vec::new();
-    let mut schedule = SyncSchedule::default();
-    let defer_allowed = store.sync_blocks();
-    while !closing {
-        let due = schedule.due().map(tokio::time::Instant::from_std);
-        tokio::select! {
-            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
-                if schedule.timer(Instant::now()) {
-                    if let Err(e) = sync(store).await {
-                        tracing::error!(error = %e, "sync failed; reconnecting");
-                        break;
-                    }
-                    closing = dispatch(std::mem::take(&mut held), cfg, &tx);
-                }
-            }
-            item = reader.next() => match item {
-                Some(Ok(frame)) => {
-                    // Group commit: take every frame that has already arrived, make what
-                    // they stored durable with one sync, and only then acknowledge (or,
-                    // if no write waits for this secondary, put that off a little:
-                    // SyncSchedule).
-                    let mut frames = vec![frame];
-                    while let Some(Some(Ok(f))) = reader.next().now_or_never() {
-                        frames.push(f);
-                    }
-                    let now = Instant::now();
-                    let urgent = frames.iter().any(is_urgent);
-                    let outputs = {
-                        let mut c = lock(core);
-                        for f in frames {
-                            c.handle_frame(now, f);
-                        }
-                        c.take_outputs()
-                    };
-                    let sync_now = schedule.stored(now, urgent, &outputs, defer_allowed);
-                    held.extend(outputs);
-                    if sync_now {
-                        if let Err(e) = sync(store).await {
-                            tracing::error!(error = %e, "sync failed; reconnecting");
-                            break;
-                        }
-                        closing = dispatch(std::mem::take(&mut held), cfg, &tx);
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "bad frame from the master; closing");
-                    let code = match e {
-                        CodecError::TooLarge { .. } => Some(ErrorCode::FrameTooLarge),
-                        CodecError::Malformed(_) => Some(ErrorCode::MalformedFrame),
-                        _ => None,
-                    };
-                    if let Some(code) = code {
-                        let _ = tx.send(Out::Frame(SecondaryFrame::Error(ErrorFrame::new(code, e.to_string()))));
-                    }
-                    let _ = tx.send(Out::Close);
-                    closing = true;
-                }
-                None => {
-                    // The master closed the connection: nothing left worth writing.
-                    writer_task.abort();
-                    return;
-                }
-            },
-            _ = &mut writer_task => return,
-        }
-    }
-    // Let the writer flush what is queued (an error frame, delayed frames), bounded.
-    drop(tx);
-    let grace = Duration::from_millis(cfg.delay.max_ms + 1000);
-    let _ = tokio::time::timeout(grace, writer_task).await;
+/// How a session ended.
+enum End {
+    /// The master closed the connection (or it broke): nothing left worth writing.
+    Gone,
+    /// This side closes: let what is queued (an error frame, delayed frames) go out.
+    Close,
 }
 
-/// Hand the core's outputs to the writer, applying `--drop-rate` to acks and
-/// `--delay-ms` to every frame. Returns true if the core asked to close.
-fn dispatch(outputs: Vec<SecondaryOutput>, cfg: &Config, tx: &mpsc::UnboundedSender<Out>) -> bool {
-    let mut close = false;
-    for out in outputs {
-        let item = match out {
-            SecondaryOutput::Send(frame) => {
-                if let SecondaryFrame::Ack { upto, .. } = &frame
-                    && cfg.drop_rate > 0.0
-                    && rand::rng().random_bool(cfg.drop_rate)
-                {
-                    tracing::debug!(upto, "dropping an ack (--drop-rate)");
-                    continue;
-                }
-                Out::Frame(frame)
-            }
-            SecondaryOutput::Close => {
-                close = true;
-                Out::Close
-            }
-        };
-        if cfg.delay.is_zero() {
-            let _ = tx.send(item);
+/// One connection, from handshake to close.
+struct Session<'a> {
+    stream: TcpStream,
+    peer: Option<SocketAddr>,
+    cfg: &'a Config,
+    core: &'a SharedCore,
+    store: &'a Store,
+    codec: Codec,
+    out: BytesMut,
+    /// Frames held back by `--delay-ms` go through this thread.
+    delayer: Option<Delayer>,
+    /// What the core answered to frames whose sync is put off (acks), in order.
+    held: Vec<SecondaryOutput>,
+    schedule: SyncSchedule,
+    /// The read timeout set on the socket (None: block).
+    timeout: Option<Duration>,
+}
+
+impl<'a> Session<'a> {
+    fn new(stream: TcpStream, cfg: &'a Config, core: &'a SharedCore, store: &'a Store) -> Self {
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+        let delayer = if cfg.delay.is_zero() {
+            None
         } else {
-            // Each frame is delayed on its own, so frames may overtake each other; a
-            // close waits for the longest delay so that it comes after them.
-            let wait = match item {
-                Out::Close => Duration::from_millis(cfg.delay.max_ms + 1),
-                Out::Frame(_) => cfg.delay.sample(&mut rand::rng()),
-            };
-            let tx = tx.clone();
-            actix_web::rt::spawn(async move {
-                tokio::time::sleep(wait).await;
-                let _ = tx.send(item);
-            });
+            stream.try_clone().ok().map(Delayer::start)
+        };
+        Session {
+            peer: stream.peer_addr().ok(),
+            stream,
+            cfg,
+            core,
+            store,
+            codec: Codec::new(),
+            out: BytesMut::new(),
+            delayer,
+            held: Vec::new(),
+            schedule: SyncSchedule::default(),
+            timeout: None,
         }
     }
-    close
+
+    fn run(mut self) {
+        let outputs = {
+            let mut c = lock(self.core);
+            c.connected(Instant::now());
+            c.take_outputs()
+        };
+        let end = match self.dispatch(outputs) {
+            Ok(false) => self.serve(),
+            Ok(true) => End::Close,
+            Err(e) => {
+                tracing::warn!(error = %e, "write to the master failed");
+                End::Gone
+            }
+        };
+        match end {
+            End::Gone => {
+                let _ = self.stream.shutdown(Shutdown::Both);
+            }
+            End::Close => {
+                if let Some(d) = self.delayer.take() {
+                    // Let it write what is queued, bounded, then close.
+                    d.finish(Duration::from_millis(self.cfg.delay.max_ms + 1000));
+                }
+                let _ = self.stream.shutdown(Shutdown::Write);
+            }
+        }
+        if let Some(d) = self.delayer.take() {
+            d.abandon();
+        }
+        tracing::debug!(peer = ?self.peer, "session over");
+    }
+
+    /// Read, store and answer until the connection ends.
+    fn serve(&mut self) -> End {
+        let mut buf = BytesMut::with_capacity(64 << 10);
+        let mut chunk = vec![0u8; READ_CHUNK];
+        loop {
+            // Frames already in the buffer first; read only when none is complete.
+            let mut frames = Vec::new();
+            loop {
+                match self.codec.decode(&mut buf) {
+                    Ok(Some(f)) => frames.push(f),
+                    Ok(None) => break,
+                    Err(e) => return self.refuse(e),
+                }
+            }
+            if frames.is_empty() {
+                match self.read(&mut chunk) {
+                    Ok(0) => {
+                        if !buf.is_empty() {
+                            let e = CodecError::Truncated(buf.len());
+                            tracing::warn!(error = %e, "bad frame from the master; closing");
+                        }
+                        return End::Gone;
+                    }
+                    Ok(n) => {
+                        buf.extend_from_slice(&chunk[..n]);
+                        continue;
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        if self.schedule.timer(Instant::now()) {
+                            match self.sync_and_send_held() {
+                                Ok(false) => continue,
+                                Ok(true) => return End::Close,
+                                Err(end) => return end,
+                            }
+                        }
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => return End::Gone,
+                }
+            }
+            // Group commit: every frame that has arrived is stored, made durable with
+            // one sync, and only then acknowledged (or, if no write waits for this
+            // secondary, that is put off a little: SyncSchedule).
+            let now = Instant::now();
+            let urgent = frames.iter().any(is_urgent);
+            let outputs = {
+                let mut c = lock(self.core);
+                for f in frames {
+                    c.handle_frame(now, f);
+                }
+                c.take_outputs()
+            };
+            let sync_now = self
+                .schedule
+                .stored(now, urgent, &outputs, self.store.sync_blocks());
+            self.held.extend(outputs);
+            if sync_now {
+                match self.sync_and_send_held() {
+                    Ok(false) => {}
+                    Ok(true) => return End::Close,
+                    Err(end) => return end,
+                }
+            }
+        }
+    }
+
+    /// Read what has arrived, waiting at most until the held acks are due.
+    fn read(&mut self, chunk: &mut [u8]) -> io::Result<usize> {
+        let wanted = self.schedule.due().map(|due| {
+            due.saturating_duration_since(Instant::now())
+                .max(Duration::from_micros(1))
+        });
+        if wanted != self.timeout {
+            self.stream.set_read_timeout(wanted)?;
+            self.timeout = wanted;
+        }
+        self.stream.read(chunk)
+    }
+
+    /// Sync, then send everything held. Ok(true): the core asked to close.
+    fn sync_and_send_held(&mut self) -> Result<bool, End> {
+        if let Err(e) = sync(self.store) {
+            tracing::error!(error = %e, "sync failed; reconnecting");
+            return Err(End::Gone);
+        }
+        let held = std::mem::take(&mut self.held);
+        self.dispatch(held).map_err(|e| {
+            tracing::warn!(error = %e, "write to the master failed");
+            End::Gone
+        })
+    }
+
+    /// The master sent something this side cannot take: say why, then close.
+    fn refuse(&mut self, e: CodecError) -> End {
+        tracing::warn!(error = %e, "bad frame from the master; closing");
+        let code = match e {
+            CodecError::TooLarge { .. } => Some(ErrorCode::FrameTooLarge),
+            CodecError::Malformed(_) => Some(ErrorCode::MalformedFrame),
+            _ => None,
+        };
+        if let Some(code) = code {
+            let frame = SecondaryFrame::Error(ErrorFrame::new(code, e.to_string()));
+            if self.send(frame).and_then(|()| self.write_out()).is_err() {
+                return End::Gone;
+            }
+        }
+        End::Close
+    }
+
+    /// Write the core's outputs, applying `--drop-rate` to acks and `--delay-ms` to
+    /// every frame. Ok(true): the core asked to close.
+    fn dispatch(&mut self, outputs: Vec<SecondaryOutput>) -> io::Result<bool> {
+        let mut close = false;
+        for out in outputs {
+            match out {
+                SecondaryOutput::Send(frame) => {
+                    if let SecondaryFrame::Ack { upto, .. } = &frame
+                        && self.cfg.drop_rate > 0.0
+                        && rand::rng().random_bool(self.cfg.drop_rate)
+                    {
+                        tracing::debug!(upto, "dropping an ack (--drop-rate)");
+                        continue;
+                    }
+                    self.send(frame)?;
+                }
+                SecondaryOutput::Close => close = true,
+            }
+        }
+        self.write_out()?;
+        Ok(close)
+    }
+
+    /// Write the frames queued by [`Self::send`] (one `write` for all of them).
+    fn write_out(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out)?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Queue one frame: into the next write, or to the delayer after its own delay.
+    fn send(&mut self, frame: SecondaryFrame) -> io::Result<()> {
+        match &self.delayer {
+            None => self
+                .codec
+                .encode(frame, &mut self.out)
+                .map_err(|e| io::Error::other(e.to_string())),
+            Some(d) => {
+                let mut bytes = BytesMut::new();
+                self.codec
+                    .encode(frame, &mut bytes)
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                let due = Instant::now() + self.cfg.delay.sample(&mut rand::rng());
+                d.send(due, bytes);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Writes frames held back by `--delay-ms`, each when its own delay is over (so frames
+/// may overtake each other, as on a network that reorders).
+struct Delayer {
+    tx: mpsc::Sender<(Instant, BytesMut)>,
+    done: mpsc::Receiver<()>,
+}
+
+impl Delayer {
+    fn start(stream: TcpStream) -> Delayer {
+        let (tx, rx) = mpsc::channel::<(Instant, BytesMut)>();
+        let (done_tx, done) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("delayed-writes".into())
+            .spawn(move || {
+                delay_loop(stream, rx);
+                let _ = done_tx.send(());
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the delayed writer; frames go out late or not at all");
+        }
+        Delayer { tx, done }
+    }
+
+    fn send(&self, due: Instant, bytes: BytesMut) {
+        let _ = self.tx.send((due, bytes));
+    }
+
+    /// No more frames: write the queued ones when due, waiting at most `within`.
+    fn finish(self, within: Duration) {
+        drop(self.tx);
+        let _ = self.done.recv_timeout(within);
+    }
+
+    /// The connection is gone: the thread ends at its next write or when the queue is
+    /// empty.
+    fn abandon(self) {}
+}
+
+struct Due(Instant, u64, BytesMut);
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        (self.0, self.1) == (other.0, other.1)
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Due {
+    // Earliest first in a max-heap.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.0, other.1).cmp(&(self.0, self.1))
+    }
+}
+
+fn delay_loop(mut stream: TcpStream, rx: mpsc::Receiver<(Instant, BytesMut)>) {
+    let mut queue = BinaryHeap::new();
+    let mut seq = 0u64;
+    let mut open = true;
+    loop {
+        let now = Instant::now();
+        while queue.peek().is_some_and(|d: &Due| d.0 <= now) {
+            if let Some(Due(_, _, bytes)) = queue.pop()
+                && stream.write_all(&bytes).is_err()
+            {
+                return;
+            }
+        }
+        if !open && queue.is_empty() {
+            return;
+        }
+        let next = match queue.peek() {
+            Some(d) => rx.recv_timeout(d.0.saturating_duration_since(now)),
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+        };
+        match next {
+            Ok((due, bytes)) => {
+                seq += 1;
+                queue.push(Due(due, seq, bytes));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                open = false;
+                if let Some(d) = queue.peek() {
+                    std::thread::sleep(d.0.saturating_duration_since(Instant::now()));
+                }
+            }
+        }
+    }
 }

@@ -240,3 +240,133 @@ async fn the_comm_port_survives_bad_peers() -> anyhow::Result<()> {
     assert_eq!(names, ["s1"], "bad peers never became members: {h}");
     Ok(())
 }
+
+/// A stand-in for a master that misbehaves: it takes one connection at a time from the
+/// secondary under test.
+struct FakeMaster {
+    listener: std::net::TcpListener,
+}
+
+impl FakeMaster {
+    fn new() -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        Ok(Self { listener })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap()
+    }
+
+    /// The secondary's next connection, once its Hello has arrived.
+    fn next_hello(&self) -> anyhow::Result<TcpStream> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut s = loop {
+            match self.listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    anyhow::ensure!(
+                        std::time::Instant::now() < deadline,
+                        "the secondary did not connect"
+                    );
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut codec = FrameCodec::<SecondaryFrame, MasterFrame>::new();
+        let mut buf = BytesMut::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(frame) = codec.decode(&mut buf)? {
+                anyhow::ensure!(
+                    matches!(frame, SecondaryFrame::Hello { .. }),
+                    "expected Hello, got {frame:?}"
+                );
+                return Ok(s);
+            }
+            let n = s.read(&mut chunk)?;
+            anyhow::ensure!(n > 0, "closed before its Hello");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// Send `bytes` as the master, then read until the secondary closes; its frames.
+fn as_master(
+    mut s: TcpStream,
+    bytes: &[u8],
+    half_close: bool,
+) -> anyhow::Result<Vec<SecondaryFrame>> {
+    s.write_all(bytes)?;
+    if half_close {
+        s.shutdown(Shutdown::Write)?;
+    }
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)?; // a timeout here means the secondary never closed
+    let mut buf = BytesMut::from(&got[..]);
+    let mut codec = FrameCodec::<SecondaryFrame, MasterFrame>::new();
+    let mut frames = Vec::new();
+    while let Some(f) = codec.decode(&mut buf)? {
+        frames.push(f);
+    }
+    Ok(frames)
+}
+
+fn refusal(frames: &[SecondaryFrame]) -> Option<ErrorCode> {
+    match frames.last() {
+        Some(SecondaryFrame::Error(e)) => Some(e.code),
+        _ => None,
+    }
+}
+
+/// A secondary whose master sends garbage, an oversized or truncated frame or another
+/// protocol version answers with an error frame where it can, closes, and connects
+/// again; it never crashes and keeps serving its log.
+#[actix_rt::test]
+async fn a_secondary_survives_a_bad_master() -> anyhow::Result<()> {
+    let dir = TestDir::new("secondary-bad-master");
+    let http = Http::new();
+    let master = FakeMaster::new()?;
+    let s1 = Node::secondary(&dir, "s1", master.addr(), &[])?;
+
+    let mut garbage = vec![0, 0, 0, 16];
+    garbage.extend_from_slice(b"\xc1\xff\x00garbage garbage");
+    assert_eq!(
+        refusal(&as_master(master.next_hello()?, &garbage, false)?),
+        Some(ErrorCode::MalformedFrame)
+    );
+    assert_eq!(
+        refusal(&as_master(
+            master.next_hello()?,
+            &[0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+            false
+        )?),
+        Some(ErrorCode::FrameTooLarge)
+    );
+    let mut welcome = BytesMut::new();
+    FrameCodec::<SecondaryFrame, MasterFrame>::new().encode(
+        MasterFrame::Welcome {
+            version: PROTOCOL_VERSION + 1,
+            name: "m".into(),
+            log_id: 7,
+            last_id: 0,
+            truncate_after: None,
+        },
+        &mut welcome,
+    )?;
+    assert_eq!(
+        refusal(&as_master(master.next_hello()?, &welcome, false)?),
+        Some(ErrorCode::VersionMismatch)
+    );
+    // Half a frame, then the master hangs up: the secondary just connects again.
+    assert!(as_master(master.next_hello()?, &welcome[..welcome.len() / 2], true)?.is_empty());
+    drop(master.next_hello()?);
+
+    let (st, h) = http.get(&s1.url("/health")).await?;
+    assert_eq!(st, 200, "{h}");
+    assert_eq!(http.messages(&s1).await?, vec![]);
+    Ok(())
+}
