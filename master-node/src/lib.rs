@@ -9,7 +9,9 @@
 //!
 //! All three run on one thread, the HTTP worker's event loop ([`Engine`]): a write
 //! crosses no thread between its request and its answer, the way Redis serves from one
-//! loop. Only fsync runs elsewhere (the blocking pool), and the relaxed mode's flusher.
+//! loop, and the replicator writes frames straight into each connection's
+//! [`session::Outbox`]. Only fsync runs elsewhere (the blocking pool), and the relaxed
+//! mode's flusher.
 
 pub mod http;
 pub mod replicator;

@@ -30,6 +30,16 @@ pub struct Register {
     pub conn: ConnId,
     pub peer: String,
     pub session: Recipient<ToSession>,
+    /// Where to write frames directly (None: through the session, which delays them).
+    pub outbox: Option<Arc<crate::session::Outbox>>,
+}
+
+/// A connection's ways out: its session, and its outbox when frames may skip the
+/// session's mailbox.
+struct Conn {
+    session: Recipient<ToSession>,
+    outbox: Option<Arc<crate::session::Outbox>>,
+    peer: String,
 }
 
 /// A frame arrived on a session's connection.
@@ -97,7 +107,7 @@ pub struct Replicator {
     /// Syncs completed (each one a group commit).
     syncs: u64,
     /// Open connections: where to send their frames, and the peer's address.
-    sessions: HashMap<ConnId, (Recipient<ToSession>, String)>,
+    sessions: HashMap<ConnId, Conn>,
     pending: HashMap<Token, Reply>,
     next_token: Token,
     timer: Option<(Instant, SpawnHandle)>,
@@ -141,14 +151,16 @@ impl Replicator {
     fn drain(&mut self, ctx: &mut Context<Self>) {
         for out in self.core.take_outputs() {
             match out {
-                MasterOutput::Send { conn, frame } => {
-                    if let Some((s, _)) = self.sessions.get(&conn) {
-                        s.do_send(ToSession::Frame(frame));
-                    }
-                }
+                MasterOutput::Send { conn, frame } => match self.sessions.get(&conn) {
+                    Some(Conn {
+                        outbox: Some(out), ..
+                    }) => out.send(frame),
+                    Some(c) => c.session.do_send(ToSession::Frame(frame)),
+                    None => {}
+                },
                 MasterOutput::Close { conn } => {
-                    if let Some((s, _)) = self.sessions.remove(&conn) {
-                        s.do_send(ToSession::Close);
+                    if let Some(c) = self.sessions.remove(&conn) {
+                        c.session.do_send(ToSession::Close);
                     }
                     self.core.connection_closed(conn);
                 }
@@ -259,7 +271,14 @@ impl Handler<Register> for Replicator {
     type Result = ();
     fn handle(&mut self, msg: Register, ctx: &mut Context<Self>) {
         tracing::info!(conn = msg.conn, peer = %msg.peer, "secondary connected");
-        self.sessions.insert(msg.conn, (msg.session, msg.peer));
+        self.sessions.insert(
+            msg.conn,
+            Conn {
+                session: msg.session,
+                outbox: msg.outbox,
+                peer: msg.peer,
+            },
+        );
         self.core.connection_opened(msg.conn);
         self.drain(ctx);
     }
@@ -278,8 +297,8 @@ impl Handler<Inbound> for Replicator {
             tracing::info!(conn = msg.conn, peer = %name, next_expected, "hello");
         }
         self.core.handle_frame(Instant::now(), msg.conn, msg.frame);
-        if hello && let Some((_, address)) = self.sessions.get(&msg.conn) {
-            self.core.set_address(msg.conn, address.clone());
+        if hello && let Some(c) = self.sessions.get(&msg.conn) {
+            self.core.set_address(msg.conn, c.peer.clone());
         }
         self.drain(ctx);
     }

@@ -1,18 +1,133 @@
-//! One actor per secondary connection. It only turns frames into messages for the
-//! [`Replicator`] and back, applying `--delay-ms` to what it writes.
+//! One actor per secondary connection. It turns the frames it reads into messages for
+//! the [`Replicator`], and owns the connection's [`Outbox`], through which frames go
+//! out (each after its own `--delay-ms`, if set).
 
 use crate::replicator::{Inbound, Register, Replicator, ToSession, Unregister};
-use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
+use bytes::{Buf, BytesMut};
 use common::config::DelaySpec;
 use common::protocol::codec::{CodecError, FrameCodec};
 use common::protocol::{ErrorCode, ErrorFrame, MasterFrame, SecondaryFrame};
 use common::replication::ConnId;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::net::{TcpListener, tcp::OwnedWriteHalf};
-use tokio_util::codec::FramedRead;
+use tokio::sync::Notify;
+use tokio_util::codec::{Encoder, FramedRead};
 
 type Codec = FrameCodec<SecondaryFrame, MasterFrame>;
+
+/// The sending end of a secondary's connection, shared by its [`Session`] and the
+/// [`Replicator`], which run on the same thread. The replicator writes a frame through
+/// it the moment it decides to send it, without a trip through the session's mailbox
+/// (docs/benchmarks.md); whatever the socket does not take at once waits here for the
+/// session's flusher, in order.
+pub struct Outbox {
+    half: OwnedWriteHalf,
+    state: Mutex<OutState>,
+    /// Wakes the flusher: bytes are waiting, the connection failed, or it is closing.
+    flush: Notify,
+}
+
+struct OutState {
+    codec: Codec,
+    buf: BytesMut,
+    /// Close once `buf` is written; take no more frames.
+    closing: bool,
+    /// Writing failed: the flusher reports it and the session ends.
+    failed: Option<io::Error>,
+}
+
+impl Outbox {
+    fn new(half: OwnedWriteHalf) -> Self {
+        Outbox {
+            half,
+            state: Mutex::new(OutState {
+                codec: Codec::new(),
+                buf: BytesMut::new(),
+                closing: false,
+                failed: None,
+            }),
+            flush: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, OutState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queue `frame` and write as much as the socket takes now, without waiting.
+    pub fn send(&self, frame: MasterFrame) {
+        let mut st = self.lock();
+        if st.closing || st.failed.is_some() {
+            return;
+        }
+        let OutState { codec, buf, .. } = &mut *st;
+        if let Err(e) = codec.encode(frame, buf) {
+            tracing::error!(error = %e, "cannot encode a frame; closing the connection");
+            st.failed = Some(io::Error::other(e.to_string()));
+            drop(st);
+            self.flush.notify_one();
+            return;
+        }
+        self.write_some(&mut st);
+        if !st.buf.is_empty() || st.failed.is_some() {
+            drop(st);
+            self.flush.notify_one();
+        }
+    }
+
+    /// Take no more frames; close once everything queued is written.
+    pub fn close(&self) {
+        self.lock().closing = true;
+        self.flush.notify_one();
+    }
+
+    /// Write from `buf` until it is empty or the socket would block.
+    fn write_some(&self, st: &mut OutState) {
+        while !st.buf.is_empty() && st.failed.is_none() {
+            match self.half.try_write(&st.buf) {
+                Ok(0) => st.failed = Some(io::ErrorKind::WriteZero.into()),
+                Ok(n) => st.buf.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => st.failed = Some(e),
+            }
+        }
+    }
+
+    /// Write what waits whenever the socket can take it, until closed (Ok) or failed.
+    async fn flusher(self: Arc<Self>) -> io::Result<()> {
+        loop {
+            self.flush.notified().await;
+            loop {
+                let (empty, closing) = {
+                    let mut st = self.lock();
+                    self.write_some(&mut st);
+                    if let Some(e) = st.failed.take() {
+                        st.closing = true;
+                        return Err(e);
+                    }
+                    (st.buf.is_empty(), st.closing)
+                };
+                if empty {
+                    if closing {
+                        // The peer sees the end now, whoever still holds the outbox.
+                        let stream: &tokio::net::TcpStream = self.half.as_ref();
+                        return match socket2::SockRef::from(stream)
+                            .shutdown(std::net::Shutdown::Write)
+                        {
+                            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+                            done => done,
+                        };
+                    }
+                    break;
+                }
+                self.half.writable().await?;
+            }
+        }
+    }
+}
 
 /// Accept secondaries forever, one [`Session`] each.
 pub async fn accept_loop(listener: TcpListener, replicator: Addr<Replicator>, delay: DelaySpec) {
@@ -27,11 +142,13 @@ pub async fn accept_loop(listener: TcpListener, replicator: Addr<Replicator>, de
                 let replicator = replicator.clone();
                 Session::create(move |ctx| {
                     Session::add_stream(FramedRead::new(read, Codec::new()), ctx);
+                    let outbox = Arc::new(Outbox::new(write));
+                    ctx.spawn(outbox.clone().flusher().into_actor_stopping());
                     Session {
                         conn,
                         peer: peer.to_string(),
                         replicator,
-                        writer: FramedWrite::new(write, Codec::new(), ctx),
+                        outbox,
                         delay,
                         closing: false,
                     }
@@ -50,7 +167,7 @@ pub struct Session {
     conn: ConnId,
     peer: String,
     replicator: Addr<Replicator>,
-    writer: FramedWrite<MasterFrame, OwnedWriteHalf, Codec>,
+    outbox: Arc<Outbox>,
     delay: DelaySpec,
     /// An error frame is being flushed before the connection closes.
     closing: bool,
@@ -61,20 +178,20 @@ impl Session {
     /// may overtake each other, as on a network that reorders.
     fn write(&mut self, frame: MasterFrame, ctx: &mut Context<Self>) {
         if self.delay.is_zero() {
-            self.writer.write(frame);
+            self.outbox.send(frame);
         } else {
             let wait = self.delay.sample(&mut rand::rng());
-            ctx.run_later(wait, move |act, _| act.writer.write(frame));
+            ctx.run_later(wait, move |act, _| act.outbox.send(frame));
         }
     }
 
     /// Close after everything already queued (including delayed frames) is written.
     fn close(&mut self, ctx: &mut Context<Self>) {
         if self.delay.is_zero() {
-            self.writer.close();
+            self.outbox.close();
         } else {
             let wait = Duration::from_millis(self.delay.max_ms + 1);
-            ctx.run_later(wait, |act, _| act.writer.close());
+            ctx.run_later(wait, |act, _| act.outbox.close());
         }
     }
 }
@@ -87,6 +204,8 @@ impl Actor for Session {
             conn: self.conn,
             peer: self.peer.clone(),
             session: ctx.address().recipient(),
+            // Frames the master holds back (`--delay-ms`) go through the session.
+            outbox: self.delay.is_zero().then(|| self.outbox.clone()),
         });
     }
 
@@ -111,19 +230,19 @@ impl StreamHandler<Result<SecondaryFrame, CodecError>> for Session {
                 };
                 if let Some(code) = code {
                     // No artificial delay here: the peer is not a replica we test with.
-                    self.writer
-                        .write(MasterFrame::Error(ErrorFrame::new(code, e.to_string())));
+                    self.outbox
+                        .send(MasterFrame::Error(ErrorFrame::new(code, e.to_string())));
                 }
-                // The actor stops once the writer has flushed the error frame.
+                // The actor stops once the flusher has written the error frame.
                 self.closing = true;
-                self.writer.close();
+                self.outbox.close();
             }
         }
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         // The peer closed its side (or the stream failed). If an error frame is still
-        // being flushed, the writer stops the actor when it is done.
+        // being flushed, the flusher stops the actor when it is done.
         if !self.closing {
             ctx.stop();
         }
@@ -140,9 +259,100 @@ impl Handler<ToSession> for Session {
     }
 }
 
-impl WriteHandler<CodecError> for Session {
-    fn error(&mut self, err: CodecError, _: &mut Self::Context) -> Running {
-        tracing::warn!(conn = self.conn, peer = %self.peer, error = %err, "write failed; closing");
-        Running::Stop
+/// Run the outbox's flusher in the session; stop the session when it ends.
+trait IntoActorStopping {
+    fn into_actor_stopping(self) -> impl ActorFuture<Session, Output = ()>;
+}
+
+impl<F: Future<Output = io::Result<()>> + 'static> IntoActorStopping for F {
+    fn into_actor_stopping(self) -> impl ActorFuture<Session, Output = ()> {
+        fut::wrap_future::<_, Session>(self).map(|result, act, ctx| {
+            if let Err(err) = result {
+                tracing::warn!(conn = act.conn, peer = %act.peer, error = %err, "write failed; closing");
+            }
+            ctx.stop();
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::protocol::Entry;
+    use tokio::io::AsyncReadExt;
+    use tokio_util::codec::Decoder;
+
+    fn batch(i: u64) -> MasterFrame {
+        MasterFrame::AddMessages {
+            entries: vec![Entry {
+                term: 1,
+                id: i,
+                message: format!("{i:0>32768}"),
+                request_id: None,
+            }],
+            commit_id: 0,
+            urgent: true,
+        }
+    }
+
+    /// Frames sent while the peer reads nothing fill the socket; the rest waits in the
+    /// outbox, goes out in order once the peer reads, and a close comes after all of it.
+    #[actix_web::test]
+    async fn what_the_socket_does_not_take_goes_out_later_in_order() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut peer, _) = listener.accept().await.unwrap();
+        let (_read, write) = client.into_split();
+        let outbox = Arc::new(Outbox::new(write));
+        let flusher = actix_web::rt::spawn(outbox.clone().flusher());
+        const FRAMES: u64 = 600; // ~20 MB, far more than loopback's socket buffers
+        for i in 1..=FRAMES {
+            outbox.send(batch(i));
+        }
+        assert!(
+            !outbox.lock().buf.is_empty(),
+            "the socket should not have taken everything at once"
+        );
+        outbox.close();
+        outbox.send(batch(FRAMES + 1)); // refused: closing
+
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap(); // ends: the flusher closed
+        flusher.await.unwrap().unwrap();
+        let mut buf = BytesMut::from(&got[..]);
+        let mut codec = FrameCodec::<MasterFrame, SecondaryFrame>::new();
+        let mut ids = Vec::new();
+        while let Some(MasterFrame::AddMessages { entries, .. }) = codec.decode(&mut buf).unwrap() {
+            ids.extend(entries.iter().map(|e| e.id));
+        }
+        assert!(buf.is_empty(), "nothing after the last whole frame");
+        assert_eq!(ids, (1..=FRAMES).collect::<Vec<_>>());
+    }
+
+    /// A write to a connection the peer has closed fails the outbox: the flusher
+    /// reports it (and so the session ends) instead of queueing forever.
+    #[actix_web::test]
+    async fn a_failed_connection_ends_the_flusher_with_the_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (peer, _) = listener.accept().await.unwrap();
+        drop(peer);
+        let (_read, write) = client.into_split();
+        let outbox = Arc::new(Outbox::new(write));
+        let flusher = actix_web::rt::spawn(outbox.clone().flusher());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !flusher.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the flusher never failed"
+            );
+            outbox.send(batch(1));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(flusher.await.unwrap().is_err());
     }
 }
