@@ -37,6 +37,9 @@ pub struct Config {
     /// Heartbeat intervals of silence before a member is Unhealthy.
     pub unhealthy_after: u32,
     pub max_message_bytes: usize,
+    /// The longest the replicator polls for acknowledgements before it sleeps
+    /// ([`common::replication::SpinPolicy`]).
+    pub spin: Duration,
     pub durability: common::storage::Durability,
 }
 

@@ -52,6 +52,13 @@ struct Cli {
     #[arg(long, value_name = "BYTES", default_value_t = common::api::DEFAULT_MAX_MESSAGE_BYTES,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=32 * 1024 * 1024))]
     max_message_bytes: usize,
+    /// While at most a few writes wait for secondaries' acknowledgements, poll for them
+    /// for up to this many microseconds instead of sleeping: a little CPU for the
+    /// latency of writes that come one at a time. Rests by itself when
+    /// acknowledgements are slower than that; 0 never polls.
+    #[arg(long, value_name = "US", default_value_t = common::replication::SPIN_BUDGET.as_micros() as u64,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    spin_us: u64,
     #[command(flatten)]
     durability: common::config::DurabilityArgs,
 }
@@ -74,6 +81,7 @@ fn main() -> ExitCode {
             .unhealthy_after_heartbeats
             .max(cli.suspect_after_heartbeats),
         max_message_bytes: cli.max_message_bytes,
+        spin: Duration::from_micros(cli.spin_us),
         durability: cli.durability.durability(),
     };
     common::config::run_node("master-node", async move {

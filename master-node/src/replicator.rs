@@ -4,8 +4,8 @@ use crate::Config;
 use actix::prelude::*;
 use common::protocol::{MasterFrame, SecondaryFrame};
 use common::replication::{
-    ConnId, HealthPolicy, MasterConfig, MasterCore, MasterOutput, MasterStatus, Rejected, Token,
-    WriteOutcome, WriteRequest,
+    ConnId, HealthPolicy, MasterConfig, MasterCore, MasterOutput, MasterStatus, Rejected,
+    SPIN_MAX_WAITING, SpinPolicy, Token, WriteOutcome, WriteRequest,
 };
 use common::storage::LogStore;
 use std::collections::HashMap;
@@ -113,6 +113,51 @@ pub struct Replicator {
     timer: Option<(Instant, SpawnHandle)>,
     heartbeat: Duration,
     stopping: bool,
+    /// When to poll for acknowledgements instead of sleeping.
+    spin: SpinPolicy,
+    /// A [`Spin`] runs.
+    spinning: bool,
+}
+
+/// The replicator polls for acknowledgements instead of sleeping (see
+/// [`SpinPolicy`]): each poll hands the thread back to the event loop with its wake-up
+/// deferred, so the loop checks its sockets without blocking and comes straight back.
+struct Spin {
+    until: Instant,
+    step: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+}
+
+impl ActorFuture<Replicator> for Spin {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        act: &mut Replicator,
+        _: &mut Context<Replicator>,
+        task: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let waiting = act.core.waiting_for_secondaries(SPIN_MAX_WAITING + 1);
+        let now = Instant::now();
+        let over = if waiting == 0 {
+            Some(true)
+        } else if now >= self.until {
+            Some(false)
+        } else if waiting > SPIN_MAX_WAITING || act.stopping {
+            Some(true) // busy now, or stopping: neither a hit nor a miss to learn from
+        } else {
+            None
+        };
+        if let Some(answered) = over {
+            act.spinning = false;
+            act.spin.ended(now, answered);
+            return std::task::Poll::Ready(());
+        }
+        loop {
+            match self.step.as_mut().poll(task) {
+                std::task::Poll::Ready(()) => self.step = Box::pin(tokio::task::yield_now()),
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            }
+        }
+    }
 }
 
 impl Replicator {
@@ -144,6 +189,8 @@ impl Replicator {
             timer: None,
             heartbeat,
             stopping: false,
+            spin: SpinPolicy::new(cfg.spin),
+            spinning: false,
         })
     }
 
@@ -175,6 +222,16 @@ impl Replicator {
             }
         }
         self.maybe_sync(ctx);
+        if !self.spinning && !self.stopping {
+            let waiting = self.core.waiting_for_secondaries(SPIN_MAX_WAITING + 1);
+            if let Some(until) = self.spin.start(Instant::now(), waiting) {
+                self.spinning = true;
+                ctx.spawn(Spin {
+                    until,
+                    step: Box::pin(tokio::task::yield_now()),
+                });
+            }
+        }
         let wanted = self.core.poll_timeout();
         match (wanted, self.timer) {
             (Some(at), Some((armed, _))) if armed <= at => {}

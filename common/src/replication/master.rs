@@ -833,6 +833,17 @@ impl<S: LogStore> MasterCore<S> {
         }
     }
 
+    /// How many writes wait only for secondaries' acknowledgements (the master holds
+    /// them durably already), counted up to `limit`.
+    pub fn waiting_for_secondaries(&self, limit: usize) -> usize {
+        self.waiters
+            .range(..=self.durable_id)
+            .flat_map(|(_, ws)| ws)
+            .filter(|w| w.need > 1)
+            .take(limit)
+            .count()
+    }
+
     /// Whether a write waiting for its write concern, at or below `upto`, needs a
     /// secondary's acknowledgement (and so a secondary should sync without delay).
     fn awaited(&self, upto: u64) -> bool {

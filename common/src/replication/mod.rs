@@ -15,6 +15,7 @@ mod retry;
 mod secondary;
 #[cfg(test)]
 mod sim;
+mod spin;
 
 pub use defer::{SYNC_DEFER, SyncSchedule, is_urgent};
 pub use master::{
@@ -22,6 +23,7 @@ pub use master::{
     WriteOutcome, WriteRequest,
 };
 pub use retry::RetryPolicy;
+pub use spin::{SPIN_BUDGET, SPIN_MAX_WAITING, SpinPolicy};
 
 pub use secondary::{SecondaryCore, SecondaryOutput, SecondaryStatus};
 

@@ -786,3 +786,30 @@ fn request_ids_survive_a_restart() {
     assert_eq!(c.last_id(), 2, "the retry appended nothing");
     assert_eq!(c.take_outputs(), vec![committed(3, 1, &["m"])]);
 }
+
+#[test]
+fn writes_waiting_only_for_secondaries_are_counted_for_spinning() {
+    let (mut c, now) = core();
+    join(&mut c, now, 1, "s1");
+    join(&mut c, now, 2, "s2");
+    c.submit(now, write("one", 1), 1).unwrap();
+    c.submit(now, write("two", 3), 2).unwrap();
+    c.submit(now, write("three", 2), 3).unwrap();
+    assert_eq!(
+        c.waiting_for_secondaries(10),
+        0,
+        "the master's own sync is outstanding: that is no wait for secondaries"
+    );
+    let id = c.last_id();
+    c.flushed(now, id);
+    assert_eq!(c.waiting_for_secondaries(10), 0, "written is not durable");
+    durable(&mut c, now);
+    c.take_outputs();
+    // "one" is answered by the master alone; "two" and "three" wait for secondaries.
+    assert_eq!(c.waiting_for_secondaries(10), 2);
+    assert_eq!(c.waiting_for_secondaries(1), 1, "counted up to the limit");
+    c.handle_frame(now, 1, ack(3));
+    assert_eq!(c.waiting_for_secondaries(10), 1, "w=2 met by s1");
+    c.handle_frame(now, 2, ack(3));
+    assert_eq!(c.waiting_for_secondaries(10), 0);
+}
