@@ -36,7 +36,7 @@ pub type Store = Arc<dyn LogStore>;
 /// The secondary's replication state machine over its store.
 pub type Core = SecondaryCore<Store>;
 
-/// The core, shared by the replication task and the HTTP handlers. The lock is only
+/// The core, shared by the replication thread and the HTTP handlers. The lock is only
 /// held for a single synchronous step of the core.
 pub type SharedCore = Arc<Mutex<Core>>;
 
