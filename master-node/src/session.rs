@@ -295,18 +295,29 @@ mod tests {
         }
     }
 
-    /// Frames sent while the peer reads nothing fill the socket; the rest waits in the
-    /// outbox, goes out in order once the peer reads, and a close comes after all of it.
-    #[actix_web::test]
-    async fn what_the_socket_does_not_take_goes_out_later_in_order() {
+    /// An outbox on one end of a loopback connection, its flusher running, and the
+    /// other end.
+    async fn connected() -> (
+        Arc<Outbox>,
+        actix_web::rt::task::JoinHandle<io::Result<()>>,
+        tokio::net::TcpStream,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let (mut peer, _) = listener.accept().await.unwrap();
+        let (peer, _) = listener.accept().await.unwrap();
         let (_read, write) = client.into_split();
         let outbox = Arc::new(Outbox::new(write));
         let flusher = actix_web::rt::spawn(outbox.clone().flusher());
+        (outbox, flusher, peer)
+    }
+
+    /// Frames sent while the peer reads nothing fill the socket; the rest waits in the
+    /// outbox, goes out in order once the peer reads, and a close comes after all of it.
+    #[actix_web::test]
+    async fn what_the_socket_does_not_take_goes_out_later_in_order() {
+        let (outbox, flusher, mut peer) = connected().await;
         const FRAMES: u64 = 600; // ~20 MB, far more than loopback's socket buffers
         for i in 1..=FRAMES {
             outbox.send(batch(i));
@@ -335,15 +346,8 @@ mod tests {
     /// reports it (and so the session ends) instead of queueing forever.
     #[actix_web::test]
     async fn a_failed_connection_ends_the_flusher_with_the_error() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (peer, _) = listener.accept().await.unwrap();
+        let (outbox, flusher, peer) = connected().await;
         drop(peer);
-        let (_read, write) = client.into_split();
-        let outbox = Arc::new(Outbox::new(write));
-        let flusher = actix_web::rt::spawn(outbox.clone().flusher());
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !flusher.is_finished() {
             assert!(

@@ -138,16 +138,25 @@ async fn http_errors_follow_the_contract() -> anyhow::Result<()> {
 /// Connect to the comm port, send `bytes`, read until the master closes; return the
 /// frames it sent.
 fn poke(comm: SocketAddr, bytes: &[u8], half_close: bool) -> anyhow::Result<Vec<MasterFrame>> {
-    let mut s = TcpStream::connect(comm)?;
+    let s = TcpStream::connect(comm)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    exchange(s, bytes, half_close)
+}
+
+/// Send `bytes` on `s` (then close our side if `half_close`), read until the other side
+/// closes, and decode what it sent as frames of type `In`.
+fn exchange<In>(mut s: TcpStream, bytes: &[u8], half_close: bool) -> anyhow::Result<Vec<In>>
+where
+    FrameCodec<In, ()>: Decoder<Item = In, Error = common::protocol::codec::CodecError>,
+{
     s.write_all(bytes)?;
     if half_close {
         s.shutdown(Shutdown::Write)?;
     }
     let mut got = Vec::new();
-    s.read_to_end(&mut got)?; // a timeout here means the master never closed
+    s.read_to_end(&mut got)?; // a timeout here means the other side never closed
     let mut buf = BytesMut::from(&got[..]);
-    let mut codec = FrameCodec::<MasterFrame, SecondaryFrame>::new();
+    let mut codec = FrameCodec::<In, ()>::new();
     let mut frames = Vec::new();
     while let Some(f) = codec.decode(&mut buf)? {
         frames.push(f);
@@ -295,24 +304,8 @@ impl FakeMaster {
 }
 
 /// Send `bytes` as the master, then read until the secondary closes; its frames.
-fn as_master(
-    mut s: TcpStream,
-    bytes: &[u8],
-    half_close: bool,
-) -> anyhow::Result<Vec<SecondaryFrame>> {
-    s.write_all(bytes)?;
-    if half_close {
-        s.shutdown(Shutdown::Write)?;
-    }
-    let mut got = Vec::new();
-    s.read_to_end(&mut got)?; // a timeout here means the secondary never closed
-    let mut buf = BytesMut::from(&got[..]);
-    let mut codec = FrameCodec::<SecondaryFrame, MasterFrame>::new();
-    let mut frames = Vec::new();
-    while let Some(f) = codec.decode(&mut buf)? {
-        frames.push(f);
-    }
-    Ok(frames)
+fn as_master(s: TcpStream, bytes: &[u8], half_close: bool) -> anyhow::Result<Vec<SecondaryFrame>> {
+    exchange(s, bytes, half_close)
 }
 
 fn refusal(frames: &[SecondaryFrame]) -> Option<ErrorCode> {
