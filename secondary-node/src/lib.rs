@@ -52,10 +52,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.name.clone(),
         store.clone(),
     )));
-    let link = replication::Link::start(cfg.clone(), core.clone(), store.clone())
-        .context("cannot start the replication thread")?;
     let metrics = common::metrics::install()
         .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+    // After the recorder: the thread's frame and sync counters bind to it when created.
+    let link = replication::Link::start(cfg.clone(), core.clone(), store.clone())
+        .context("cannot start the replication thread")?;
     let server = http::server(&cfg, http, core, store, metrics)?;
     let handle = server.handle();
     actix_web::rt::spawn(async move {
