@@ -67,9 +67,6 @@ impl Outbox {
         if let Err(e) = codec.encode(frame, buf) {
             tracing::error!(error = %e, "cannot encode a frame; closing the connection");
             st.failed = Some(io::Error::other(e.to_string()));
-            drop(st);
-            self.flush.notify_one();
-            return;
         }
         self.write_some(&mut st);
         if !st.buf.is_empty() || st.failed.is_some() {
@@ -143,7 +140,7 @@ pub async fn accept_loop(listener: TcpListener, replicator: Addr<Replicator>, de
                 Session::create(move |ctx| {
                     Session::add_stream(FramedRead::new(read, Codec::new()), ctx);
                     let outbox = Arc::new(Outbox::new(write));
-                    ctx.spawn(outbox.clone().flusher().into_actor_stopping());
+                    ctx.spawn(flush_then_stop(outbox.clone()));
                     Session {
                         conn,
                         peer: peer.to_string(),
@@ -260,19 +257,13 @@ impl Handler<ToSession> for Session {
 }
 
 /// Run the outbox's flusher in the session; stop the session when it ends.
-trait IntoActorStopping {
-    fn into_actor_stopping(self) -> impl ActorFuture<Session, Output = ()>;
-}
-
-impl<F: Future<Output = io::Result<()>> + 'static> IntoActorStopping for F {
-    fn into_actor_stopping(self) -> impl ActorFuture<Session, Output = ()> {
-        fut::wrap_future::<_, Session>(self).map(|result, act, ctx| {
-            if let Err(err) = result {
-                tracing::warn!(conn = act.conn, peer = %act.peer, error = %err, "write failed; closing");
-            }
-            ctx.stop();
-        })
-    }
+fn flush_then_stop(outbox: Arc<Outbox>) -> impl ActorFuture<Session, Output = ()> {
+    fut::wrap_future::<_, Session>(outbox.flusher()).map(|result, act, ctx| {
+        if let Err(err) = result {
+            tracing::warn!(conn = act.conn, peer = %act.peer, error = %err, "write failed; closing");
+        }
+        ctx.stop();
+    })
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use common::replication::{SecondaryOutput, SyncSchedule, is_urgent};
 use rand::RngExt;
 use std::collections::BinaryHeap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
@@ -191,7 +191,6 @@ enum End {
 /// One connection, from handshake to close.
 struct Session<'a> {
     stream: TcpStream,
-    peer: Option<SocketAddr>,
     cfg: &'a Config,
     core: &'a SharedCore,
     store: &'a Store,
@@ -213,10 +212,15 @@ impl<'a> Session<'a> {
         let delayer = if cfg.delay.is_zero() {
             None
         } else {
-            stream.try_clone().ok().map(Delayer::start)
+            match stream.try_clone() {
+                Ok(s) => Some(Delayer::start(s)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot share the connection with the delayed writer; frames go out without --delay-ms");
+                    None
+                }
+            }
         };
         Session {
-            peer: stream.peer_addr().ok(),
             stream,
             cfg,
             core,
@@ -256,10 +260,6 @@ impl<'a> Session<'a> {
                 let _ = self.stream.shutdown(Shutdown::Write);
             }
         }
-        if let Some(d) = self.delayer.take() {
-            d.abandon();
-        }
-        tracing::debug!(peer = ?self.peer, "session over");
     }
 
     /// Read, store and answer until the connection ends.
@@ -461,10 +461,6 @@ impl Delayer {
         drop(self.tx);
         let _ = self.done.recv_timeout(within);
     }
-
-    /// The connection is gone: the thread ends at its next write or when the queue is
-    /// empty.
-    fn abandon(self) {}
 }
 
 struct Due(Instant, u64, BytesMut);
