@@ -299,36 +299,49 @@ impl<S: LogStore> SecondaryCore<S> {
     }
 
     /// Take in entries in any order: store the ones that continue the log, buffer the
-    /// ones after a gap, drop the ones already held; then acknowledge.
+    /// ones after a gap, drop the ones already held; then acknowledge. A frame with an
+    /// id outside the window is refused whole.
     fn accept(&mut self, entries: Vec<Entry>) {
         if entries.is_empty() {
             self.maybe_ready();
             return;
         }
-        let mut received = Vec::with_capacity(entries.len());
-        for e in entries {
-            if e.id == 0 || e.id >= self.next_expected.saturating_add(MAX_BUFFER_AHEAD) {
-                return self.fail(
-                    ErrorCode::UnexpectedFrame,
-                    format!(
-                        "message id {} is outside the window starting at {}",
-                        e.id, self.next_expected
-                    ),
-                );
-            }
-            self.master_last_id = self.master_last_id.max(e.id);
-            received.push(e.id);
-            if e.id < self.next_expected || self.buffer.contains_key(&e.id) {
-                self.duplicates += 1;
-                continue;
-            }
-            self.buffer.insert(e.id, e);
+        let window_end = self.next_expected.saturating_add(MAX_BUFFER_AHEAD);
+        if let Some(e) = entries.iter().find(|e| e.id == 0 || e.id >= window_end) {
+            return self.fail(
+                ErrorCode::UnexpectedFrame,
+                format!(
+                    "message id {} is outside the window starting at {}",
+                    e.id, self.next_expected
+                ),
+            );
         }
-        let mut run = Vec::new();
+        // Entries that continue the log go straight to `run` (the usual case: a live
+        // batch or a catch-up chunk, in order); only those after a gap are parked in
+        // the buffer, and their ids kept for the acknowledgement.
+        let mut run = Vec::with_capacity(entries.len());
+        let mut parked = Vec::new();
         let mut next = self.next_expected;
-        while let Some(e) = self.buffer.remove(&next) {
-            run.push(e);
-            next += 1;
+        for e in entries {
+            self.master_last_id = self.master_last_id.max(e.id);
+            if e.id < next {
+                self.duplicates += 1;
+            } else if e.id == next {
+                run.push(e);
+                next += 1;
+                while let Some(b) = self.buffer.remove(&next) {
+                    run.push(b);
+                    next += 1;
+                }
+            } else {
+                parked.push(e.id);
+                match self.buffer.entry(e.id) {
+                    std::collections::btree_map::Entry::Vacant(slot) => {
+                        slot.insert(e);
+                    }
+                    std::collections::btree_map::Entry::Occupied(_) => self.duplicates += 1,
+                }
+            }
         }
         if !run.is_empty() {
             if let Err(e) = self.store.append(&run) {
@@ -342,14 +355,13 @@ impl<S: LogStore> SecondaryCore<S> {
             self.next_expected = next;
         }
         let upto = self.last_id();
-        let buffered = received
-            .into_iter()
-            .filter(|id| *id > upto && self.buffer.contains_key(id))
-            .collect();
+        parked.retain(|id| *id > upto && self.buffer.contains_key(id));
+        parked.sort_unstable();
+        parked.dedup();
         self.outputs
             .push(SecondaryOutput::Send(SecondaryFrame::Ack {
                 upto,
-                buffered,
+                buffered: parked,
             }));
         self.maybe_ready();
     }

@@ -685,9 +685,22 @@ fn out_of_order_delivery_is_buffered_until_the_gap_fills() {
     );
     assert_eq!(store.last_id(), 7);
     assert_eq!(s.status(now).duplicates, 2);
-    // An id absurdly far ahead is a protocol violation, not a memory bomb.
-    s.handle_frame(now, add(&[u64::MAX]));
+    // Repeats inside one frame: stored once, a parked id acknowledged once.
+    s.handle_frame(now, add(&[8, 8, 11, 9, 11]));
+    assert_eq!(
+        s.take_outputs(),
+        vec![SecondaryOutput::Send(SecondaryFrame::Ack {
+            upto: 9,
+            buffered: vec![11]
+        })]
+    );
+    assert_eq!(store.read(8, 10).unwrap(), vec![e(8), e(9)]);
+    assert_eq!(s.status(now).duplicates, 4);
+    // An id absurdly far ahead is a protocol violation, not a memory bomb; nothing of
+    // its frame is taken, not even the entry that would continue the log.
+    s.handle_frame(now, add(&[10, u64::MAX]));
     assert_eq!(s.take_outputs().last(), Some(&SecondaryOutput::Close));
+    assert_eq!(store.last_id(), 9);
 }
 
 #[test]
