@@ -355,7 +355,8 @@ impl<S: LogStore> SecondaryCore<S> {
             self.next_expected = next;
         }
         let upto = self.last_id();
-        parked.retain(|id| *id > upto && self.buffer.contains_key(id));
+        // Parked ids past the stored prefix are still in the buffer; the rest joined it.
+        parked.retain(|id| *id > upto);
         parked.sort_unstable();
         parked.dedup();
         self.outputs
