@@ -1,6 +1,6 @@
 //! The HTTP API's request validation and response bodies, independent of any web
-//! framework so that every rule is unit-tested. The contract is `CONTRACT.md`; the
-//! error codes are listed in `docs/api.md`.
+//! framework so that every rule is unit-tested. `docs/api.md` is the reference for every
+//! endpoint, field and error code.
 
 use crate::protocol::Entry;
 use crate::replication::{Receipt, WriteConcern};
@@ -46,8 +46,12 @@ impl ApiError {
         )
     }
 
-    pub fn not_writable(error: impl Into<String>) -> Self {
-        Self::new(503, "not_writable", error)
+    /// 503 `not_writable`, naming the HTTP address (`host:port`) of the current master
+    /// in `primary` (null when no master that takes writes is known).
+    pub fn not_writable(error: impl Into<String>, primary: Option<String>) -> Self {
+        let mut e = Self::new(503, "not_writable", error);
+        e.extra.insert("primary".into(), json!(primary));
+        e
     }
 
     pub fn not_found(path: &str) -> Self {
@@ -221,6 +225,20 @@ pub struct MessagesQuery {
     pub majority: bool,
 }
 
+/// Validate a `POST /members` body, `{"name": "s2"}`: the member's name (1 to 128
+/// bytes, as a secondary's `--name`). Unknown fields are ignored.
+pub fn parse_member(body: &[u8]) -> Result<String, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")))?;
+    match value.get("name") {
+        Some(Value::String(name)) if !name.is_empty() && name.len() <= 128 => Ok(name.clone()),
+        _ => Err(ApiError::bad_request(
+            "invalid_request",
+            "the body must be {\"name\": \"<a member's name, 1 to 128 bytes>\"}",
+        )),
+    }
+}
+
 /// Parse a raw query string. Unknown parameters are ignored.
 pub fn parse_messages_query(query: &str) -> Result<MessagesQuery, ApiError> {
     let mut q = MessagesQuery {
@@ -358,6 +376,16 @@ pub mod doc {
         pub acks: Option<usize>,
         /// 504 only: which members held it.
         pub acked_by: Option<Vec<String>>,
+        /// 503 `not_writable` only: the HTTP address (`host:port`) of the current
+        /// master, or null when none that takes writes is known.
+        pub primary: Option<String>,
+    }
+
+    /// A member to re-admit (`POST /members`).
+    #[derive(Serialize, ToSchema)]
+    pub struct Member {
+        /// The secondary's `--name`.
+        pub name: String,
     }
 
     /// One message of the log.
@@ -371,6 +399,34 @@ pub mod doc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn members_body() {
+        assert_eq!(parse_member(br#"{"name": "s2", "x": 1}"#).unwrap(), "s2");
+        for bad in [
+            &br#"{"name": ""}"#[..],
+            br#"{"name": 3}"#,
+            br#"{}"#,
+            br#"[]"#,
+        ] {
+            assert_eq!(parse_member(bad).unwrap_err().code, "invalid_request");
+        }
+        let long = format!(r#"{{"name": "{}"}}"#, "x".repeat(129));
+        assert_eq!(
+            parse_member(long.as_bytes()).unwrap_err().code,
+            "invalid_request"
+        );
+        assert_eq!(parse_member(b"{").unwrap_err().code, "invalid_json");
+    }
+
+    #[test]
+    fn not_writable_names_the_primary_or_null() {
+        let e = ApiError::not_writable("no", Some("h:1".into()));
+        assert_eq!(e.body()["primary"], "h:1");
+        let e = ApiError::not_writable("no", None);
+        assert!(e.body()["primary"].is_null());
+        assert_eq!((e.status, e.code), (503, "not_writable"));
+    }
 
     fn ok(body: &str) -> NewMessage {
         parse_new_message(body.as_bytes(), 10).unwrap()

@@ -1,6 +1,8 @@
 //! The master's HTTP API (see `docs/api.md`).
 
-use crate::replicator::{GetStatus, Holders, RemoveMember, Replicator, Submit, SubmitError};
+use crate::replicator::{
+    GetStatus, Holders, Readmit, RemoveMember, Replicator, Submit, SubmitError,
+};
 use crate::{Config, Engine};
 use actix::Addr;
 use actix_web::{HttpRequest, HttpResponse, dev::Server, web};
@@ -77,7 +79,8 @@ pub fn server(
                 "/members/{name}",
                 "DELETE",
                 web::delete().to(remove_member),
-            ));
+            ))
+            .service(endpoint("/members", "POST", web::post().to(readmit_member)));
     })?;
     Ok(server)
 }
@@ -139,7 +142,7 @@ async fn write(
         }
         Ok(Err(e)) => refused(e),
         // The replicator is gone (the process is stopping) without answering.
-        Err(_) => error_response(&ApiError::not_writable("the master is shutting down")),
+        Err(_) => shutting_down(),
     };
     (response, Some(asked))
 }
@@ -147,11 +150,12 @@ async fn write(
 /// The answer to a write the replicator did not accept (or stopped waiting for).
 fn refused(e: SubmitError) -> HttpResponse {
     match e {
+        // No master that takes writes is known: this one cannot, and no other is.
         SubmitError::ShuttingDown | SubmitError::StoppedWaiting => {
-            error_response(&ApiError::not_writable(e.to_string()))
+            error_response(&ApiError::not_writable(e.to_string(), None))
         }
         SubmitError::Rejected(e @ Rejected::NoQuorum { .. }) => {
-            error_response(&ApiError::not_writable(e.to_string()))
+            error_response(&ApiError::not_writable(e.to_string(), None))
         }
         SubmitError::Rejected(Rejected::Storage(e)) => {
             error_response(&ApiError::new(500, "storage_error", e.to_string()))
@@ -191,7 +195,7 @@ async fn messages(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     responses((status = 200, description = "The node is up; members and quorum", body = Object)))]
 async fn health(state: web::Data<State>) -> HttpResponse {
     let Ok((st, syncs)) = state.replicator.send(GetStatus).await else {
-        return error_response(&ApiError::not_writable("the master is shutting down"));
+        return shutting_down();
     };
     let members: Vec<_> = st
         .members
@@ -230,11 +234,41 @@ async fn health(state: web::Data<State>) -> HttpResponse {
         "term": st.term,
         "syncs": syncs,
         "uptimeMs": state.started.elapsed().as_millis() as u64,
+        "removed": st.removed,
+        "refused": st.refused,
+        "warnings": warnings(&st),
     }))
 }
 
 fn shutting_down() -> HttpResponse {
-    error_response(&ApiError::not_writable("the master is shutting down"))
+    error_response(&ApiError::not_writable("the master is shutting down", None))
+}
+
+/// What an operator should know first, in words: peers this master refuses (a
+/// secondary holding another log means this master was probably started on the wrong
+/// data directory), and a missing quorum.
+fn warnings(st: &common::replication::MasterStatus) -> Vec<String> {
+    let mut out: Vec<String> = st
+        .refused
+        .iter()
+        .map(|r| match r.code {
+            common::protocol::ErrorCode::Removed => format!(
+                "{} was removed from the set and is refused when it connects ({} times, last {} ms ago); re-admit it with POST /members {{\"name\": \"{}\"}}",
+                r.name, r.times, r.last_refused_ms_ago, r.name
+            ),
+            _ => format!(
+                "{} is refused ({:?}, {} times, last {} ms ago): {}",
+                r.name, r.code, r.times, r.last_refused_ms_ago, r.reason
+            ),
+        })
+        .collect();
+    if !st.has_quorum {
+        out.push(format!(
+            "no quorum: this master reaches {} of its {} members and takes no writes",
+            st.reachable, st.member_count
+        ));
+    }
+    out
 }
 
 /// `GET /status`: the replica set as this master sees it, modelled on `rs.status()`.
@@ -294,6 +328,9 @@ async fn status(state: web::Data<State>) -> HttpResponse {
         "pendingWrites": st.pending_writes,
         "syncs": syncs,
         "members": members,
+        "removed": st.removed,
+        "refused": st.refused,
+        "warnings": warnings(&st),
         "durability": state.durability.mode(),
         "syncIntervalMs": state.durability.sync_interval_ms(),
     }))
@@ -343,8 +380,8 @@ async fn message_status(path: web::Path<String>, state: web::Data<State>) -> Htt
     }))
 }
 
-/// `DELETE /members/{name}`: forget a secondary for good.
-/// Remove a secondary from the membership for good.
+/// `DELETE /members/{name}`: remove a secondary; it stays out until re-admitted.
+/// Remove a secondary from the set: refused when it reconnects, until re-admitted.
 #[utoipa::path(delete, path = "/members/{name}", tag = "master",
     params(("name" = String, Path, description = "The secondary's --name")),
     responses(
@@ -368,6 +405,33 @@ async fn remove_member(path: web::Path<String>, state: web::Data<State>) -> Http
             "not_found",
             format!("no member named {name:?}"),
         )),
+        Ok(Err(e)) => error_response(&ApiError::new(500, "storage_error", e.to_string())),
+        Err(_) => shutting_down(),
+    }
+}
+
+/// `POST /members` `{"name": "s2"}`: let a removed secondary join again; it becomes a
+/// member when it next connects (it keeps trying by itself).
+/// Re-admit a removed secondary.
+#[utoipa::path(post, path = "/members", tag = "master",
+    request_body = doc::Member,
+    responses(
+        (status = 200, description = "Re-admitted, or was not removed (`readmitted` false)", body = Object),
+        (status = 400, description = "Malformed body", body = doc::Error),
+    ))]
+async fn readmit_member(state: web::Data<State>, payload: web::Payload) -> HttpResponse {
+    let name = match read_body(payload, 64 * 1024)
+        .await
+        .and_then(|b| api::parse_member(&b))
+    {
+        Ok(name) => name,
+        Err(e) => return error_response(&e),
+    };
+    match state.replicator.send(Readmit(name.clone())).await {
+        Ok(Ok(readmitted)) => HttpResponse::Ok().json(json!({
+            "name": name,
+            "readmitted": readmitted,
+        })),
         Ok(Err(e)) => error_response(&ApiError::new(500, "storage_error", e.to_string())),
         Err(_) => shutting_down(),
     }
@@ -415,10 +479,11 @@ async fn metrics_page(state: web::Data<State>) -> HttpResponse {
         status,
         message_status,
         remove_member,
+        readmit_member,
         metrics_page,
         openapi_json
     ),
-    components(schemas(doc::NewMessage, doc::Receipt, doc::Error, doc::Message))
+    components(schemas(doc::NewMessage, doc::Receipt, doc::Error, doc::Message, doc::Member))
 )]
 pub struct ApiDoc;
 

@@ -84,7 +84,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let store: replicator::Store = file.clone();
     let (started, replicator) = tokio::sync::oneshot::channel();
     let engine = Engine {
-        replicator: replicator::Replicator::new(&cfg, store.clone())?,
+        replicator: replicator::Replicator::new(&cfg, store.clone(), http_addr.port())?,
         comm,
         delay: cfg.delay,
         started,

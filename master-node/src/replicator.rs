@@ -4,8 +4,8 @@ use crate::Config;
 use actix::prelude::*;
 use common::protocol::{MasterFrame, SecondaryFrame};
 use common::replication::{
-    ConnId, HealthPolicy, MasterConfig, MasterCore, MasterOutput, MasterStatus, Rejected,
-    SPIN_MAX_WAITING, SpinPolicy, Token, WriteOutcome, WriteRequest,
+    ConnId, HealthPolicy, HttpAddress, MasterConfig, MasterCore, MasterOutput, MasterStatus,
+    Rejected, SPIN_MAX_WAITING, SpinPolicy, Token, WriteOutcome, WriteRequest,
 };
 use common::storage::LogStore;
 use std::collections::HashMap;
@@ -163,9 +163,11 @@ impl ActorFuture<Replicator> for Spin {
 impl Replicator {
     /// Open the replication core over `store`; [`Actor::start`] it on the thread that is
     /// to run it.
-    pub fn new(cfg: &Config, store: Store) -> anyhow::Result<Self> {
+    /// `http_port` is the port the HTTP API got (secondaries learn it from the core).
+    pub fn new(cfg: &Config, store: Store, http_port: u16) -> anyhow::Result<Self> {
         let mut core_cfg = MasterConfig::new(cfg.name.clone(), cfg.ack_timeout);
         core_cfg.seed = rand::random();
+        core_cfg.http = HttpAddress::new(&cfg.host, http_port);
         core_cfg.health = HealthPolicy {
             heartbeat: cfg.heartbeat,
             suspect_after: cfg.suspect_after,
@@ -427,6 +429,18 @@ impl Handler<RemoveMember> for Replicator {
         let removed = self.core.remove_member(&msg.0);
         self.drain(ctx);
         removed
+    }
+}
+
+/// Let a removed name join again. Ok(false): it was not removed.
+#[derive(Message)]
+#[rtype(result = "Result<bool, common::storage::StorageError>")]
+pub struct Readmit(pub String);
+
+impl Handler<Readmit> for Replicator {
+    type Result = Result<bool, common::storage::StorageError>;
+    fn handle(&mut self, msg: Readmit, _: &mut Context<Self>) -> Self::Result {
+        self.core.readmit(&msg.0)
     }
 }
 

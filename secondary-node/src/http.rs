@@ -14,7 +14,11 @@ struct State {
     metrics: common::metrics::PrometheusHandle,
     core: SharedCore,
     store: Arc<dyn LogStore>,
+    /// The master's comm address, as given by the flags.
     master: String,
+    /// The host this node dials the master by: the master's HTTP host where the master
+    /// listens on every address.
+    master_host: String,
     started: Instant,
     durability: common::storage::Durability,
 }
@@ -31,6 +35,7 @@ pub fn server(
         core,
         store,
         master: format!("{}:{}", cfg.master_ip, cfg.master_comm_port),
+        master_host: cfg.master_ip.clone(),
         started: Instant::now(),
         durability: cfg.durability,
     });
@@ -52,12 +57,20 @@ pub fn server(
 
 /// Secondaries take no writes.
 #[utoipa::path(post, path = "/newMessage", tag = "secondary",
-    responses((status = 503, description = "Not writable: send writes to the master", body = doc::Error)))]
+    responses((status = 503, description = "Not writable: send writes to the master named in `primary`", body = doc::Error)))]
 async fn new_message(state: web::Data<State>) -> HttpResponse {
-    error_response(&ApiError::not_writable(format!(
-        "this node is a secondary and takes no writes; send them to the master (comm address {})",
-        state.master
-    )))
+    let primary = state
+        .core
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .master_http(&state.master_host);
+    let error = match &primary {
+        Some(p) => format!(
+            "this node is a secondary and takes no writes; send them to the master at http://{p}"
+        ),
+        None => "this node is a secondary and takes no writes, and it does not reach a master now; try again shortly".to_string(),
+    };
+    error_response(&ApiError::not_writable(error, primary))
 }
 
 /// This secondary's gap-free prefix of the master's log; streamed.
@@ -92,13 +105,20 @@ async fn health(state: web::Data<State>) -> HttpResponse {
         let core = state.core.lock().unwrap_or_else(|e| e.into_inner());
         core.status(Instant::now())
     };
+    let primary = state
+        .core
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .master_http(&state.master_host);
     HttpResponse::Ok().json(json!({
         "status": "ok",
         "role": "secondary",
         "name": st.name,
         "connected": st.connected,
         "phase": st.phase,
+        "removed": st.removed,
         "master": state.master,
+        "primary": primary,
         "masterName": st.master,
         "lastId": st.last_id,
         "masterLastId": st.master_last_id,
@@ -122,17 +142,25 @@ async fn status(state: web::Data<State>) -> HttpResponse {
         core.status(Instant::now())
     };
     let log_id = state.store.log_id();
+    let primary = state
+        .core
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .master_http(&state.master_host);
     HttpResponse::Ok().json(json!({
         "set": (log_id != 0).then(|| format!("chorus-{log_id:016x}")),
         "name": st.name,
         "role": "secondary",
         "state": match (st.connected, st.phase) {
+            _ if st.removed => "REMOVED",
             (false, _) => "(not connected to the master)",
             (true, "live") => "SECONDARY",
             _ => "STARTUP2",
         },
         "phase": st.phase,
+        "removed": st.removed,
         "master": state.master,
+        "primary": primary,
         "masterName": st.master,
         "lastId": st.last_id,
         "appendedId": st.appended_id,

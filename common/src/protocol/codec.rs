@@ -135,6 +135,8 @@ mod tests {
                 log_id: 42,
                 last_id: 7,
                 truncate_after: Some(5),
+                http_host: Some("10.0.0.1".into()),
+                http_port: 8080,
             },
             MasterFrame::AddMessages {
                 entries: vec![Entry {

@@ -87,6 +87,13 @@ pub enum MasterFrame {
         /// secondary removes them before asking for messages.
         #[serde(default)]
         truncate_after: Option<u64>,
+        /// The host of the master's HTTP API, when it listens on one address (`None`
+        /// when it listens on all of them: the secondary then uses the host it dialled).
+        #[serde(default)]
+        http_host: Option<String>,
+        /// The port of the master's HTTP API (0 from a master that predates it).
+        #[serde(default)]
+        http_port: u16,
     },
     /// A batch of the answer to [`SecondaryFrame::GetMessages`]. `last` marks the batch
     /// that reaches the master's last id at the time it was sent: after it, the
@@ -161,6 +168,9 @@ pub enum ErrorCode {
     LogMismatch,
     /// Another connection with the same name replaced this one.
     Replaced,
+    /// The name was removed from the set (`DELETE /members/{name}`) and stays out until
+    /// the master re-admits it (`POST /members`).
+    Removed,
     /// Anything else (for forward compatibility, an unknown code decodes as this).
     #[serde(other)]
     Other,

@@ -4,11 +4,14 @@ use super::{ConnId, Health, HealthPolicy, RetryPolicy, WriteConcern};
 use crate::protocol::{
     Entry, ErrorCode, ErrorFrame, MasterFrame, PROTOCOL_VERSION, SecondaryFrame,
 };
-use crate::storage::{LogStore, StorageError};
+use crate::storage::{LogStore, Membership, StorageError};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
+
+/// How many refused peers [`MasterCore`] remembers for `/health` (the oldest goes first).
+pub const REFUSED_MAX: usize = 16;
 
 /// Bounds of [`MasterCore`]'s cache of recent entries (count, and message bytes).
 const RECENT_MAX: usize = 8192;
@@ -34,6 +37,44 @@ pub struct MasterConfig {
     pub seed: u64,
     /// When silent members turn Suspected and Unhealthy (and stop counting for quorum).
     pub health: HealthPolicy,
+    /// The master's HTTP API, told to secondaries in the `Welcome` so that they can send
+    /// clients there.
+    pub http: HttpAddress,
+}
+
+/// Where a node's HTTP API listens, as others should reach it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HttpAddress {
+    /// `None` when it listens on every address (`0.0.0.0`): a peer then uses the host
+    /// it reached this node by.
+    pub host: Option<String>,
+    pub port: u16,
+}
+
+impl HttpAddress {
+    /// From the host the node was told to listen on and the port it got.
+    pub fn new(listen_host: &str, port: u16) -> Self {
+        let unspecified = listen_host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified());
+        Self {
+            host: (!unspecified).then(|| listen_host.to_string()),
+            port,
+        }
+    }
+
+    /// `host:port`, with `fallback_host` where the host is not known (None for port 0:
+    /// a peer that did not say).
+    pub fn with_fallback(&self, fallback_host: &str) -> Option<String> {
+        (self.port != 0).then(|| {
+            let host = self.host.as_deref().unwrap_or(fallback_host);
+            if host.contains(':') {
+                format!("[{host}]:{}", self.port)
+            } else {
+                format!("{host}:{}", self.port)
+            }
+        })
+    }
 }
 
 impl MasterConfig {
@@ -46,6 +87,7 @@ impl MasterConfig {
             window: 4096,
             seed: 0,
             health: HealthPolicy::new(Duration::from_secs(1)),
+            http: HttpAddress::default(),
         }
     }
 }
@@ -190,6 +232,16 @@ impl Member {
     }
 }
 
+/// A handshake refused, as remembered for [`RefusedPeer`].
+#[derive(Debug)]
+struct Refusal {
+    name: String,
+    code: ErrorCode,
+    reason: String,
+    at: Instant,
+    times: u64,
+}
+
 #[derive(Debug)]
 struct Waiter {
     token: Token,
@@ -225,6 +277,22 @@ pub struct MemberStatus {
     pub uptime_ms: Option<u64>,
 }
 
+/// A peer the master refused at its handshake and has not accepted since: a secondary
+/// holding another log, or one removed from the set.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusedPeer {
+    pub name: String,
+    /// The error code it was sent (`LogMismatch`, `Removed`).
+    pub code: ErrorCode,
+    /// Why, in words, as it was told.
+    pub reason: String,
+    /// Milliseconds since the last refusal.
+    pub last_refused_ms_ago: u64,
+    /// How many times it was refused.
+    pub times: u64,
+}
+
 /// A snapshot of the master's replication state.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -249,6 +317,10 @@ pub struct MasterStatus {
     pub commit_id: u64,
     pub pending_writes: usize,
     pub members: Vec<MemberStatus>,
+    /// Names removed from the set and refused until re-admitted.
+    pub removed: Vec<String>,
+    /// Peers refused at their handshake since they last got in, newest first.
+    pub refused: Vec<RefusedPeer>,
 }
 
 /// The master's replication state machine. See the module docs of
@@ -269,6 +341,10 @@ pub struct MasterCore<S> {
     /// never met by secondaries alone.
     durable_id: u64,
     members: Vec<Member>,
+    /// Names removed from the set: refused until re-admitted.
+    removed: Vec<String>,
+    /// Recent handshake refusals by name (at most [`REFUSED_MAX`]): when, why, how often.
+    refused: Vec<Refusal>,
     /// Open connections and the member each one belongs to, once handshaken.
     conns: HashMap<ConnId, Option<usize>>,
     waiters: BTreeMap<u64, Vec<Waiter>>,
@@ -300,7 +376,8 @@ impl<S: LogStore> MasterCore<S> {
             log_id = rng.random_range(1..=u64::MAX);
             store.set_log_id(log_id)?;
         }
-        let members = store.members().into_iter().map(Member::new).collect();
+        let Membership { members, removed } = store.membership();
+        let members = members.into_iter().map(Member::new).collect();
         let durable_id = store.sync()?;
         let last_term = store.read(durable_id, 1)?.first().map_or(0, |e| e.term);
         let term = store.term().max(last_term) + 1;
@@ -315,6 +392,8 @@ impl<S: LogStore> MasterCore<S> {
             store,
             log_id,
             members,
+            removed,
+            refused: Vec::new(),
             conns: HashMap::new(),
             waiters: BTreeMap::new(),
             recent: VecDeque::new(),
@@ -630,6 +709,13 @@ impl<S: LogStore> MasterCore<S> {
             self.refuse(conn, ErrorCode::NameConflict, msg);
             return;
         }
+        if self.removed.contains(&name) {
+            let msg = format!(
+                "{name} was removed from the set (DELETE /members/{name}); it stays out until the master re-admits it (POST /members {{\"name\": \"{name}\"}})"
+            );
+            self.refuse_peer(now, conn, &name, ErrorCode::Removed, msg);
+            return;
+        }
         let holds = next_expected.saturating_sub(1);
         if next_expected == 0
             || (log_id != 0 && log_id != self.log_id)
@@ -639,10 +725,10 @@ impl<S: LogStore> MasterCore<S> {
             || (holds > 0 && last_term == 0)
         {
             let msg = format!(
-                "the secondary holds ids up to {holds} (term {last_term}) of log {log_id:#x}; the master holds ids up to {} (term {}) of log {:#x}",
+                "{name} holds ids up to {holds} (term {last_term}) of log {log_id:#x}, which is not this master's history: the master holds ids up to {} (term {}) of log {:#x}. Was the master started on another data directory? Start it on the set's data, or give {name} an empty data directory to join this one",
                 self.written_id, self.term, self.log_id
             );
-            self.refuse(conn, ErrorCode::LogMismatch, msg);
+            self.refuse_peer(now, conn, &name, ErrorCode::LogMismatch, msg);
             return;
         }
         let keep = match self.common_prefix(holds, last_term) {
@@ -657,12 +743,13 @@ impl<S: LogStore> MasterCore<S> {
         if let Some(keep) = truncate_after {
             tracing::warn!(peer = %name, holds, last_term, keep, "the secondary holds entries this master lost; it will cut them");
         }
+        self.refused.retain(|r| r.name != name);
         let idx = match self.members.iter().position(|m| m.name == name) {
             Some(idx) => idx,
             None => {
                 let mut names: Vec<String> = self.members.iter().map(|m| m.name.clone()).collect();
                 names.push(name.clone());
-                if let Err(e) = self.store.set_members(&names) {
+                if let Err(e) = self.save_membership(names.clone(), self.removed.clone()) {
                     self.outputs.push(MasterOutput::StorageFailed(e));
                     self.refuse(
                         conn,
@@ -700,6 +787,8 @@ impl<S: LogStore> MasterCore<S> {
                 log_id: self.log_id,
                 last_id: self.written_id,
                 truncate_after,
+                http_host: self.cfg.http.host.clone(),
+                http_port: self.cfg.http.port,
             },
         });
         // A member joining (or coming back holding messages) can complete waiting writes.
@@ -740,6 +829,47 @@ impl<S: LogStore> MasterCore<S> {
         if let Some(Some(idx)) = self.conns.get(&conn) {
             self.members[*idx].address = address;
         }
+    }
+
+    /// Refuse a handshake from `name`, and remember it for `/health` (a peer that keeps
+    /// coming back is one entry, counted).
+    fn refuse_peer(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        name: &str,
+        code: ErrorCode,
+        reason: String,
+    ) {
+        let times = match self.refused.iter().position(|r| r.name == name) {
+            Some(i) => self.refused.remove(i).times + 1,
+            None => {
+                if self.refused.len() == REFUSED_MAX {
+                    self.refused.remove(0);
+                }
+                1
+            }
+        };
+        self.refused.push(Refusal {
+            name: name.to_string(),
+            code,
+            reason: reason.clone(),
+            at: now,
+            times,
+        });
+        self.refuse(conn, code, reason);
+    }
+
+    /// Save who belongs, then take it as the current membership's names.
+    fn save_membership(
+        &mut self,
+        members: Vec<String>,
+        removed: Vec<String>,
+    ) -> Result<(), StorageError> {
+        let m = Membership { members, removed };
+        self.store.set_membership(&m)?;
+        self.removed = m.removed;
+        Ok(())
     }
 
     /// Send the error frame, then close.
@@ -1064,8 +1194,9 @@ impl<S: LogStore> MasterCore<S> {
         (id >= 1 && id <= self.written_id).then(|| self.receipt(id))
     }
 
-    /// Remove member `name` for good: it is forgotten, its connection closed, and it no
-    /// longer counts toward write concerns or the quorum. Returns false if unknown.
+    /// Remove member `name` for good: it is forgotten, its connection closed, it no
+    /// longer counts toward write concerns or the quorum, and it is refused when it
+    /// connects again until [`Self::readmit`]. Returns false if unknown.
     pub fn remove_member(&mut self, name: &str) -> Result<bool, StorageError> {
         let Some(idx) = self.members.iter().position(|m| m.name == name) else {
             return Ok(false);
@@ -1076,10 +1207,14 @@ impl<S: LogStore> MasterCore<S> {
             .filter(|m| m.name != name)
             .map(|m| m.name.clone())
             .collect();
-        self.store.set_members(&names)?;
+        let mut removed = self.removed.clone();
+        removed.push(name.to_string());
+        self.save_membership(names, removed)?;
         if let Some(conn) = self.members[idx].conn {
-            let msg = format!("{name} was removed from the membership");
-            self.refuse(conn, ErrorCode::Other, msg);
+            let msg = format!(
+                "{name} was removed from the set; it stays out until the master re-admits it"
+            );
+            self.refuse(conn, ErrorCode::Removed, msg);
             self.conns.remove(&conn);
         }
         self.members.remove(idx);
@@ -1092,6 +1227,25 @@ impl<S: LogStore> MasterCore<S> {
             }
         }
         tracing::info!(peer = %name, members = self.members.len() + 1, "member removed");
+        Ok(true)
+    }
+
+    /// Let a removed name join again (it becomes a member when it next connects).
+    /// Returns false if the name was not removed.
+    pub fn readmit(&mut self, name: &str) -> Result<bool, StorageError> {
+        if !self.removed.iter().any(|n| n == name) {
+            return Ok(false);
+        }
+        let members = self.members.iter().map(|m| m.name.clone()).collect();
+        let removed = self
+            .removed
+            .iter()
+            .filter(|n| *n != name)
+            .cloned()
+            .collect();
+        self.save_membership(members, removed)?;
+        self.refused.retain(|r| r.name != name);
+        tracing::info!(peer = %name, "re-admitted: it joins when it next connects");
         Ok(true)
     }
 
@@ -1216,6 +1370,19 @@ impl<S: LogStore> MasterCore<S> {
             commit_id: self.commit_id(),
             pending_writes: self.waiters.values().map(Vec::len).sum(),
             members,
+            removed: self.removed.clone(),
+            refused: self
+                .refused
+                .iter()
+                .rev()
+                .map(|r| RefusedPeer {
+                    name: r.name.clone(),
+                    code: r.code,
+                    reason: r.reason.clone(),
+                    last_refused_ms_ago: now.saturating_duration_since(r.at).as_millis() as u64,
+                    times: r.times,
+                })
+                .collect(),
         }
     }
 }

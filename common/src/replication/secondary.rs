@@ -1,5 +1,6 @@
 //! The secondary's replication state machine: total order and deduplication.
 
+use super::HttpAddress;
 use crate::protocol::{
     Entry, ErrorCode, ErrorFrame, MasterFrame, PROTOCOL_VERSION, SecondaryFrame,
 };
@@ -57,6 +58,9 @@ pub struct SecondaryStatus {
     pub last_heard_ms_ago: Option<u64>,
     /// The last refusal, by either side, in words.
     pub last_error: Option<String>,
+    /// The master refused this node because it was removed from the set; it keeps
+    /// trying, and gets in once the master re-admits it.
+    pub removed: bool,
     /// Ids held back in the buffer (they arrived before an earlier one), as inclusive
     /// ranges.
     pub held_back: Vec<(u64, u64)>,
@@ -76,6 +80,9 @@ pub struct SecondaryCore<S> {
     buffer: BTreeMap<u64, Entry>,
     phase: Phase,
     master: Option<String>,
+    /// Where the master's HTTP API is, as its `Welcome` said.
+    master_http: HttpAddress,
+    removed: bool,
     master_last_id: u64,
     /// The master's commit id, as last heard: what a majority holds.
     commit_id: u64,
@@ -98,6 +105,8 @@ impl<S: LogStore> SecondaryCore<S> {
             buffer: BTreeMap::new(),
             phase: Phase::Disconnected,
             master: None,
+            master_http: HttpAddress::default(),
+            removed: false,
             master_last_id: 0,
             commit_id: 0,
             last_heard: None,
@@ -124,6 +133,16 @@ impl<S: LogStore> SecondaryCore<S> {
 
     pub fn is_connected(&self) -> bool {
         self.phase != Phase::Disconnected
+    }
+
+    /// The HTTP address (`host:port`) of the master this node follows now, with
+    /// `dialed_host` (the host this node reached it by) where the master listens on
+    /// every address. None while not following a master.
+    pub fn master_http(&self, dialed_host: &str) -> Option<String> {
+        let following = !matches!(self.phase, Phase::Disconnected | Phase::AwaitingWelcome);
+        following
+            .then(|| self.master_http.with_fallback(dialed_host))
+            .flatten()
     }
 
     /// A connection to the master is open: introduce ourselves.
@@ -168,6 +187,7 @@ impl<S: LogStore> SecondaryCore<S> {
         match (self.phase, frame) {
             (_, MasterFrame::Error(e)) => {
                 tracing::warn!(error = %e, "the master refused us");
+                self.removed = e.code == ErrorCode::Removed;
                 self.last_error = Some(format!("master: {e}"));
                 self.outputs.push(SecondaryOutput::Close);
             }
@@ -179,8 +199,16 @@ impl<S: LogStore> SecondaryCore<S> {
                     log_id,
                     last_id,
                     truncate_after,
+                    http_host,
+                    http_port,
                 },
-            ) => self.welcome(version, name, log_id, last_id, truncate_after),
+            ) => {
+                self.master_http = HttpAddress {
+                    host: http_host,
+                    port: http_port,
+                };
+                self.welcome(version, name, log_id, last_id, truncate_after)
+            }
             // Frames are delayed independently, so a heartbeat may overtake the Welcome.
             (Phase::AwaitingWelcome, MasterFrame::Heartbeat { .. }) => {}
             (Phase::AwaitingWelcome, other) => self.fail(
@@ -287,6 +315,7 @@ impl<S: LogStore> SecondaryCore<S> {
         self.master = Some(name);
         self.master_last_id = self.master_last_id.max(last_id);
         self.last_error = None;
+        self.removed = false;
         self.phase = Phase::CatchingUp {
             requested_from: self.next_expected,
             target: None,
@@ -402,6 +431,7 @@ impl<S: LogStore> SecondaryCore<S> {
                 .last_heard
                 .map(|t| now.saturating_duration_since(t).as_millis() as u64),
             last_error: self.last_error.clone(),
+            removed: self.removed,
             held_back: ranges(self.buffer.keys().copied()),
             missing: {
                 let mut gaps = Vec::new();

@@ -620,6 +620,8 @@ fn welcome(log_id: u64, last_id: u64, truncate_after: Option<u64>) -> MasterFram
         log_id,
         last_id,
         truncate_after,
+        http_host: None,
+        http_port: 0,
     }
 }
 
@@ -719,6 +721,58 @@ fn a_secondary_refuses_a_master_with_another_log() {
             if e.code == crate::protocol::ErrorCode::LogMismatch
     ));
     assert!(s.status(now).last_error.is_some());
+}
+
+#[test]
+fn a_secondary_knows_when_it_was_removed_and_where_the_masters_http_is() {
+    use crate::protocol::{ErrorCode, ErrorFrame};
+    let mut s = SecondaryCore::new("s1", Arc::new(MemStore::new()));
+    let now = Instant::now();
+    s.connected(now);
+    s.take_outputs();
+    assert_eq!(s.master_http("10.0.0.9"), None, "not following anyone yet");
+    s.handle_frame(
+        now,
+        MasterFrame::Error(ErrorFrame::new(ErrorCode::Removed, "gone")),
+    );
+    assert_eq!(s.take_outputs(), vec![SecondaryOutput::Close]);
+    s.disconnected();
+    let st = s.status(now);
+    assert!(st.removed);
+    assert!(st.last_error.unwrap().contains("gone"));
+    // Re-admitted: the next Welcome clears it, and says where the master's HTTP is.
+    s.connected(now);
+    let MasterFrame::Welcome {
+        version,
+        name,
+        log_id,
+        last_id,
+        truncate_after,
+        ..
+    } = welcome(7, 0, None)
+    else {
+        unreachable!()
+    };
+    s.handle_frame(
+        now,
+        MasterFrame::Welcome {
+            version,
+            name,
+            log_id,
+            last_id,
+            truncate_after,
+            http_host: None,
+            http_port: 8080,
+        },
+    );
+    assert!(!s.status(now).removed);
+    assert_eq!(s.master_http("10.0.0.9").as_deref(), Some("10.0.0.9:8080"));
+    s.disconnected();
+    assert_eq!(
+        s.master_http("10.0.0.9"),
+        None,
+        "a master it lost is not named"
+    );
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! each case on a fresh store from the builder; a durable store also runs
 //! [`run_reopen`], which closes and reopens it.
 
-use super::{LogStore, StorageError};
+use super::{LogStore, Membership, StorageError};
 use crate::protocol::Entry;
 
 fn entry(id: u64) -> Entry {
@@ -88,10 +88,13 @@ fn sync_covers_every_append<S: LogStore>(s: &S) {
 }
 
 fn membership<S: LogStore>(s: &S) {
-    assert!(s.members().is_empty());
-    let names = vec!["s1".to_string(), "s2".to_string()];
-    s.set_members(&names).unwrap();
-    assert_eq!(s.members(), names);
+    assert_eq!(s.membership(), Membership::default());
+    let m = Membership {
+        members: vec!["s1".to_string(), "s2".to_string()],
+        removed: vec!["s3".to_string()],
+    };
+    s.set_membership(&m).unwrap();
+    assert_eq!(s.membership(), m);
 }
 
 /// Everything synced, the log identity and the membership survive closing and
@@ -100,7 +103,11 @@ pub fn run_reopen<S: LogStore>(dir: &std::path::Path, open: impl Fn(&std::path::
     {
         let s = open(dir);
         s.set_log_id(9).unwrap();
-        s.set_members(&["a".to_string()]).unwrap();
+        s.set_membership(&Membership {
+            members: vec!["a".to_string()],
+            removed: vec!["b".to_string()],
+        })
+        .unwrap();
         s.set_term(4).unwrap();
         let mut entries: Vec<Entry> = (1..=100).map(entry).collect();
         entries[41].request_id = Some("order-42".into());
@@ -116,7 +123,8 @@ pub fn run_reopen<S: LogStore>(dir: &std::path::Path, open: impl Fn(&std::path::
     assert_eq!(back, want);
     assert_eq!(s.request_ids().unwrap(), vec![("order-42".to_string(), 42)]);
     assert_eq!(s.log_id(), 9);
-    assert_eq!(s.members(), vec!["a".to_string()]);
+    assert_eq!(s.membership().members, vec!["a".to_string()]);
+    assert_eq!(s.membership().removed, vec!["b".to_string()]);
     assert_eq!(s.term(), 4);
     // And the log goes on from there.
     s.append(&[entry(101)]).unwrap();

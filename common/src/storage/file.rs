@@ -6,7 +6,7 @@
 //!                       [len: u32 LE][crc32: u32 LE]
 //!                       [id: u64 LE][term: u64 LE][key length: u16 LE][request id][message]
 //!                       len counts everything after the CRC; the CRC covers those bytes.
-//! <data-dir>/meta.json  {"logId": ..., "members": [...]}, replaced atomically.
+//! <data-dir>/meta.json  {"logId": ..., "members": [...], "removed": [...]}, replaced atomically.
 //! ```
 //!
 //! Appends are written behind: encoded into memory, and written with one `pwrite` when
@@ -28,7 +28,7 @@
 //! and [`super::spawn_flusher`] runs `fdatasync` on a timer.
 
 use super::grow::{Grower, STEP_MIN};
-use super::{Durability, LogStore, StorageError};
+use super::{Durability, LogStore, Membership, StorageError};
 use crate::protocol::Entry;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
@@ -50,7 +50,9 @@ fn io(context: &str, e: std::io::Error) -> StorageError {
 #[serde(rename_all = "camelCase")]
 struct Meta {
     log_id: u64,
-    members: Vec<String>,
+    /// `members` and `removed`, at the top level of the file.
+    #[serde(flatten)]
+    membership: Membership,
     /// The master's current term (absent in logs written before terms counted).
     #[serde(default)]
     term: u64,
@@ -673,16 +675,16 @@ impl LogStore for FileStore {
         self.replace_meta(|m| &mut m.log_id, id)
     }
 
-    fn members(&self) -> Vec<String> {
+    fn membership(&self) -> Membership {
         self.meta
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .members
+            .membership
             .clone()
     }
 
-    fn set_members(&self, names: &[String]) -> Result<(), StorageError> {
-        self.replace_meta(|m| &mut m.members, names.to_vec())
+    fn set_membership(&self, membership: &Membership) -> Result<(), StorageError> {
+        self.replace_meta(|m| &mut m.membership, membership.clone())
     }
 
     fn term(&self) -> u64 {

@@ -1,4 +1,4 @@
-use super::{LogStore, StorageError};
+use super::{LogStore, Membership, StorageError};
 use crate::protocol::Entry;
 use std::sync::RwLock;
 
@@ -13,7 +13,7 @@ pub struct MemStore {
 struct Inner {
     entries: Vec<Entry>,
     log_id: u64,
-    members: Vec<String>,
+    membership: Membership,
     term: u64,
 }
 
@@ -100,19 +100,19 @@ impl LogStore for MemStore {
         Ok(())
     }
 
-    fn members(&self) -> Vec<String> {
+    fn membership(&self) -> Membership {
         self.inner
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .members
+            .membership
             .clone()
     }
 
-    fn set_members(&self, names: &[String]) -> Result<(), StorageError> {
+    fn set_membership(&self, membership: &Membership) -> Result<(), StorageError> {
         self.inner
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .members = names.to_vec();
+            .membership = membership.clone();
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ pub use file::{FileStore, Recovery};
 pub use mem::MemStore;
 
 use crate::protocol::Entry;
+use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use thiserror::Error;
@@ -114,6 +115,17 @@ pub enum StorageError {
     Io(String),
 }
 
+/// Who belongs to the set, as the master saves it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// The names of the secondaries that have joined.
+    pub members: Vec<String>,
+    /// Names removed with `DELETE /members/{name}`: refused when they connect, until
+    /// the master re-admits them (`POST /members`).
+    #[serde(default)]
+    pub removed: Vec<String>,
+}
+
 /// An append-only log of [`Entry`] with ids 1, 2, 3, ...
 ///
 /// Implementations are internally synchronised: appends come from one owner (the
@@ -176,11 +188,11 @@ pub trait LogStore: Send + Sync {
     /// Set the log identity (durably).
     fn set_log_id(&self, id: u64) -> Result<(), StorageError>;
 
-    /// The names of the secondaries that have joined, as last saved.
-    fn members(&self) -> Vec<String>;
+    /// Who belongs to the set, as last saved.
+    fn membership(&self) -> Membership;
 
-    /// Save the membership (durably).
-    fn set_members(&self, names: &[String]) -> Result<(), StorageError>;
+    /// Save the membership (durably, members and removed names together).
+    fn set_membership(&self, membership: &Membership) -> Result<(), StorageError>;
 
     /// Every request id in the durable log with the id of its message, read back from
     /// the log (the master rebuilds its idempotency index from this when it starts).
@@ -242,10 +254,10 @@ impl<T: LogStore + ?Sized> LogStore for std::sync::Arc<T> {
     fn set_log_id(&self, id: u64) -> Result<(), StorageError> {
         (**self).set_log_id(id)
     }
-    fn members(&self) -> Vec<String> {
-        (**self).members()
+    fn membership(&self) -> Membership {
+        (**self).membership()
     }
-    fn set_members(&self, names: &[String]) -> Result<(), StorageError> {
-        (**self).set_members(names)
+    fn set_membership(&self, membership: &Membership) -> Result<(), StorageError> {
+        (**self).set_membership(membership)
     }
 }

@@ -347,6 +347,8 @@ async fn a_secondary_survives_a_bad_master() -> anyhow::Result<()> {
             log_id: 7,
             last_id: 0,
             truncate_after: None,
+            http_host: None,
+            http_port: 0,
         },
         &mut welcome,
     )?;

@@ -4,6 +4,7 @@
 mod bad_input;
 mod durability;
 mod health;
+mod membership;
 mod metrics;
 mod openapi;
 mod replication;

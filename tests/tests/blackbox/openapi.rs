@@ -115,6 +115,7 @@ async fn the_openapi_documents_match_what_the_nodes_serve() -> anyhow::Result<()
         "/metrics",
         "/messages/{id}/status",
         "/members/{name}",
+        "/members",
     ] {
         assert!(
             master_paths.iter().any(|m| m == p),

@@ -94,6 +94,8 @@ fn handshake_catch_up_ready_then_live_write() {
                 log_id: c.log_id(),
                 last_id: 0,
                 truncate_after: None,
+                http_host: None,
+                http_port: 0,
             }
         }]
     );
@@ -630,7 +632,10 @@ fn membership_is_saved_and_restored() {
     let now = Instant::now();
     join(&mut c, now, 1, "s1");
     join(&mut c, now, 2, "s2");
-    assert_eq!(store.members(), vec!["s1".to_string(), "s2".to_string()]);
+    assert_eq!(
+        store.membership().members,
+        vec!["s1".to_string(), "s2".to_string()]
+    );
     // A restarted master knows both members before they reconnect: w=majority needs 2.
     let mut c = MasterCore::new(cfg, store).unwrap();
     let st = c.status(now);
@@ -725,7 +730,7 @@ fn commit_id_holders_and_member_removal() {
     assert!(!c.remove_member("s2").unwrap());
     let out = c.take_outputs();
     assert!(
-        refused(&out[out.len() - 2..], 2, ErrorCode::Other),
+        refused(&out[out.len() - 2..], 2, ErrorCode::Removed),
         "{out:?}"
     );
     assert_eq!(c.status(now).member_count, 2);
@@ -733,6 +738,114 @@ fn commit_id_holders_and_member_removal() {
     // s1 still works through its connection after the index shift.
     c.handle_frame(now, 1, ack(3));
     assert_eq!(c.commit_id(), 3);
+}
+
+#[test]
+fn a_removed_member_stays_out_until_readmitted_even_after_a_restart() {
+    let store = Arc::new(MemStore::new());
+    let cfg = MasterConfig::new("m", Duration::from_millis(100));
+    let mut c = MasterCore::new(cfg.clone(), store.clone()).unwrap();
+    let now = Instant::now();
+    join(&mut c, now, 1, "s1");
+    join(&mut c, now, 2, "s2");
+    assert!(c.remove_member("s2").unwrap());
+    c.take_outputs();
+    // It comes back on a new connection: refused with Removed, and not a member.
+    c.connection_opened(3);
+    c.handle_frame(now, 3, hello("s2", 1, c.log_id()));
+    assert!(refused(&c.take_outputs(), 3, ErrorCode::Removed));
+    let st = c.status(now);
+    assert_eq!(st.member_count, 2);
+    assert_eq!(st.removed, vec!["s2".to_string()]);
+    assert_eq!(st.refused.len(), 1);
+    assert_eq!(
+        (st.refused[0].name.as_str(), st.refused[0].code),
+        ("s2", ErrorCode::Removed)
+    );
+    assert!(
+        st.refused[0].reason.contains("POST /members"),
+        "{}",
+        st.refused[0].reason
+    );
+    // Saved with the membership: a restarted master still refuses it.
+    assert_eq!(store.membership().removed, vec!["s2".to_string()]);
+    let mut c = MasterCore::new(cfg, store.clone()).unwrap();
+    c.connection_opened(4);
+    c.handle_frame(now, 4, hello("s2", 1, c.log_id()));
+    assert!(refused(&c.take_outputs(), 4, ErrorCode::Removed));
+    // Re-admitted: it joins on its next connection and counts again.
+    assert!(c.readmit("s2").unwrap());
+    assert!(
+        !c.readmit("s2").unwrap(),
+        "only a removed name is re-admitted"
+    );
+    assert!(store.membership().removed.is_empty());
+    assert!(c.status(now).refused.is_empty());
+    join(&mut c, now, 5, "s2");
+    let st = c.status(now);
+    assert_eq!(st.member_count, 3);
+    assert!(st.members.iter().any(|m| m.name == "s2" && m.connected));
+}
+
+#[test]
+fn secondaries_of_another_log_are_reported_until_one_gets_in() {
+    let (mut c, now) = core();
+    for (conn, at) in [(1, now), (2, now + MS)] {
+        c.connection_opened(conn);
+        c.handle_frame(at, conn, hello("s1", 6, 0xbad));
+        assert!(refused(&c.take_outputs(), conn, ErrorCode::LogMismatch));
+    }
+    let st = c.status(now + 3 * MS);
+    assert_eq!(st.member_count, 1, "a refused peer is no member");
+    assert_eq!(st.refused.len(), 1, "one entry per name");
+    let r = &st.refused[0];
+    assert_eq!(
+        (r.name.as_str(), r.code, r.times, r.last_refused_ms_ago),
+        ("s1", ErrorCode::LogMismatch, 2, 2)
+    );
+    assert!(
+        r.reason.contains("0xbad") && r.reason.contains("another data directory"),
+        "{}",
+        r.reason
+    );
+    // The list is bounded: the oldest names go first.
+    for i in 0..REFUSED_MAX as u64 {
+        c.connection_opened(10 + i);
+        c.handle_frame(now, 10 + i, hello(&format!("x{i}"), 6, 0xbad));
+    }
+    let st = c.status(now);
+    assert_eq!(st.refused.len(), REFUSED_MAX);
+    assert!(st.refused.iter().all(|r| r.name != "s1"));
+    // One that gets in (with an empty log) leaves the list.
+    join(&mut c, now, 99, "x3");
+    assert!(c.status(now).refused.iter().all(|r| r.name != "x3"));
+}
+
+#[test]
+fn the_welcome_names_the_masters_http_address() {
+    let mut cfg = MasterConfig::new("m", Duration::from_millis(100));
+    cfg.http = HttpAddress::new("127.0.0.2", 8080);
+    let mut c = MasterCore::new(cfg, Arc::new(MemStore::new())).unwrap();
+    c.connection_opened(1);
+    c.handle_frame(Instant::now(), 1, hello("s1", 1, 0));
+    let out = c.take_outputs();
+    assert!(
+        matches!(&out[..], [MasterOutput::Send { frame: MasterFrame::Welcome { http_host: Some(h), http_port: 8080, .. }, .. }] if h == "127.0.0.2"),
+        "{out:?}"
+    );
+    // Listening on every address, it leaves the host to the secondary.
+    let any = HttpAddress::new("0.0.0.0", 8080);
+    assert_eq!(any.host, None);
+    assert_eq!(any.with_fallback("master").as_deref(), Some("master:8080"));
+    assert_eq!(
+        HttpAddress::new("::1", 80).with_fallback("x").as_deref(),
+        Some("[::1]:80")
+    );
+    assert_eq!(
+        HttpAddress::default().with_fallback("x"),
+        None,
+        "a master that did not say"
+    );
 }
 
 #[test]
