@@ -9,6 +9,8 @@ if ! docker info >/dev/null 2>&1; then
   echo "cluster suite: skipped (no Docker engine reachable)"
   exit 0
 fi
+# Its own tag: the debug binaries never replace the chorus:latest a user built.
+export CHORUS_IMAGE=${CHORUS_IMAGE:-chorus:fault-suite}
 CHORUS_PROFILE=${CHORUS_PROFILE:-debug} scripts/docker-image.sh
 export CHORUS_FAULT_PROJECT=chorus-fault-$$
 cleanup() {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the runtime base image chorus-base:bookworm from Debian's packages (debootstrap,
-# then `docker import`), because no image can be pulled from a registry here. Users with
+# then `docker import`), because no image can be pulled from a registry here. Installs
+# debootstrap on this host with apt-get if it is missing (and says so first). Users with
 # registry access do not need this: the Dockerfile defaults to debian:bookworm-slim.
 #   CHORUS_BASE_IMAGE  the tag to build (default chorus-base:bookworm)
 #   DEBIAN_MIRROR      (default http://deb.debian.org/debian)
@@ -13,6 +14,7 @@ if docker image inspect "$tag" >/dev/null 2>&1; then
   exit 0
 fi
 if ! command -v debootstrap >/dev/null; then
+  echo "installing debootstrap on this host with apt-get (it builds $tag from Debian's packages)"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
 fi

@@ -11,6 +11,9 @@ if ! docker info >/dev/null 2>&1; then
 fi
 if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
 
+# Its own tag (compose reads CHORUS_IMAGE): the debug binaries never replace the
+# chorus:latest a user built.
+export CHORUS_IMAGE=${CHORUS_IMAGE:-chorus:smoke}
 CHORUS_PROFILE=${CHORUS_PROFILE:-debug} scripts/docker-image.sh
 project=chorus-smoke-$$
 base=$((20000 + RANDOM % 12000)) # below the ephemeral range (32768-): no client holds it

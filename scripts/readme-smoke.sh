@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Checks that the README's first command works: scripts/cluster.sh starts three nodes
-# that replicate, and one SIGINT stops every one of them. Bounded in time; cleans up.
+# that replicate; a node killed by hand leaves the others running, and the command the
+# script prints starts it again on its data (it catches up); one SIGINT stops every node
+# the script started. Bounded in time; cleans up what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,30 +12,60 @@ export CHORUS_HTTP_PORT=$base CHORUS_COMM_PORT=$((base + 3)) CHORUS_DATA_DIR=$da
 log=$(mktemp)
 setsid scripts/cluster.sh >"$log" 2>&1 &
 script=$!
-cleanup() { kill -KILL -- -"$script" 2>/dev/null || true; rm -rf "$log" "$data"; }
+again=
+cleanup() {
+  kill -KILL -- -"$script" 2>/dev/null || true
+  [ -n "$again" ] && kill -KILL "$again" 2>/dev/null
+  rm -rf "$log" "$data"
+}
 trap cleanup EXIT
+fail() { echo "FAIL: $*"; cat "$log"; exit 1; }
 
 up() { curl -fsS -m 2 "http://127.0.0.1:$1/health" >/dev/null 2>&1; }
 deadline=$((SECONDS + 600)) # the first run may build
 for port in $base $((base + 1)) $((base + 2)); do
   until up "$port"; do
     if [ $SECONDS -gt $deadline ] || ! kill -0 "$script" 2>/dev/null; then
-      echo "FAIL: node on port $port never came up"; cat "$log"; exit 1
+      fail "node on port $port never came up"
     fi
     sleep 0.2
   done
 done
 # Wait until both secondaries are members, then write with w=3.
 until curl -fsS -m 2 "http://127.0.0.1:$base/health" | grep -q '"memberCount":3'; do
-  [ $SECONDS -gt $deadline ] && { echo "FAIL: secondaries never joined"; cat "$log"; exit 1; }
+  [ $SECONDS -gt $deadline ] && fail "secondaries never joined"
   sleep 0.2
 done
-resp=$(curl -sS -m 30 -X POST "http://127.0.0.1:$base/newMessage" \
-  -H 'content-type: application/json' -d '{"message":"smoke","writeConcern":3}')
-echo "$resp" | grep -q '"acks":3' || { echo "FAIL: w=3 write: $resp"; cat "$log"; exit 1; }
+post() {
+  curl -sS -m 30 -X POST "http://127.0.0.1:$base/newMessage" \
+    -H 'content-type: application/json' -d "{\"message\":\"$1\",\"writeConcern\":$2}"
+}
+resp=$(post smoke 3)
+echo "$resp" | grep -q '"acks":3' || fail "w=3 write: $resp"
 for port in $((base + 1)) $((base + 2)); do
   got=$(curl -fsS -m 5 "http://127.0.0.1:$port/messages")
-  [ "$got" = '[{"id":1,"message":"smoke"}]' ] || { echo "FAIL: $port has $got"; exit 1; }
+  [ "$got" = '[{"id":1,"message":"smoke"}]' ] || fail "$port has $got"
+done
+
+# kill -9 one secondary: the script says which and how to restart it; the rest go on.
+s1=$(pgrep -g "$script" -f 'secondary-node --name s1 ') || fail "no s1 process"
+kill -KILL "$s1"
+deadline=$((SECONDS + 30))
+until grep -q "node s1 (pid $s1) exited killed by SIGKILL" "$log"; do
+  [ $SECONDS -gt $deadline ] && fail "the script did not report s1's exit"
+  sleep 0.1
+done
+kill -0 "$script" 2>/dev/null || fail "cluster.sh stopped when s1 died"
+resp=$(post while-s1-is-down 2)
+echo "$resp" | grep -q '"id":2' || fail "w=2 write with s1 down: $resp"
+restart=$(grep -A3 "node s1 (pid $s1) exited" "$log" | grep '^  ' | head -1)
+[ -n "$restart" ] || fail "no restart command printed"
+bash -c "exec $restart" >/dev/null 2>&1 &
+again=$!
+want='[{"id":1,"message":"smoke"},{"id":2,"message":"while-s1-is-down"}]'
+until [ "$(curl -fsS -m 2 "http://127.0.0.1:$((base + 1))/messages" 2>/dev/null)" = "$want" ]; do
+  [ $SECONDS -gt $deadline ] && fail "s1 restarted with the printed command did not catch up"
+  sleep 0.2
 done
 
 pids=$(pgrep -g "$script" -f 'master-node|secondary-node' || true)
@@ -42,8 +74,11 @@ for _ in $(seq 100); do
   kill -0 "$script" 2>/dev/null || break
   sleep 0.1
 done
-kill -0 "$script" 2>/dev/null && { echo "FAIL: cluster.sh still running after SIGINT"; exit 1; }
+kill -0 "$script" 2>/dev/null && fail "cluster.sh still running after SIGINT"
 for p in $pids; do
-  kill -0 "$p" 2>/dev/null && { echo "FAIL: node $p survived SIGINT"; exit 1; }
+  kill -0 "$p" 2>/dev/null && fail "node $p survived SIGINT"
 done
-echo "readme smoke: 1 passed, 0 failed"
+kill -TERM "$again"
+wait "$again" || fail "the restarted s1 did not stop cleanly on SIGTERM"
+again=
+echo "readme smoke: 2 passed, 0 failed"

@@ -57,7 +57,7 @@ pub enum SecondaryFrame {
         #[serde(default)]
         last_term: u64,
     },
-    /// Ask for every message from `start_id` on (the seed's `getMessages(startMsgId)`).
+    /// Ask for every message from `start_id` on (`getMessages(startMsgId)`).
     GetMessages { start_id: u64 },
     /// The secondary has caught up and registers for live traffic.
     Ready,
@@ -99,7 +99,7 @@ pub enum MasterFrame {
     /// that reaches the master's last id at the time it was sent: after it, the
     /// secondary sends [`SecondaryFrame::Ready`] once it holds everything up to it.
     Messages { entries: Vec<Entry>, last: bool },
-    /// Live replication (the seed's `addMessage`): one or more new messages, and the
+    /// Live replication (`addMessage`): one or more new messages, and the
     /// master's commit id (the highest id a majority holds) when it sent them.
     AddMessages {
         entries: Vec<Entry>,

@@ -468,7 +468,7 @@ fn calm_network_converges() {
 
 #[test]
 fn seed_homework_delays_reorder_and_still_converge() {
-    // Every frame delayed 1000-2000 ms, ack timeout 1500 ms: as in the seed homework.
+    // Every frame delayed 1000-2000 ms, ack timeout 1500 ms: slower than the acks come.
     let faults = Faults {
         delay_ms: (1000, 2000),
         ..CALM

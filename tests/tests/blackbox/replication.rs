@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// The seed assignment's acceptance scenario.
+/// The acceptance scenario: a w=3 write waits for a third member while w=1 writes go on.
 #[actix_rt::test]
 async fn seed_acceptance_scenario() -> anyhow::Result<()> {
     let dir = TestDir::new("acceptance");
@@ -180,7 +180,7 @@ async fn secondary_snapshots_are_always_prefixes_under_random_delays() -> anyhow
     Ok(())
 }
 
-/// The seed homework's setting: every frame delayed 1000-2000 ms, ack timeout 1500 ms.
+/// Slow links: every frame delayed 1000-2000 ms, ack timeout 1500 ms (resends race acks).
 #[actix_rt::test]
 async fn seed_homework_delays_end_with_identical_logs() -> anyhow::Result<()> {
     let dir = TestDir::new("seed-delays");

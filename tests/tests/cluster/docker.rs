@@ -6,7 +6,11 @@ use anyhow::{Context, Result, bail};
 use std::net::SocketAddr;
 use std::process::Command;
 
-pub const IMAGE: &str = "chorus:latest";
+/// The suite's own image (`scripts/cluster-suite.sh` builds it with debug binaries), so
+/// that it never replaces the `chorus:latest` a user built; `CHORUS_IMAGE` names another.
+pub fn image() -> String {
+    std::env::var("CHORUS_IMAGE").unwrap_or_else(|_| "chorus:fault-suite".into())
+}
 
 /// Run `docker args...`; stdout on success.
 pub fn docker(args: &[&str]) -> Result<String> {
@@ -29,9 +33,10 @@ pub fn unavailable() -> Option<String> {
     if docker(&["info", "--format", "{{.ServerVersion}}"]).is_err() {
         return Some("no Docker engine reachable".into());
     }
-    if docker(&["image", "inspect", IMAGE]).is_err() {
+    let image = image();
+    if docker(&["image", "inspect", &image]).is_err() {
         return Some(format!(
-            "image {IMAGE} missing: run scripts/docker-image.sh"
+            "image {image} missing: run scripts/cluster-suite.sh (it builds it)"
         ));
     }
     None
@@ -109,6 +114,7 @@ impl DockerCluster {
         let volume = format!("{name}-data");
         docker(&["volume", "create", "--label", &label, &volume])?;
         let mount = format!("{volume}:/var/lib/chorus");
+        let image = image();
         let mut args = vec![
             "run",
             "-d",
@@ -126,7 +132,7 @@ impl DockerCluster {
             &mount,
             "-e",
             "RUST_LOG=info",
-            IMAGE,
+            &image,
         ];
         args.extend_from_slice(cmd);
         let id = docker(&args)?;

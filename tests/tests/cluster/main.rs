@@ -4,8 +4,8 @@
 //! secondary, a pause past the Unhealthy threshold, kill -9 and restart of the master,
 //! and the master cut off from both secondaries. A checker then goes over the history.
 //!
-//! Needs Docker and the image (`scripts/docker-image.sh`); `scripts/cluster-suite.sh`
-//! runs it, and skips it with a reason where Docker is missing.
+//! Needs Docker and its own image, `chorus:fault-suite`; `scripts/cluster-suite.sh` builds
+//! that image and runs the suite, and skips it with a reason where Docker is missing.
 
 mod docker;
 
