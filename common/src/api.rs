@@ -225,6 +225,32 @@ pub struct MessagesQuery {
     pub majority: bool,
 }
 
+/// Where a change stream (`GET /messages/stream`) starts: the query's `from`, unless
+/// the client sends `Last-Event-ID` (an `EventSource` reconnecting sends the id of the
+/// last event it got), which resumes just after that id and wins over `from`.
+pub fn stream_start(
+    mut q: MessagesQuery,
+    last_event_id: Option<&[u8]>,
+) -> Result<MessagesQuery, ApiError> {
+    if let Some(raw) = last_event_id {
+        let id = std::str::from_utf8(raw)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!(
+                        "the Last-Event-ID header must be a message id (an integer >= 0), got {:?}",
+                        String::from_utf8_lossy(raw)
+                    ),
+                )
+            })?;
+        q.from = id.saturating_add(1);
+    }
+    q.from = q.from.max(1);
+    Ok(q)
+}
+
 /// Validate a `POST /members` body, `{"name": "s2"}`: the member's name (1 to 128
 /// bytes, as a secondary's `--name`). Unknown fields are ignored.
 pub fn parse_member(body: &[u8]) -> Result<String, ApiError> {
@@ -399,6 +425,30 @@ pub mod doc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_resumes_after_last_event_id_which_wins_over_from() {
+        let q = |s: &str| parse_messages_query(s).unwrap();
+        assert_eq!(stream_start(q("from=5"), None).unwrap().from, 5);
+        assert_eq!(stream_start(q(""), None).unwrap().from, 1);
+        assert_eq!(stream_start(q("from=0"), None).unwrap().from, 1);
+        assert_eq!(stream_start(q("from=5"), Some(b"9")).unwrap().from, 10);
+        assert_eq!(stream_start(q(""), Some(b" 0 ")).unwrap().from, 1);
+        let q2 = stream_start(q("readConcern=majority&limit=3"), Some(b"2")).unwrap();
+        assert_eq!((q2.from, q2.limit, q2.majority), (3, Some(3), true));
+        for bad in [&b"x"[..], b"-1", b"", b"\xff"] {
+            assert_eq!(
+                stream_start(q(""), Some(bad)).unwrap_err().code,
+                "invalid_query"
+            );
+        }
+        assert_eq!(
+            stream_start(q(""), Some(b"18446744073709551615"))
+                .unwrap()
+                .from,
+            u64::MAX
+        );
+    }
 
     #[test]
     fn members_body() {

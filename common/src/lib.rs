@@ -24,5 +24,6 @@ pub mod protocol;
 pub mod replication;
 pub mod shutdown;
 pub mod storage;
+pub mod stream;
 pub mod telemetry;
 pub mod web;

@@ -19,6 +19,7 @@ struct State {
     metrics: common::metrics::PrometheusHandle,
     replicator: Addr<Replicator>,
     store: Arc<dyn LogStore>,
+    progress: common::stream::Progress,
     max_message_bytes: usize,
     started: Instant,
     durability: common::storage::Durability,
@@ -32,6 +33,7 @@ pub fn server(
     listener: std::net::TcpListener,
     engine: Engine,
     store: Arc<dyn LogStore>,
+    progress: common::stream::Progress,
     metrics: common::metrics::PrometheusHandle,
 ) -> anyhow::Result<Server> {
     let (max_message_bytes, durability) = (cfg.max_message_bytes, cfg.durability);
@@ -54,6 +56,7 @@ pub fn server(
             metrics: metrics.clone(),
             replicator,
             store: store.clone(),
+            progress: progress.clone(),
             max_message_bytes,
             started,
             durability,
@@ -62,6 +65,11 @@ pub fn server(
         cfg.app_data(state)
             .service(endpoint("/newMessage", "POST", web::post().to(new_message)))
             .service(endpoint("/messages", "GET", web::get().to(messages)))
+            .service(endpoint(
+                "/messages/stream",
+                "GET",
+                web::get().to(message_stream),
+            ))
             .service(endpoint("/health", "GET", web::get().to(health)))
             .service(endpoint("/status", "GET", web::get().to(status)))
             .service(endpoint("/metrics", "GET", web::get().to(metrics_page)))
@@ -188,6 +196,22 @@ async fn messages(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
         u64::MAX
     };
     common::web::messages(q, state.store.clone(), commit_id).await
+}
+
+/// The log as Server-Sent Events, then live.
+#[utoipa::path(get, path = "/messages/stream", tag = "every node",
+    params(
+        ("from" = Option<u64>, Query, description = "First id wanted (default 1)"),
+        ("limit" = Option<u64>, Query, description = "End the stream after this many events (default: never)"),
+        ("readConcern" = Option<String>, Query, description = "`local` (default) or `majority`: only what can no longer be rolled back"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this id (wins over `from`)"),
+    ),
+    responses(
+        (status = 200, description = "text/event-stream: `id: <id>`, `data: {\"id\", \"message\"}` per message; a comment every 10 s", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Invalid query or Last-Event-ID", body = doc::Error),
+    ))]
+async fn message_stream(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    common::stream::handle(&req, state.store.clone(), &state.progress)
 }
 
 /// Liveness, members and quorum.
@@ -451,6 +475,7 @@ async fn metrics_page(state: web::Data<State>) -> HttpResponse {
             .set(st.members.iter().filter(|m| m.connected).count() as f64);
         metrics::gauge!("chorus_writable").set(f64::from(u8::from(st.has_quorum)));
         metrics::gauge!("chorus_pending_writes").set(st.pending_writes as f64);
+        metrics::gauge!("chorus_streams").set(state.progress.streams() as f64);
         for m in &st.members {
             let name = m.name.clone();
             metrics::gauge!("chorus_member_lag_messages", "member" => name.clone())
@@ -475,6 +500,7 @@ async fn metrics_page(state: web::Data<State>) -> HttpResponse {
     paths(
         new_message,
         messages,
+        message_stream,
         health,
         status,
         message_status,

@@ -83,8 +83,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the log in {}", cfg.data_dir.display()))?;
     let store: replicator::Store = file.clone();
     let (started, replicator) = tokio::sync::oneshot::channel();
+    let progress = common::stream::Progress::new(store.written_id());
     let engine = Engine {
-        replicator: replicator::Replicator::new(&cfg, store.clone(), http_addr.port())?,
+        replicator: replicator::Replicator::new(
+            &cfg,
+            store.clone(),
+            http_addr.port(),
+            progress.clone(),
+        )?,
         comm,
         delay: cfg.delay,
         started,
@@ -92,7 +98,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let metrics = common::metrics::install()
         .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
-    let server = http::server(&cfg, http, engine, store, metrics)?;
+    let server = http::server(&cfg, http, engine, store, progress, metrics)?;
     let handle = server.handle();
     actix_web::rt::spawn(async move {
         let signal = common::shutdown::signal().await;

@@ -117,6 +117,8 @@ pub struct Replicator {
     spin: SpinPolicy,
     /// A [`Spin`] runs.
     spinning: bool,
+    /// How far the log reaches, for the change streams.
+    progress: common::stream::Progress,
 }
 
 /// The replicator polls for acknowledgements instead of sleeping (see
@@ -164,7 +166,13 @@ impl Replicator {
     /// Open the replication core over `store`; [`Actor::start`] it on the thread that is
     /// to run it.
     /// `http_port` is the port the HTTP API got (secondaries learn it from the core).
-    pub fn new(cfg: &Config, store: Store, http_port: u16) -> anyhow::Result<Self> {
+    /// `progress` is told how far the log reaches after every step.
+    pub fn new(
+        cfg: &Config,
+        store: Store,
+        http_port: u16,
+        progress: common::stream::Progress,
+    ) -> anyhow::Result<Self> {
         let mut core_cfg = MasterConfig::new(cfg.name.clone(), cfg.ack_timeout);
         core_cfg.seed = rand::random();
         core_cfg.http = HttpAddress::new(&cfg.host, http_port);
@@ -193,6 +201,7 @@ impl Replicator {
             stopping: false,
             spin: SpinPolicy::new(cfg.spin),
             spinning: false,
+            progress,
         })
     }
 
@@ -224,6 +233,8 @@ impl Replicator {
             }
         }
         self.maybe_sync(ctx);
+        self.progress
+            .publish(self.core.written_id(), self.core.commit_id());
         if !self.spinning && !self.stopping {
             let waiting = self.core.waiting_for_secondaries(SPIN_MAX_WAITING + 1);
             if let Some(until) = self.spin.start(Instant::now(), waiting) {
@@ -398,6 +409,7 @@ impl Handler<Shutdown> for Replicator {
     type Result = usize;
     fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> usize {
         self.stopping = true;
+        self.progress.stop();
         let failed = self.pending.len();
         for (_, reply) in self.pending.drain() {
             let _ = reply.send(Err(SubmitError::StoppedWaiting));

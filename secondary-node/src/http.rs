@@ -14,6 +14,7 @@ struct State {
     metrics: common::metrics::PrometheusHandle,
     core: SharedCore,
     store: Arc<dyn LogStore>,
+    progress: common::stream::Progress,
     /// The master's comm address, as given by the flags.
     master: String,
     /// The host this node dials the master by: the master's HTTP host where the master
@@ -28,12 +29,14 @@ pub fn server(
     listener: std::net::TcpListener,
     core: SharedCore,
     store: Arc<dyn LogStore>,
+    progress: common::stream::Progress,
     metrics: common::metrics::PrometheusHandle,
 ) -> anyhow::Result<Server> {
     let state = web::Data::new(State {
         metrics,
         core,
         store,
+        progress,
         master: format!("{}:{}", cfg.master_ip, cfg.master_comm_port),
         master_host: cfg.master_ip.clone(),
         started: Instant::now(),
@@ -43,6 +46,11 @@ pub fn server(
         cfg.app_data(state.clone())
             .service(endpoint("/newMessage", "POST", web::post().to(new_message)))
             .service(endpoint("/messages", "GET", web::get().to(messages)))
+            .service(endpoint(
+                "/messages/stream",
+                "GET",
+                web::get().to(message_stream),
+            ))
             .service(endpoint("/health", "GET", web::get().to(health)))
             .service(endpoint("/status", "GET", web::get().to(status)))
             .service(endpoint("/metrics", "GET", web::get().to(metrics_page)))
@@ -95,6 +103,22 @@ async fn messages(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
         .unwrap_or_else(|e| e.into_inner())
         .commit_id();
     common::web::messages(q, state.store.clone(), commit_id).await
+}
+
+/// This secondary's log as Server-Sent Events, then live.
+#[utoipa::path(get, path = "/messages/stream", tag = "every node",
+    params(
+        ("from" = Option<u64>, Query, description = "First id wanted (default 1)"),
+        ("limit" = Option<u64>, Query, description = "End the stream after this many events (default: never)"),
+        ("readConcern" = Option<String>, Query, description = "`local` (default) or `majority`: only what can no longer be rolled back"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this id (wins over `from`)"),
+    ),
+    responses(
+        (status = 200, description = "text/event-stream: `id: <id>`, `data: {\"id\", \"message\"}` per message; a comment every 10 s", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Invalid query or Last-Event-ID", body = doc::Error),
+    ))]
+async fn message_stream(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    common::stream::handle(&req, state.store.clone(), &state.progress)
 }
 
 /// Liveness, and whether it is connected to the master.
@@ -194,6 +218,7 @@ async fn metrics_page(state: web::Data<State>) -> HttpResponse {
     metrics::gauge!("chorus_commit_id").set(st.commit_id as f64);
     metrics::gauge!("chorus_lag_messages").set(st.master_last_id.saturating_sub(st.last_id) as f64);
     metrics::gauge!("chorus_connected").set(f64::from(u8::from(st.connected)));
+    metrics::gauge!("chorus_streams").set(state.progress.streams() as f64);
     metrics::gauge!("chorus_held_back").set(st.buffered as f64);
     metrics::counter!("chorus_duplicates_ignored_total").absolute(st.duplicates);
     common::web::metrics_response(&state.metrics)
@@ -206,7 +231,15 @@ async fn metrics_page(state: web::Data<State>) -> HttpResponse {
         title = "chorus secondary",
         description = "A secondary of a chorus replicated log: follows the master, serves reads."
     ),
-    paths(new_message, messages, health, status, metrics_page, openapi_json),
+    paths(
+        new_message,
+        messages,
+        message_stream,
+        health,
+        status,
+        metrics_page,
+        openapi_json
+    ),
     components(schemas(doc::Error, doc::Message))
 )]
 pub struct ApiDoc;

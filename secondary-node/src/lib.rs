@@ -55,13 +55,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let metrics = common::metrics::install()
         .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
     // After the recorder: the thread's frame and sync counters bind to it when created.
-    let link = replication::Link::start(cfg.clone(), core.clone(), store.clone())
+    let progress = common::stream::Progress::new(store.written_id());
+    let link = replication::Link::start(cfg.clone(), core.clone(), store.clone(), progress.clone())
         .context("cannot start the replication thread")?;
-    let server = http::server(&cfg, http, core, store, metrics)?;
+    let server = http::server(&cfg, http, core, store, progress.clone(), metrics)?;
     let handle = server.handle();
     actix_web::rt::spawn(async move {
         let signal = common::shutdown::signal().await;
         tracing::info!(signal, "stopping");
+        progress.stop(); // change streams end, so that the server can
         handle.stop(true).await;
     });
     tracing::info!(

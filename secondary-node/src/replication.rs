@@ -12,6 +12,7 @@ use bytes::BytesMut;
 use common::protocol::codec::{CodecError, FrameCodec};
 use common::protocol::{ErrorCode, ErrorFrame, MasterFrame, SecondaryFrame};
 use common::replication::{SecondaryOutput, SyncSchedule, is_urgent};
+use common::stream::Progress;
 use rand::RngExt;
 use std::collections::BinaryHeap;
 use std::io::{self, Read, Write};
@@ -70,7 +71,13 @@ impl Shared {
 impl Link {
     /// Start following the master: keep a connection to it for as long as the process
     /// runs, reconnecting with jittered exponential back-off.
-    pub fn start(cfg: Config, core: SharedCore, store: Store) -> io::Result<Link> {
+    /// `progress` is told how far the log reaches after every step (change streams).
+    pub fn start(
+        cfg: Config,
+        core: SharedCore,
+        store: Store,
+        progress: Progress,
+    ) -> io::Result<Link> {
         let shared = Arc::new(Shared {
             stopping: AtomicBool::new(false),
             conn: Mutex::new(None),
@@ -82,7 +89,7 @@ impl Link {
             .spawn({
                 let shared = shared.clone();
                 move || {
-                    follow(&cfg, &core, &store, &shared);
+                    follow(&cfg, &core, &store, &progress, &shared);
                     let _ = done_tx.send(());
                 }
             })?;
@@ -113,7 +120,7 @@ impl Link {
     }
 }
 
-fn follow(cfg: &Config, core: &SharedCore, store: &Store, shared: &Shared) {
+fn follow(cfg: &Config, core: &SharedCore, store: &Store, progress: &Progress, shared: &Shared) {
     let master = format!("{}:{}", cfg.master_ip, cfg.master_comm_port);
     let mut backoff = MIN_BACKOFF;
     let mut warned = false;
@@ -132,7 +139,7 @@ fn follow(cfg: &Config, core: &SharedCore, store: &Store, shared: &Shared) {
                 }
                 {
                     let _span = tracing::info_span!("link", master = %master).entered();
-                    Session::new(stream, cfg, core, store).run();
+                    Session::new(stream, cfg, core, store, progress).run();
                 }
                 *shared.conn() = None;
                 lock(core).disconnected();
@@ -194,6 +201,7 @@ struct Session<'a> {
     cfg: &'a Config,
     core: &'a SharedCore,
     store: &'a Store,
+    progress: &'a Progress,
     codec: Codec,
     out: BytesMut,
     /// Frames held back by `--delay-ms` go through this thread.
@@ -206,7 +214,13 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(stream: TcpStream, cfg: &'a Config, core: &'a SharedCore, store: &'a Store) -> Self {
+    fn new(
+        stream: TcpStream,
+        cfg: &'a Config,
+        core: &'a SharedCore,
+        store: &'a Store,
+        progress: &'a Progress,
+    ) -> Self {
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
         let delayer = if cfg.delay.is_zero() {
@@ -225,6 +239,7 @@ impl<'a> Session<'a> {
             cfg,
             core,
             store,
+            progress,
             codec: Codec::new(),
             out: BytesMut::new(),
             delayer,
@@ -318,6 +333,8 @@ impl<'a> Session<'a> {
                 for f in frames {
                     c.handle_frame(now, f);
                 }
+                self.progress
+                    .publish(self.store.written_id(), c.commit_id());
                 c.take_outputs()
             };
             let sync_now = self
@@ -353,6 +370,8 @@ impl<'a> Session<'a> {
             tracing::error!(error = %e, "sync failed; reconnecting");
             return Err(End::Gone);
         }
+        let commit_id = lock(self.core).commit_id();
+        self.progress.publish(self.store.written_id(), commit_id);
         let held = std::mem::take(&mut self.held);
         self.dispatch(held).map_err(|e| {
             tracing::warn!(error = %e, "write to the master failed");

@@ -503,3 +503,119 @@ pub fn spawn_write(
     let body = serde_json::json!({"message": message.into(), "writeConcern": write_concern});
     actix_rt::spawn(async move { http.post(&url, &body).await })
 }
+
+/// One item of a Server-Sent Events stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SseItem {
+    /// An event: its `id:` field (if any) and its `data:` lines joined.
+    Event { id: Option<String>, data: String },
+    /// A comment line (`: ...`), as a keep-alive sends.
+    Comment,
+}
+
+/// A client's side of `GET /messages/stream`, read incrementally.
+pub struct EventStream {
+    body: std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>>>,
+    >,
+    buf: String,
+    items: std::collections::VecDeque<SseItem>,
+}
+
+impl EventStream {
+    /// Open `url` (with `last_event_id` as the `Last-Event-ID` header, if given); fails on
+    /// any answer but 200 `text/event-stream`.
+    pub async fn open(url: &str, last_event_id: Option<&str>) -> Result<EventStream> {
+        let client = awc::Client::builder()
+            .timeout(Duration::from_secs(600))
+            .finish();
+        let mut req = client
+            .get(url)
+            .insert_header(("accept", "text/event-stream"));
+        if let Some(id) = last_event_id {
+            req = req.insert_header(("last-event-id", id));
+        }
+        let mut resp = req.send().await.map_err(|e| anyhow!("GET {url}: {e}"))?;
+        let kind = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        if resp.status() != 200 || !kind.starts_with("text/event-stream") {
+            let body = resp.body().await.unwrap_or_default();
+            bail!(
+                "GET {url}: {} {kind}: {}",
+                resp.status(),
+                String::from_utf8_lossy(&body)
+            );
+        }
+        Ok(EventStream {
+            body: Box::pin(resp),
+            buf: String::new(),
+            items: Default::default(),
+        })
+    }
+
+    /// The next event or comment; None when the server ended the stream. Fails if
+    /// nothing comes within `within`.
+    pub async fn next(&mut self, within: Duration) -> Result<Option<SseItem>> {
+        use futures::StreamExt;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(item) = self.items.pop_front() {
+                return Ok(Some(item));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let chunk = match actix_rt::time::timeout(left, self.body.next()).await {
+                Err(_) => bail!("nothing on the stream within {within:?}"),
+                Ok(None) => return Ok(None),
+                Ok(Some(c)) => c.map_err(|e| anyhow!("stream body: {e}"))?,
+            };
+            self.buf.push_str(std::str::from_utf8(&chunk)?);
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut id, mut data, mut comment) = (None, Vec::new(), false);
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim_start().to_string());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+                    } else if line.starts_with(':') {
+                        comment = true;
+                    }
+                }
+                if !data.is_empty() {
+                    self.items.push_back(SseItem::Event {
+                        id,
+                        data: data.join("\n"),
+                    });
+                } else if comment {
+                    self.items.push_back(SseItem::Comment);
+                }
+            }
+        }
+    }
+
+    /// The next message event as (id from the `id:` field, data as JSON), skipping
+    /// comments; checks that the `id:` field and the data's `id` agree.
+    pub async fn message(&mut self, within: Duration) -> Result<Option<(u64, Value)>> {
+        loop {
+            match self.next(within).await? {
+                None => return Ok(None),
+                Some(SseItem::Comment) => {}
+                Some(SseItem::Event { id, data }) => {
+                    let v: Value = serde_json::from_str(&data)
+                        .with_context(|| format!("event data {data:?}"))?;
+                    let id: u64 = id
+                        .ok_or_else(|| anyhow!("event without id: {data}"))?
+                        .parse()?;
+                    if v["id"].as_u64() != Some(id) {
+                        bail!("event id {id} but data {v}");
+                    }
+                    return Ok(Some((id, v)));
+                }
+            }
+        }
+    }
+}

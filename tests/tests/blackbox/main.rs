@@ -9,3 +9,4 @@ mod metrics;
 mod openapi;
 mod replication;
 mod status;
+mod stream;

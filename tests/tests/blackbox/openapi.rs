@@ -8,7 +8,10 @@ use serde_json::{Value, json};
 
 /// Call `method path` on `node` with a sample request; status and JSON body.
 async fn call(node: &Node, method: &str, path: &str) -> anyhow::Result<(u16, Value)> {
-    let url = node.url(&path.replace("{id}", "1").replace("{name}", "nobody"));
+    let mut url = node.url(&path.replace("{id}", "1").replace("{name}", "nobody"));
+    if path.ends_with("/stream") {
+        url.push_str("?limit=0"); // a stream that ends at once
+    }
     let client = awc::Client::new();
     let req = match method {
         "get" => client.get(&url),
