@@ -100,6 +100,8 @@ struct Cursor {
     progress: watch::Receiver<LogProgress>,
     /// The next id to send.
     next: u64,
+    /// Whether anything was sent yet (`next - 1` is then the last id sent).
+    sent: bool,
     /// Events still allowed by `limit`.
     left: u64,
     majority: bool,
@@ -117,13 +119,14 @@ impl Cursor {
             if let Some(e) = self.batch.pop_front() {
                 self.left -= 1;
                 self.next = e.id + 1;
+                self.sent = true;
                 return Some(event(&e));
             }
             let p = *self.progress.borrow_and_update();
             if p.stopping {
                 return None;
             }
-            if p.written_id + 1 < self.next && !self.majority {
+            if self.sent && p.written_id + 1 < self.next && !self.majority {
                 // A secondary cut entries this stream had sent (its master had lost
                 // them): end it; the client resumes from what it holds. Majority
                 // streams never send what can be cut.
@@ -184,6 +187,7 @@ pub fn handle(req: &HttpRequest, store: Arc<dyn LogStore>, progress: &Progress) 
         store,
         progress: progress.subscribe(),
         next: q.from,
+        sent: false,
         left: q.limit.map_or(u64::MAX, |l| l as u64),
         majority: q.majority,
         batch: VecDeque::new(),
