@@ -333,6 +333,13 @@ impl<'a> Session<'a> {
                 for f in frames {
                     c.handle_frame(now, f);
                 }
+                // Open change streams see entries once written; without them the write
+                // waits for the (possibly deferred) sync, which does it in the same call.
+                if self.progress.streams() > 0
+                    && let Err(e) = self.store.flush()
+                {
+                    tracing::error!(error = %e, "writing the log failed");
+                }
                 self.progress
                     .publish(self.store.written_id(), c.commit_id());
                 c.take_outputs()
