@@ -171,6 +171,29 @@ fn event(e: &Entry) -> sse::Event {
     sse::Event::Data(sse::Data::new(data).id(e.id.to_string()))
 }
 
+/// What `GET /messages/stream` reads: each node registers one as app data.
+#[derive(Clone)]
+pub struct Source {
+    pub store: Arc<dyn LogStore>,
+    pub progress: Progress,
+}
+
+/// The log as Server-Sent Events, then live.
+#[utoipa::path(get, path = "/messages/stream", tag = "every node",
+    params(
+        ("from" = Option<u64>, Query, description = "First id wanted (default 1)"),
+        ("limit" = Option<u64>, Query, description = "End the stream after this many events (default: never)"),
+        ("readConcern" = Option<String>, Query, description = "`local` (default) or `majority`: only what can no longer be rolled back"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this id (wins over `from`)"),
+    ),
+    responses(
+        (status = 200, description = "text/event-stream: `id: <id>`, `data: {\"id\", \"message\"}` per message; a comment every 10 s", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Invalid query or Last-Event-ID", body = crate::api::doc::Error),
+    ))]
+pub async fn message_stream(req: HttpRequest, src: web::Data<Source>) -> HttpResponse {
+    handle(&req, src.store.clone(), &src.progress)
+}
+
 /// `GET /messages/stream` over `store`: the query and `Last-Event-ID` say where it
 /// starts ([`crate::api::stream_start`]); then the events up to the log's end, and each
 /// new one as `progress` announces it; with `readConcern=majority` only up to the

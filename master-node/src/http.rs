@@ -62,13 +62,18 @@ pub fn server(
             durability,
             write_metrics: common::metrics::WriteMetrics::new(),
         });
+        let stream = common::stream::Source {
+            store: store.clone(),
+            progress: progress.clone(),
+        };
         cfg.app_data(state)
+            .app_data(web::Data::new(stream))
             .service(endpoint("/newMessage", "POST", web::post().to(new_message)))
             .service(endpoint("/messages", "GET", web::get().to(messages)))
             .service(endpoint(
                 "/messages/stream",
                 "GET",
-                web::get().to(message_stream),
+                web::get().to(common::stream::message_stream),
             ))
             .service(endpoint("/health", "GET", web::get().to(health)))
             .service(endpoint("/status", "GET", web::get().to(status)))
@@ -196,22 +201,6 @@ async fn messages(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
         u64::MAX
     };
     common::web::messages(q, state.store.clone(), commit_id).await
-}
-
-/// The log as Server-Sent Events, then live.
-#[utoipa::path(get, path = "/messages/stream", tag = "every node",
-    params(
-        ("from" = Option<u64>, Query, description = "First id wanted (default 1)"),
-        ("limit" = Option<u64>, Query, description = "End the stream after this many events (default: never)"),
-        ("readConcern" = Option<String>, Query, description = "`local` (default) or `majority`: only what can no longer be rolled back"),
-        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this id (wins over `from`)"),
-    ),
-    responses(
-        (status = 200, description = "text/event-stream: `id: <id>`, `data: {\"id\", \"message\"}` per message; a comment every 10 s", content_type = "text/event-stream", body = String),
-        (status = 400, description = "Invalid query or Last-Event-ID", body = doc::Error),
-    ))]
-async fn message_stream(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
-    common::stream::handle(&req, state.store.clone(), &state.progress)
 }
 
 /// Liveness, members and quorum.
@@ -500,7 +489,7 @@ async fn metrics_page(state: web::Data<State>) -> HttpResponse {
     paths(
         new_message,
         messages,
-        message_stream,
+        common::stream::message_stream,
         health,
         status,
         message_status,
