@@ -20,24 +20,8 @@ flag=()
 cargo build "${flag[@]}" --workspace --bins -q
 bin=$PWD/target/$profile
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  local status=$?
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-  done
-  if [ "$status" != 0 ]; then
-    for f in "$work"/*.log; do
-      [ -e "$f" ] && { echo "--- last lines of $(basename "$f")" >&2; tail -n 15 "$f" >&2; }
-    done
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=lib/servers.sh
+. scripts/lib/servers.sh
 
 port=$((20000 + RANDOM % 12000)) # below the ephemeral range, where clients take ports
 mhttp=$port mcomm=$((port + 1)) s1=$((port + 2)) s2=$((port + 3))

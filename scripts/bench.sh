@@ -55,31 +55,8 @@ cargo build "${flag[@]}" -p common --features bench --example storage_bench -q
 bin=$PWD/target/$profile
 bench=("$bin/chorus-bench" --quiet --threads 1 --duration "$secs")
 
-work=$(mktemp -d)
-pids=()
-stop_all() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$p" 2>/dev/null; then
-      echo "pid $p did not stop within 5 s of SIGTERM; killing it" >&2
-      kill -9 "$p" 2>/dev/null || true
-    fi
-  done
-  pids=()
-}
-cleanup() {
-  local status=$?
-  stop_all
-  if [ "$status" != 0 ]; then
-    for f in "$work"/*.log; do
-      [ -e "$f" ] && { echo "--- last lines of $(basename "$f")" >&2; tail -n 15 "$f" >&2; }
-    done
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=lib/servers.sh
+. scripts/lib/servers.sh
 # Say where it stopped: under `set -e` a failing command can end the run without a word.
 set -E
 trap 'echo "bench.sh: line $LINENO: \"$BASH_COMMAND\" failed (exit $?)" >&2' ERR
