@@ -67,25 +67,27 @@ fn main() -> ExitCode {
     let cli: Cli = parse_cli();
     common::telemetry::init(&cli.name);
     let data_dir = common::config::data_dir(cli.data_dir.clone(), &cli.name);
-    let cfg = master_node::Config {
+    let (host, http_port, comm_port) = (cli.host.clone(), cli.http_port, cli.comm_port);
+    let cfg = node::Config {
         name: cli.name,
         host: cli.host,
-        http_port: cli.http_port,
-        comm_port: cli.comm_port,
         data_dir,
         delay: cli.delay_ms,
-        ack_timeout: Duration::from_millis(cli.ack_timeout_ms),
-        heartbeat: Duration::from_millis(cli.heartbeat_ms),
-        suspect_after: cli.suspect_after_heartbeats,
-        unhealthy_after: cli
-            .unhealthy_after_heartbeats
-            .max(cli.suspect_after_heartbeats),
-        max_message_bytes: cli.max_message_bytes,
-        spin: Duration::from_micros(cli.spin_us),
         durability: cli.durability.durability(),
+        max_message_bytes: cli.max_message_bytes,
+        start: node::Start::Master(node::primary::Settings {
+            ack_timeout: Duration::from_millis(cli.ack_timeout_ms),
+            heartbeat: Duration::from_millis(cli.heartbeat_ms),
+            suspect_after: cli.suspect_after_heartbeats,
+            unhealthy_after: cli
+                .unhealthy_after_heartbeats
+                .max(cli.suspect_after_heartbeats),
+            spin: Duration::from_micros(cli.spin_us),
+        }),
     };
     common::config::run_node("master-node", async move {
-        master_node::run(cfg)
+        let listeners = node::Listeners::bind(&host, http_port, Some(comm_port))?;
+        node::run(cfg, listeners, common::shutdown::signal())
             .await
             .map_err(|e| format!("{e:#}").into())
     })

@@ -47,19 +47,25 @@ fn main() -> ExitCode {
     let cli: Cli = parse_cli();
     common::telemetry::init(&cli.name);
     let data_dir = common::config::data_dir(cli.data_dir.clone(), &cli.name);
-    let cfg = secondary_node::Config {
+    let (host, http_port) = (cli.host.clone(), cli.http_port);
+    let cfg = node::Config {
         name: cli.name,
         host: cli.host,
-        http_port: cli.http_port,
-        master_ip: cli.master_ip,
-        master_comm_port: cli.master_comm_port,
         data_dir,
         delay: cli.delay_ms,
-        drop_rate: cli.drop_rate,
         durability: cli.durability.durability(),
+        // Only a master checks message sizes.
+        max_message_bytes: common::api::DEFAULT_MAX_MESSAGE_BYTES,
+        start: node::Start::Secondary(node::follower::Settings {
+            master_ip: cli.master_ip,
+            master_comm_port: cli.master_comm_port,
+            delay: cli.delay_ms,
+            drop_rate: cli.drop_rate,
+        }),
     };
     common::config::run_node("secondary-node", async move {
-        secondary_node::run(cfg)
+        let listeners = node::Listeners::bind(&host, http_port, None)?;
+        node::run(cfg, listeners, common::shutdown::signal())
             .await
             .map_err(|e| format!("{e:#}").into())
     })

@@ -1,7 +1,7 @@
 //! `GET /openapi.json` is generated from the handlers; this keeps it true: every
 //! documented operation exists and answers one of its documented statuses with a body
-//! of the documented shape, documented paths refuse undocumented methods, and what only
-//! the master serves is not served by a secondary.
+//! of the documented shape, documented paths refuse undocumented methods, and every
+//! member serves the same API whatever its role.
 
 use chorus_tests::*;
 use serde_json::{Value, json};
@@ -125,13 +125,24 @@ async fn the_openapi_documents_match_what_the_nodes_serve() -> anyhow::Result<()
             "{p} is not in the master's document"
         );
     }
-    // What only the master serves is not served, undocumented, by the secondary.
-    for p in master_paths.iter().filter(|p| !secondary_paths.contains(p)) {
-        let (status, body) = call(&nodes[0], "get", p).await?;
+    // One node, any role: every member serves and documents the same API (a secondary
+    // answers what only the master does with a documented 503 or 404).
+    assert_eq!(master_paths, secondary_paths);
+    for p in ["/members/{name}", "/members", "/newMessage"] {
+        let method = if p == "/members/{name}" {
+            "delete"
+        } else {
+            "post"
+        };
+        let (status, body) = call(&nodes[0], method, p).await?;
         assert_eq!(
             (status, body["code"].as_str()),
-            (404, Some("not_found")),
-            "secondary serves {p}"
+            (503, Some("not_writable")),
+            "secondary {method} {p}: {body}"
+        );
+        assert!(
+            body["primary"].as_str() == Some(master.http.to_string().as_str()),
+            "the 503 names the master: {body}"
         );
     }
     Ok(())

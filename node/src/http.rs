@@ -1,9 +1,13 @@
-//! The master's HTTP API (see `docs/api.md`).
+//! The HTTP API of a node in any role (see `docs/api.md`): every handler asks the
+//! node's [`Role`] what it is, and a secondary answers what only a master can do with
+//! 503 `not_writable` and the master's address.
 
-use crate::replicator::{
+use crate::Config;
+use crate::follower;
+use crate::primary::Engine;
+use crate::primary::replicator::{
     GetStatus, Holders, Readmit, RemoveMember, Replicator, Submit, SubmitError,
 };
-use crate::{Config, Engine};
 use actix::Addr;
 use actix_web::{HttpRequest, HttpResponse, dev::Server, web};
 use common::api::{self, ApiError, doc};
@@ -15,9 +19,24 @@ use std::sync::Arc;
 use std::time::Instant;
 use utoipa::OpenApi;
 
+/// What the node is now, for the handlers.
+#[derive(Clone)]
+pub enum Role {
+    /// The master: its replicator.
+    Primary(Addr<Replicator>),
+    /// A secondary: its replication core.
+    Secondary(follower::Handle),
+}
+
+/// What the node starts as: the master's engine starts on the HTTP worker's event loop.
+pub enum RoleStart {
+    Primary(Box<Engine>),
+    Secondary(follower::Handle),
+}
+
 struct State {
     metrics: common::metrics::PrometheusHandle,
-    replicator: Addr<Replicator>,
+    role: Role,
     store: Arc<dyn LogStore>,
     progress: common::stream::Progress,
     max_message_bytes: usize,
@@ -27,34 +46,33 @@ struct State {
 }
 
 /// Build the HTTP server on an already bound listener: one worker thread, which starts
-/// the `engine` (replicator and comm port) on its event loop as it comes up.
+/// a master's engine (replicator and comm port) on its event loop as it comes up.
 pub fn server(
     cfg: &Config,
     listener: std::net::TcpListener,
-    engine: Engine,
+    start: RoleStart,
     store: Arc<dyn LogStore>,
     progress: common::stream::Progress,
     metrics: common::metrics::PrometheusHandle,
 ) -> anyhow::Result<Server> {
     let (max_message_bytes, durability) = (cfg.max_message_bytes, cfg.durability);
     let started = Instant::now();
-    // The engine until the worker starts it, then its address (a restarted worker
+    // A master's engine until the worker starts it, then the role (a restarted worker
     // finds the replicator running).
-    let slot = Arc::new(std::sync::Mutex::new((
-        Some(engine),
-        None::<Addr<Replicator>>,
-    )));
+    let slot = Arc::new(std::sync::Mutex::new((Some(start), None::<Role>)));
     let server = common::web::serve(listener, Some(1), move |cfg: &mut web::ServiceConfig| {
-        let replicator = {
+        let role = {
             let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(engine) = slot.0.take() {
-                slot.1 = Some(engine.start());
+            match slot.0.take() {
+                Some(RoleStart::Primary(engine)) => slot.1 = Some(Role::Primary(engine.start())),
+                Some(RoleStart::Secondary(handle)) => slot.1 = Some(Role::Secondary(handle)),
+                None => {}
             }
             slot.1.clone().expect("started above or before")
         };
         let state = web::Data::new(State {
             metrics: metrics.clone(),
-            replicator,
+            role,
             store: store.clone(),
             progress: progress.clone(),
             max_message_bytes,
@@ -105,12 +123,16 @@ pub fn server(
         (status = 201, description = "Held by at least `writeConcern` members", body = doc::Receipt),
         (status = 400, description = "Malformed JSON or an invalid field", body = doc::Error),
         (status = 413, description = "Message over the size limit", body = doc::Error),
-        (status = 503, description = "Not writable: no quorum, or shutting down; nothing stored", body = doc::Error),
+        (status = 503, description = "Not writable: a secondary (the master's address in `primary`), no quorum, or shutting down; nothing stored", body = doc::Error),
         (status = 504, description = "Timed out; the message is stored and keeps replicating", body = doc::Error),
     ))]
 async fn new_message(state: web::Data<State>, payload: web::Payload) -> HttpResponse {
+    let replicator = match &state.role {
+        Role::Primary(r) => r,
+        Role::Secondary(f) => return not_primary(f, "takes no writes"),
+    };
     let started = Instant::now();
-    let (response, write_concern) = write(&state, payload).await;
+    let (response, write_concern) = write(&state, replicator, payload).await;
     let outcome = match response.status().as_u16() {
         201 => "committed",
         504 => "timeout",
@@ -127,6 +149,7 @@ async fn new_message(state: web::Data<State>, payload: web::Payload) -> HttpResp
 /// Validate, submit and wait for one write; also the write concern it asked for.
 async fn write(
     state: &State,
+    replicator: &Addr<Replicator>,
     payload: web::Payload,
 ) -> (HttpResponse, Option<common::replication::WriteConcern>) {
     // JSON escapes can make a message up to 6 times its size on the wire.
@@ -147,7 +170,7 @@ async fn write(
         timeout: req.timeout,
         request_id: req.request_id,
     };
-    state.replicator.do_send(Submit { write, reply });
+    replicator.do_send(Submit { write, reply });
     let response = match answer.await {
         Ok(Ok(WriteOutcome::Committed(r))) => HttpResponse::Created().json(&r),
         Ok(Ok(WriteOutcome::TimedOut(r))) => {
@@ -158,6 +181,21 @@ async fn write(
         Err(_) => shutting_down(),
     };
     (response, Some(asked))
+}
+
+/// 503 `not_writable` from a secondary asked to do what only the master does: the
+/// master's HTTP address in `primary` (null while this node reaches no master).
+fn not_primary(f: &follower::Handle, what: &str) -> HttpResponse {
+    let primary = f.primary();
+    let error = match &primary {
+        Some(p) => {
+            format!("this node is a secondary and {what}; send this to the master at http://{p}")
+        }
+        None => format!(
+            "this node is a secondary and {what}, and it does not reach a master now; try again shortly"
+        ),
+    };
+    error_response(&ApiError::not_writable(error, primary))
 }
 
 /// The answer to a write the replicator did not accept (or stopped waiting for).
@@ -192,22 +230,26 @@ async fn messages(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
         Ok(q) => q,
         Err(e) => return error_response(&e),
     };
-    let commit_id = if q.majority {
-        match state.replicator.send(GetStatus).await {
+    let commit_id = match &state.role {
+        _ if !q.majority => u64::MAX,
+        Role::Primary(r) => match r.send(GetStatus).await {
             Ok((st, _)) => st.commit_id,
             Err(_) => return shutting_down(),
-        }
-    } else {
-        u64::MAX
+        },
+        Role::Secondary(f) => f.core().commit_id(),
     };
     common::web::messages(q, state.store.clone(), commit_id).await
 }
 
 /// Liveness, members and quorum.
 #[utoipa::path(get, path = "/health", tag = "every node",
-    responses((status = 200, description = "The node is up; members and quorum", body = Object)))]
+    responses((status = 200, description = "The node is up; on the master its members and quorum, on a secondary its link to the master", body = Object)))]
 async fn health(state: web::Data<State>) -> HttpResponse {
-    let Ok((st, syncs)) = state.replicator.send(GetStatus).await else {
+    let replicator = match &state.role {
+        Role::Primary(r) => r,
+        Role::Secondary(f) => return secondary_health(&state, f),
+    };
+    let Ok((st, syncs)) = replicator.send(GetStatus).await else {
         return shutting_down();
     };
     let members: Vec<_> = st
@@ -289,7 +331,11 @@ fn warnings(st: &common::replication::MasterStatus) -> Vec<String> {
 #[utoipa::path(get, path = "/status", tag = "every node",
     responses((status = 200, description = "Members, states, lag, commit id", body = Object)))]
 async fn status(state: web::Data<State>) -> HttpResponse {
-    let Ok((st, syncs)) = state.replicator.send(GetStatus).await else {
+    let replicator = match &state.role {
+        Role::Primary(r) => r,
+        Role::Secondary(f) => return secondary_status(&state, f),
+    };
+    let Ok((st, syncs)) = replicator.send(GetStatus).await else {
         return shutting_down();
     };
     let mut members = vec![json!({
@@ -356,9 +402,23 @@ async fn status(state: web::Data<State>) -> HttpResponse {
     responses(
         (status = 200, description = "Holders of the message", body = Object),
         (status = 400, description = "Not a message id", body = doc::Error),
-        (status = 404, description = "No such message yet", body = doc::Error),
+        (status = 404, description = "No such message yet, or asked of a secondary (only the master knows)", body = doc::Error),
     ))]
 async fn message_status(path: web::Path<String>, state: web::Data<State>) -> HttpResponse {
+    let replicator = match &state.role {
+        Role::Primary(r) => r,
+        Role::Secondary(f) => {
+            let at = f.primary().map_or_else(
+                || "the master".to_string(),
+                |p| format!("the master at http://{p}"),
+            );
+            return error_response(&ApiError::new(
+                404,
+                "not_found",
+                format!("only the master knows which members hold a message; ask {at}"),
+            ));
+        }
+    };
     let Ok(id) = path.parse::<u64>() else {
         return error_response(&ApiError::bad_request(
             "invalid_id",
@@ -366,8 +426,8 @@ async fn message_status(path: web::Path<String>, state: web::Data<State>) -> Htt
         ));
     };
     let (Ok(holders), Ok((st, _))) = (
-        state.replicator.send(Holders(id)).await,
-        state.replicator.send(GetStatus).await,
+        replicator.send(Holders(id)).await,
+        replicator.send(GetStatus).await,
     ) else {
         return shutting_down();
     };
@@ -400,13 +460,17 @@ async fn message_status(path: web::Path<String>, state: web::Data<State>) -> Htt
     responses(
         (status = 200, description = "Removed", body = Object),
         (status = 404, description = "No such member", body = doc::Error),
+        (status = 503, description = "Not the master (its address in `primary`)", body = doc::Error),
     ))]
 async fn remove_member(path: web::Path<String>, state: web::Data<State>) -> HttpResponse {
+    let replicator = match &state.role {
+        Role::Primary(r) => r,
+        Role::Secondary(f) => return not_primary(f, "does not change the membership"),
+    };
     let name = path.into_inner();
-    match state.replicator.send(RemoveMember(name.clone())).await {
+    match replicator.send(RemoveMember(name.clone())).await {
         Ok(Ok(true)) => {
-            let members = state
-                .replicator
+            let members = replicator
                 .send(GetStatus)
                 .await
                 .map(|(st, _)| st.member_count)
@@ -431,8 +495,13 @@ async fn remove_member(path: web::Path<String>, state: web::Data<State>) -> Http
     responses(
         (status = 200, description = "Re-admitted, or was not removed (`readmitted` false)", body = Object),
         (status = 400, description = "Malformed body", body = doc::Error),
+        (status = 503, description = "Not the master (its address in `primary`)", body = doc::Error),
     ))]
 async fn readmit_member(state: web::Data<State>, payload: web::Payload) -> HttpResponse {
+    let replicator = match &state.role {
+        Role::Primary(r) => r,
+        Role::Secondary(f) => return not_primary(f, "does not change the membership"),
+    };
     let name = match read_body(payload, 64 * 1024)
         .await
         .and_then(|b| api::parse_member(&b))
@@ -440,7 +509,7 @@ async fn readmit_member(state: web::Data<State>, payload: web::Payload) -> HttpR
         Ok(name) => name,
         Err(e) => return error_response(&e),
     };
-    match state.replicator.send(Readmit(name.clone())).await {
+    match replicator.send(Readmit(name.clone())).await {
         Ok(Ok(readmitted)) => HttpResponse::Ok().json(json!({
             "name": name,
             "readmitted": readmitted,
@@ -456,7 +525,11 @@ async fn readmit_member(state: web::Data<State>, payload: web::Payload) -> HttpR
 #[utoipa::path(get, path = "/metrics", tag = "every node",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics_page(state: web::Data<State>) -> HttpResponse {
-    if let Ok((st, _)) = state.replicator.send(GetStatus).await {
+    let replicator = match &state.role {
+        Role::Primary(r) => r,
+        Role::Secondary(f) => return secondary_metrics(&state, f),
+    };
+    if let Ok((st, _)) = replicator.send(GetStatus).await {
         metrics::gauge!("chorus_last_id").set(st.last_id as f64);
         metrics::gauge!("chorus_commit_id").set(st.commit_id as f64);
         metrics::gauge!("chorus_members").set(st.member_count as f64);
@@ -479,12 +552,101 @@ async fn metrics_page(state: web::Data<State>) -> HttpResponse {
     common::web::metrics_response(&state.metrics)
 }
 
-/// The master's API, generated from the handlers' annotations above.
+/// Liveness, and whether it is connected to the master.
+fn secondary_health(state: &State, f: &follower::Handle) -> HttpResponse {
+    let st = {
+        let core = f.core();
+        core.status(Instant::now())
+    };
+    let primary = f.primary();
+    HttpResponse::Ok().json(json!({
+        "status": "ok",
+        "role": "secondary",
+        "name": st.name,
+        "connected": st.connected,
+        "phase": st.phase,
+        "removed": st.removed,
+        "master": f.master,
+        "primary": primary,
+        "masterName": st.master,
+        "lastId": st.last_id,
+        "masterLastId": st.master_last_id,
+        "lag": st.master_last_id.saturating_sub(st.last_id),
+        "buffered": st.buffered,
+        "duplicatesIgnored": st.duplicates,
+        "lastHeardMsAgo": st.last_heard_ms_ago,
+        "lastError": st.last_error,
+        "uptimeMs": state.started.elapsed().as_millis() as u64,
+    }))
+}
+
+/// `GET /status`: this secondary's replication state, with what it holds back and what
+/// it waits for.
+/// Replication state: prefix, held-back and missing ids.
+fn secondary_status(state: &State, f: &follower::Handle) -> HttpResponse {
+    let st = {
+        let core = f.core();
+        core.status(Instant::now())
+    };
+    let log_id = state.store.log_id();
+    let primary = f.primary();
+    HttpResponse::Ok().json(json!({
+        "set": (log_id != 0).then(|| format!("chorus-{log_id:016x}")),
+        "name": st.name,
+        "role": "secondary",
+        "state": match (st.connected, st.phase) {
+            _ if st.removed => "REMOVED",
+            (false, _) => "(not connected to the master)",
+            (true, "live") => "SECONDARY",
+            _ => "STARTUP2",
+        },
+        "phase": st.phase,
+        "removed": st.removed,
+        "master": f.master,
+        "primary": primary,
+        "masterName": st.master,
+        "lastId": st.last_id,
+        "appendedId": st.appended_id,
+        "masterLastId": st.master_last_id,
+        "commitId": st.commit_id,
+        "lagMessages": st.master_last_id.saturating_sub(st.last_id),
+        "durability": state.durability.mode(),
+        "syncIntervalMs": state.durability.sync_interval_ms(),
+        "heldBack": st.held_back,
+        "missing": st.missing,
+        "duplicatesIgnored": st.duplicates,
+        "truncated": st.truncated,
+        "lastHeardMsAgo": st.last_heard_ms_ago,
+        "lastError": st.last_error,
+        "uptimeMs": state.started.elapsed().as_millis() as u64,
+    }))
+}
+
+/// `GET /metrics`: the gauges are refreshed from the replication state, then everything
+/// is rendered.
+/// Prometheus metrics.
+fn secondary_metrics(state: &State, f: &follower::Handle) -> HttpResponse {
+    let st = {
+        let core = f.core();
+        core.status(Instant::now())
+    };
+    metrics::gauge!("chorus_last_id").set(st.last_id as f64);
+    metrics::gauge!("chorus_master_last_id").set(st.master_last_id as f64);
+    metrics::gauge!("chorus_commit_id").set(st.commit_id as f64);
+    metrics::gauge!("chorus_lag_messages").set(st.master_last_id.saturating_sub(st.last_id) as f64);
+    metrics::gauge!("chorus_connected").set(f64::from(u8::from(st.connected)));
+    metrics::gauge!("chorus_streams").set(state.progress.streams() as f64);
+    metrics::gauge!("chorus_held_back").set(st.buffered as f64);
+    metrics::counter!("chorus_duplicates_ignored_total").absolute(st.duplicates);
+    common::web::metrics_response(&state.metrics)
+}
+
+/// The API of a node, generated from the handlers' annotations above.
 #[derive(OpenApi)]
 #[openapi(
     info(
-        title = "chorus master",
-        description = "The master of a chorus replicated log: takes writes, replicates them, answers once the write concern is met."
+        title = "chorus node",
+        description = "A member of a chorus replica set. The master takes writes, replicates them and answers once the write concern is met; every member serves reads."
     ),
     paths(
         new_message,

@@ -2,7 +2,7 @@
 //! the [`Replicator`], and owns the connection's [`Outbox`], through which frames go
 //! out (each after its own `--delay-ms`, if set).
 
-use crate::replicator::{Inbound, Register, Replicator, ToSession, Unregister};
+use super::replicator::{Inbound, Register, Replicator, ToSession, Unregister};
 use actix::prelude::*;
 use bytes::{Buf, BytesMut};
 use common::config::DelaySpec;

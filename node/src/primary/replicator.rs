@@ -1,5 +1,6 @@
 //! The one owner of the master's replication state.
 
+use super::Settings;
 use crate::Config;
 use actix::prelude::*;
 use common::protocol::{MasterFrame, SecondaryFrame};
@@ -31,14 +32,14 @@ pub struct Register {
     pub peer: String,
     pub session: Recipient<ToSession>,
     /// Where to write frames directly (None: through the session, which delays them).
-    pub outbox: Option<Arc<crate::session::Outbox>>,
+    pub outbox: Option<Arc<super::session::Outbox>>,
 }
 
 /// A connection's ways out: its session, and its outbox when frames may skip the
 /// session's mailbox.
 struct Conn {
     session: Recipient<ToSession>,
-    outbox: Option<Arc<crate::session::Outbox>>,
+    outbox: Option<Arc<super::session::Outbox>>,
     peer: String,
 }
 
@@ -169,17 +170,18 @@ impl Replicator {
     /// `progress` is told how far the log reaches after every step.
     pub fn new(
         cfg: &Config,
+        settings: &Settings,
         store: Store,
         http_port: u16,
         progress: common::stream::Progress,
     ) -> anyhow::Result<Self> {
-        let mut core_cfg = MasterConfig::new(cfg.name.clone(), cfg.ack_timeout);
+        let mut core_cfg = MasterConfig::new(cfg.name.clone(), settings.ack_timeout);
         core_cfg.seed = rand::random();
         core_cfg.http = HttpAddress::new(&cfg.host, http_port);
         core_cfg.health = HealthPolicy {
-            heartbeat: cfg.heartbeat,
-            suspect_after: cfg.suspect_after,
-            unhealthy_after: cfg.unhealthy_after,
+            heartbeat: settings.heartbeat,
+            suspect_after: settings.suspect_after,
+            unhealthy_after: settings.unhealthy_after,
         };
         let core = MasterCore::new(core_cfg, store.clone())?;
         tracing::info!(
@@ -187,7 +189,7 @@ impl Replicator {
             last_id = core.last_id(),
             "log opened"
         );
-        let heartbeat = cfg.heartbeat;
+        let heartbeat = settings.heartbeat;
         Ok(Replicator {
             core,
             store,
@@ -199,7 +201,7 @@ impl Replicator {
             timer: None,
             heartbeat,
             stopping: false,
-            spin: SpinPolicy::new(cfg.spin),
+            spin: SpinPolicy::new(settings.spin),
             spinning: false,
             progress,
         })

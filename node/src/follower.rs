@@ -7,11 +7,13 @@
 //! a blocking `read` wakes up with the data, where a loop wakes up, asks which socket
 //! is ready, then reads.
 
-use crate::{Config, SharedCore, Store};
 use bytes::BytesMut;
+use common::config::DelaySpec;
 use common::protocol::codec::{CodecError, FrameCodec};
 use common::protocol::{ErrorCode, ErrorFrame, MasterFrame, SecondaryFrame};
+use common::replication::SecondaryCore;
 use common::replication::{SecondaryOutput, SyncSchedule, is_urgent};
+use common::storage::LogStore;
 use common::stream::Progress;
 use rand::RngExt;
 use std::collections::BinaryHeap;
@@ -24,6 +26,71 @@ use std::time::{Duration, Instant};
 use tokio_util::codec::{Decoder, Encoder};
 
 type Codec = FrameCodec<MasterFrame, SecondaryFrame>;
+
+/// What only a secondary needs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The master's host, and its comm port.
+    pub master_ip: String,
+    pub master_comm_port: u16,
+    /// `--delay-ms`: every frame this node sends is held back this long.
+    pub delay: DelaySpec,
+    /// `--drop-rate`: the probability that an acknowledgement is never sent.
+    pub drop_rate: f64,
+}
+
+impl Settings {
+    /// The master's comm address, as given by the flags.
+    pub fn master_address(&self) -> String {
+        format!("{}:{}", self.master_ip, self.master_comm_port)
+    }
+}
+
+/// The store the secondary keeps its log in.
+pub type Store = Arc<dyn LogStore>;
+
+/// The secondary's replication state machine over its store.
+pub type Core = SecondaryCore<Store>;
+
+/// The core, shared by the replication thread and the HTTP handlers. The lock is only
+/// held for a single synchronous step of the core.
+pub type SharedCore = Arc<Mutex<Core>>;
+
+/// A new secondary core named `name` over `store`, to share.
+pub fn shared_core(name: &str, store: Store) -> SharedCore {
+    Arc::new(Mutex::new(SecondaryCore::new(name.to_string(), store)))
+}
+
+/// What the HTTP API asks a secondary.
+#[derive(Clone)]
+pub struct Handle {
+    core: SharedCore,
+    /// The master's comm address, as given by the flags.
+    pub master: String,
+    /// The host this node dials the master by: the master's HTTP host where the master
+    /// listens on every address.
+    master_host: String,
+}
+
+impl Handle {
+    pub fn new(core: SharedCore, settings: &Settings) -> Self {
+        Self {
+            core,
+            master: settings.master_address(),
+            master_host: settings.master_ip.clone(),
+        }
+    }
+
+    /// The core, for one synchronous step.
+    pub fn core(&self) -> MutexGuard<'_, Core> {
+        lock(&self.core)
+    }
+
+    /// The master's HTTP address (`host:port`), while this node reaches a master.
+    pub fn primary(&self) -> Option<String> {
+        self.core().master_http(&self.master_host)
+    }
+}
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -73,7 +140,7 @@ impl Link {
     /// runs, reconnecting with jittered exponential back-off.
     /// `progress` is told how far the log reaches after every step (change streams).
     pub fn start(
-        cfg: Config,
+        cfg: Settings,
         core: SharedCore,
         store: Store,
         progress: Progress,
@@ -120,8 +187,8 @@ impl Link {
     }
 }
 
-fn follow(cfg: &Config, core: &SharedCore, store: &Store, progress: &Progress, shared: &Shared) {
-    let master = format!("{}:{}", cfg.master_ip, cfg.master_comm_port);
+fn follow(cfg: &Settings, core: &SharedCore, store: &Store, progress: &Progress, shared: &Shared) {
+    let master = cfg.master_address();
     let mut backoff = MIN_BACKOFF;
     let mut warned = false;
     while !shared.stopping() {
@@ -174,7 +241,7 @@ fn connect(master: &str) -> io::Result<TcpStream> {
     Err(last)
 }
 
-fn lock(core: &SharedCore) -> MutexGuard<'_, crate::Core> {
+fn lock(core: &SharedCore) -> MutexGuard<'_, Core> {
     core.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -198,7 +265,7 @@ enum End {
 /// One connection, from handshake to close.
 struct Session<'a> {
     stream: TcpStream,
-    cfg: &'a Config,
+    cfg: &'a Settings,
     core: &'a SharedCore,
     store: &'a Store,
     progress: &'a Progress,
@@ -216,7 +283,7 @@ struct Session<'a> {
 impl<'a> Session<'a> {
     fn new(
         stream: TcpStream,
-        cfg: &'a Config,
+        cfg: &'a Settings,
         core: &'a SharedCore,
         store: &'a Store,
         progress: &'a Progress,
