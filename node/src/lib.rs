@@ -118,7 +118,11 @@ pub async fn run(
                 http_addr.port(),
                 progress.clone(),
             )?;
-            (http::RoleStart::Primary(Box::new(engine)), None, Some(replicator))
+            (
+                http::RoleStart::Primary(Box::new(engine)),
+                None,
+                Some(replicator),
+            )
         }
         Start::Secondary(settings) => {
             let core = follower::shared_core(&cfg.name, store.clone());

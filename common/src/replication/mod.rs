@@ -10,6 +10,7 @@
 //! reordering, lost acknowledgements, duplicates and dropped connections.
 
 mod defer;
+pub mod election;
 mod master;
 mod retry;
 mod secondary;
