@@ -265,6 +265,55 @@ pub fn parse_member(body: &[u8]) -> Result<String, ApiError> {
     }
 }
 
+/// A `POST /stepDown` request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepDown {
+    /// Stand for no election for this long (`seconds`, default 60).
+    pub quiet: Duration,
+    /// Answer 504 if no other member is master after this long (`timeoutMs`, default
+    /// 10 s).
+    pub timeout: Duration,
+}
+
+/// Validate a `POST /stepDown` body, `{"seconds": 60, "timeoutMs": 10000}`: both
+/// optional, whole numbers (`seconds` 0 to 86400, `timeoutMs` up to 1 hour); an empty
+/// body takes the defaults. Unknown fields are ignored.
+pub fn parse_step_down(body: &[u8]) -> Result<StepDown, ApiError> {
+    let mut out = StepDown {
+        quiet: Duration::from_secs(60),
+        timeout: Duration::from_secs(10),
+    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(out);
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")))?;
+    let Value::Object(map) = value else {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "the body must be a JSON object like {\"seconds\": 60}",
+        ));
+    };
+    let whole = |key: &str, max: u64| -> Result<Option<u64>, ApiError> {
+        match map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_u64().filter(|n| *n <= max).map(Some).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_request",
+                    format!("\"{key}\" must be a whole number from 0 to {max}, got {v}"),
+                )
+            }),
+        }
+    };
+    if let Some(s) = whole("seconds", 86_400)? {
+        out.quiet = Duration::from_secs(s);
+    }
+    if let Some(ms) = whole("timeoutMs", 3_600_000)? {
+        out.timeout = Duration::from_millis(ms);
+    }
+    Ok(out)
+}
+
 /// Parse a raw query string. Unknown parameters are ignored.
 pub fn parse_messages_query(query: &str) -> Result<MessagesQuery, ApiError> {
     let mut q = MessagesQuery {
@@ -405,6 +454,16 @@ pub mod doc {
         /// 503 `not_writable` only: the HTTP address (`host:port`) of the current
         /// master, or null when none that takes writes is known.
         pub primary: Option<String>,
+    }
+
+    /// Body of `POST /stepDown`.
+    #[derive(Serialize, ToSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub struct StepDown {
+        /// Stand for no election for this long (default 60).
+        pub seconds: Option<u64>,
+        /// Answer 504 if no other member is master by then (default 10000).
+        pub timeout_ms: Option<u64>,
     }
 
     /// A member to re-admit (`POST /members`).
@@ -561,6 +620,7 @@ mod tests {
             id: 7,
             acks: 1,
             acked_by: vec!["m".into()],
+            term: 1,
         };
         let b = ApiError::write_concern_timeout(&r, WriteConcern::Count(3)).body();
         assert_eq!(b["code"], "write_concern_timeout");

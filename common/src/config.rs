@@ -91,6 +91,57 @@ impl DurabilityArgs {
     }
 }
 
+/// How a node takes part in elections, and how others reach it: both binaries.
+#[derive(clap::Args, Clone, Debug)]
+pub struct MemberArgs {
+    /// The host other members and clients reach this node by (default: --host, or this
+    /// machine's name when --host is a wildcard such as 0.0.0.0).
+    #[arg(long, value_name = "HOST")]
+    pub advertise_host: Option<String>,
+    /// 0: this node never becomes master; otherwise a caught-up member of higher
+    /// priority takes over from one of lower priority.
+    #[arg(long, value_name = "P", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub priority: u32,
+    /// Silence from the master, in milliseconds, before this node stands for election
+    /// (randomised up to twice this).
+    #[arg(long, value_name = "E", default_value = "1000", value_parser = parse_positive_ms)]
+    pub election_timeout_ms: u64,
+}
+
+/// How a node runs when it is the master: both binaries (any member may be elected).
+#[derive(clap::Args, Clone, Debug)]
+pub struct MasterArgs {
+    /// Resend a message a secondary has not acknowledged within this many milliseconds;
+    /// later resends back off exponentially (with jitter) up to 8 times this.
+    #[arg(long, value_name = "T", default_value = "1000", value_parser = parse_positive_ms)]
+    pub ack_timeout_ms: u64,
+    /// Interval of the master's heartbeats on each replication connection; keep it well
+    /// below --election-timeout-ms.
+    #[arg(long, value_name = "H", default_value = "250", value_parser = parse_positive_ms)]
+    pub heartbeat_ms: u64,
+    /// Heartbeat intervals of silence after which a secondary is Suspected.
+    #[arg(long, value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub suspect_after_heartbeats: u32,
+    /// Heartbeat intervals of silence after which a secondary is Unhealthy: it no longer
+    /// counts toward the quorum, and resends to it wait until it is heard from again.
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub unhealthy_after_heartbeats: u32,
+    /// While at most a few writes wait for secondaries' acknowledgements, poll for them
+    /// for up to this many microseconds instead of sleeping: a little CPU for the
+    /// latency of writes that come one at a time. Rests by itself when
+    /// acknowledgements are slower than that; 0 never polls.
+    #[arg(long, value_name = "US", default_value_t = crate::replication::SPIN_BUDGET.as_micros() as u64,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub spin_us: u64,
+    /// Largest message accepted, in bytes (larger ones get 413). At most 32 MiB.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::api::DEFAULT_MAX_MESSAGE_BYTES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=32 * 1024 * 1024))]
+    pub max_message_bytes: usize,
+}
+
 /// `--data-dir`, or the contract's default `./data/NAME`.
 pub fn data_dir(given: Option<std::path::PathBuf>, name: &str) -> std::path::PathBuf {
     given.unwrap_or_else(|| std::path::Path::new("data").join(name))

@@ -18,6 +18,13 @@ pub const WRITE_SECONDS: &str = "chorus_write_duration_seconds";
 /// Install the process-wide recorder and return the handle that renders it. Call once,
 /// at start.
 pub fn install() -> Result<PrometheusHandle, String> {
+    // Once per process: nodes running in one process (tests) share the recorder.
+    static HANDLE: std::sync::OnceLock<Result<PrometheusHandle, String>> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(build).clone()
+}
+
+fn build() -> Result<PrometheusHandle, String> {
     PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(WRITE_SECONDS.into()),

@@ -7,11 +7,11 @@
 //! a blocking `read` wakes up with the data, where a loop wakes up, asks which socket
 //! is ready, then reads.
 
+use crate::member::{Event, Node};
 use bytes::BytesMut;
-use common::config::DelaySpec;
 use common::protocol::codec::{CodecError, FrameCodec};
 use common::protocol::{ErrorCode, ErrorFrame, MasterFrame, SecondaryFrame};
-use common::replication::SecondaryCore;
+use common::replication::{Identity, SecondaryCore};
 use common::replication::{SecondaryOutput, SyncSchedule, is_urgent};
 use common::storage::LogStore;
 use common::stream::Progress;
@@ -26,25 +26,6 @@ use std::time::{Duration, Instant};
 use tokio_util::codec::{Decoder, Encoder};
 
 type Codec = FrameCodec<MasterFrame, SecondaryFrame>;
-
-/// What only a secondary needs.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// The master's host, and its comm port.
-    pub master_ip: String,
-    pub master_comm_port: u16,
-    /// `--delay-ms`: every frame this node sends is held back this long.
-    pub delay: DelaySpec,
-    /// `--drop-rate`: the probability that an acknowledgement is never sent.
-    pub drop_rate: f64,
-}
-
-impl Settings {
-    /// The master's comm address, as given by the flags.
-    pub fn master_address(&self) -> String {
-        format!("{}:{}", self.master_ip, self.master_comm_port)
-    }
-}
 
 /// The store the secondary keeps its log in.
 pub type Store = Arc<dyn LogStore>;
@@ -65,20 +46,13 @@ pub fn shared_core(name: &str, store: Store) -> SharedCore {
 #[derive(Clone)]
 pub struct Handle {
     core: SharedCore,
-    /// The master's comm address, as given by the flags.
+    /// The address this node was started with to find its set.
     pub master: String,
-    /// The host this node dials the master by: the master's HTTP host where the master
-    /// listens on every address.
-    master_host: String,
 }
 
 impl Handle {
-    pub fn new(core: SharedCore, settings: &Settings) -> Self {
-        Self {
-            core,
-            master: settings.master_address(),
-            master_host: settings.master_ip.clone(),
-        }
+    pub fn new(core: SharedCore, seed: String) -> Self {
+        Self { core, master: seed }
     }
 
     /// The core, for one synchronous step.
@@ -86,9 +60,9 @@ impl Handle {
         lock(&self.core)
     }
 
-    /// The master's HTTP address (`host:port`), while this node reaches a master.
+    /// The master's HTTP address (`host:port`), while this node follows a master.
     pub fn primary(&self) -> Option<String> {
-        self.core().master_http(&self.master_host)
+        self.core().primary_http()
     }
 }
 
@@ -139,12 +113,7 @@ impl Link {
     /// Start following the master: keep a connection to it for as long as the process
     /// runs, reconnecting with jittered exponential back-off.
     /// `progress` is told how far the log reaches after every step (change streams).
-    pub fn start(
-        cfg: Settings,
-        core: SharedCore,
-        store: Store,
-        progress: Progress,
-    ) -> io::Result<Link> {
+    pub fn start(node: Arc<Node>, core: SharedCore) -> io::Result<Link> {
         let shared = Arc::new(Shared {
             stopping: AtomicBool::new(false),
             conn: Mutex::new(None),
@@ -156,7 +125,7 @@ impl Link {
             .spawn({
                 let shared = shared.clone();
                 move || {
-                    follow(&cfg, &core, &store, &progress, &shared);
+                    follow(&node, &core, &shared);
                     let _ = done_tx.send(());
                 }
             })?;
@@ -165,6 +134,28 @@ impl Link {
             done,
             thread: Some(thread),
         })
+    }
+
+    /// Stop following, and wait for the thread to end, however long its current step
+    /// takes (a write to the master is bounded by the socket's write timeout). The log
+    /// has one writer at a time: a master starts only after this.
+    pub fn stop_and_join(mut self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        if let Some(conn) = self.shared.conn().as_ref() {
+            let _ = conn.shutdown(Shutdown::Both);
+        }
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Cut the current connection (the thread dials again, maybe elsewhere).
+    pub fn reconnect(&self) {
+        if let Some(conn) = self.shared.conn().as_ref() {
+            let _ = conn.shutdown(Shutdown::Both);
+        }
+        self.shared.wake.notify_all();
     }
 
     /// Stop following: close the connection and wait (at most `within`) for the thread
@@ -187,14 +178,35 @@ impl Link {
     }
 }
 
-fn follow(cfg: &Settings, core: &SharedCore, store: &Store, progress: &Progress, shared: &Shared) {
-    let master = cfg.master_address();
+/// How long a master may take to answer the Hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// While no master answers, dial again after at most this long (a new master needs
+/// its members back to take writes).
+const MAX_HUNT_BACKOFF: Duration = Duration::from_millis(250);
+
+fn follow(node: &Arc<Node>, core: &SharedCore, shared: &Shared) {
+    {
+        let mut c = lock(core);
+        c.set_identity(Identity {
+            comm: Some(node.addresses.comm.clone()),
+            http: Some(node.addresses.http.clone()),
+            priority: node.cfg.priority,
+            delay_ms: node.cfg.delay.max_ms,
+        });
+    }
     let mut backoff = MIN_BACKOFF;
     let mut warned = false;
     while !shared.stopping() {
+        let master = node.next_target();
+        if master.is_empty() {
+            // Nobody to ask yet (a member that knows no other): wait for a hint.
+            shared.sleep(MAX_BACKOFF);
+            continue;
+        }
         match connect(&master) {
             Ok(stream) => {
-                tracing::info!(%master, "connected to the master");
+                tracing::debug!(%master, "connected");
                 warned = false;
                 let started = Instant::now();
                 if let Ok(clone) = stream.try_clone() {
@@ -204,27 +216,39 @@ fn follow(cfg: &Settings, core: &SharedCore, store: &Store, progress: &Progress,
                     // Stopped while connecting: the clone above was not there to cut.
                     break;
                 }
-                {
+                let host = master
+                    .rsplit_once(':')
+                    .map_or(master.as_str(), |(h, _)| h)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string();
+                lock(core).set_dialed(&host);
+                let followed = {
                     let _span = tracing::info_span!("link", master = %master).entered();
-                    Session::new(stream, cfg, core, store, progress).run();
-                }
+                    Session::new(stream, node, core).run()
+                };
                 *shared.conn() = None;
                 lock(core).disconnected();
-                tracing::info!(%master, "disconnected from the master");
-                if started.elapsed() > MAX_BACKOFF {
+                if followed {
+                    tracing::info!(%master, "disconnected from the master");
+                }
+                if started.elapsed() > MAX_BACKOFF || node.has_hint() {
                     backoff = MIN_BACKOFF;
                 }
             }
             Err(e) => {
                 if !warned {
-                    tracing::warn!(%master, error = %e, "cannot reach the master; retrying");
+                    tracing::warn!(%master, error = %e, "cannot reach a member; retrying");
                     warned = true;
                 }
             }
         }
+        if node.has_hint() {
+            continue; // told where the master is: go there now
+        }
         let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
         shared.sleep(backoff + Duration::from_millis(jitter));
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        backoff = (backoff * 2).min(MAX_HUNT_BACKOFF);
     }
 }
 
@@ -265,10 +289,20 @@ enum End {
 /// One connection, from handshake to close.
 struct Session<'a> {
     stream: TcpStream,
-    cfg: &'a Settings,
+    node: &'a Arc<Node>,
+    cfg: &'a crate::Config,
     core: &'a SharedCore,
     store: &'a Store,
     progress: &'a Progress,
+    /// The master accepted this node (a Welcome came).
+    followed: bool,
+    /// The master's term on this connection, once welcomed.
+    term: u64,
+    /// When a frame last arrived.
+    last_frame: Instant,
+    /// How long frames may be held back on purpose on this link (both sides'
+    /// `--delay-ms`): not silence.
+    slack: Duration,
     codec: Codec,
     out: BytesMut,
     /// Frames held back by `--delay-ms` go through this thread.
@@ -281,13 +315,8 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(
-        stream: TcpStream,
-        cfg: &'a Settings,
-        core: &'a SharedCore,
-        store: &'a Store,
-        progress: &'a Progress,
-    ) -> Self {
+    fn new(stream: TcpStream, node: &'a Arc<Node>, core: &'a SharedCore) -> Self {
+        let cfg = &node.cfg;
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
         let delayer = if cfg.delay.is_zero() {
@@ -303,10 +332,16 @@ impl<'a> Session<'a> {
         };
         Session {
             stream,
+            node,
             cfg,
             core,
-            store,
-            progress,
+            store: &node.store,
+            progress: &node.progress,
+            followed: false,
+            term: 0,
+            last_frame: Instant::now(),
+            // Its own frames are held back too: answers come that much later.
+            slack: Duration::from_millis(cfg.delay.max_ms),
             codec: Codec::new(),
             out: BytesMut::new(),
             delayer,
@@ -316,10 +351,11 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn run(mut self) {
+    /// Serve the connection until it ends; true if a master accepted this node.
+    fn run(mut self) -> bool {
         let outputs = {
             let mut c = lock(self.core);
-            c.connected(Instant::now());
+            c.connected(Instant::now(), self.node.term());
             c.take_outputs()
         };
         let end = match self.dispatch(outputs) {
@@ -342,6 +378,7 @@ impl<'a> Session<'a> {
                 let _ = self.stream.shutdown(Shutdown::Write);
             }
         }
+        self.followed
     }
 
     /// Read, store and answer until the connection ends.
@@ -377,6 +414,22 @@ impl<'a> Session<'a> {
                             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                         ) =>
                     {
+                        if self.term != 0 && self.node.term() > self.term {
+                            return End::Gone; // a newer term: find its master
+                        }
+                        // Before the Welcome this side cannot know how long the master
+                        // holds frames back: only a generous handshake bound applies.
+                        let silence = if self.term == 0 {
+                            HANDSHAKE_TIMEOUT + self.slack
+                        } else {
+                            self.cfg.election_timeout * 2 + self.slack
+                        };
+                        if self.last_frame.elapsed() > silence {
+                            tracing::warn!(
+                                "the master has been silent for too long; looking for another"
+                            );
+                            return End::Gone;
+                        }
                         if self.schedule.timer(Instant::now()) {
                             match self.sync_and_send_held() {
                                 Ok(false) => continue,
@@ -390,6 +443,28 @@ impl<'a> Session<'a> {
                     Err(_) => return End::Gone,
                 }
             }
+            // A master of an older term than this node knows (it voted since, or
+            // heard of a newer master) is left for the current one.
+            if self.term != 0 && self.node.term() > self.term {
+                tracing::info!(
+                    master_term = self.term,
+                    term = self.node.term(),
+                    "this master's term is over; looking for the current one"
+                );
+                return End::Gone;
+            }
+            for f in &frames {
+                if let MasterFrame::Error(e) = f {
+                    if e.code == ErrorCode::NotMaster {
+                        self.node.set_hint(e.master.clone());
+                    }
+                    if e.term > self.node.term() {
+                        self.node.send(Event::NewerTerm(e.term));
+                    }
+                }
+            }
+            self.node.touch();
+            self.last_frame = Instant::now();
             // Group commit: every frame that has arrived is stored, made durable with
             // one sync, and only then acknowledged (or, if no write waits for this
             // secondary, that is put off a little: SyncSchedule).
@@ -427,10 +502,14 @@ impl<'a> Session<'a> {
 
     /// Read what has arrived, waiting at most until the held acks are due.
     fn read(&mut self, chunk: &mut [u8]) -> io::Result<usize> {
-        let wanted = self.schedule.due().map(|due| {
+        // Wake up at least once per election timeout, to notice a silent master or a
+        // newer term.
+        let watch = self.cfg.election_timeout + self.slack;
+        let wanted = Some(self.schedule.due().map_or(watch, |due| {
             due.saturating_duration_since(Instant::now())
                 .max(Duration::from_micros(1))
-        });
+                .min(watch)
+        }));
         if wanted != self.timeout {
             self.stream.set_read_timeout(wanted)?;
             self.timeout = wanted;
@@ -487,6 +566,30 @@ impl<'a> Session<'a> {
                     self.send(frame)?;
                 }
                 SecondaryOutput::Close => close = true,
+                SecondaryOutput::Following { term, master } => {
+                    tracing::info!(%master, term, "following");
+                    self.followed = true;
+                    self.term = term;
+                    self.slack = lock(self.core).master_delay()
+                        + Duration::from_millis(self.cfg.delay.max_ms);
+                    self.node.touch();
+                    self.node.send(Event::Following {
+                        term,
+                        master,
+                        slack: self.slack,
+                    });
+                }
+                SecondaryOutput::MembersChanged => self.node.send(Event::MembersChanged),
+                SecondaryOutput::StandNow => self.node.send(Event::StandNow),
+                SecondaryOutput::RolledBack(r) => {
+                    tracing::warn!(
+                        count = r.count,
+                        from = r.from_id,
+                        file = ?r.file,
+                        "rolled back entries the new master does not hold"
+                    );
+                    self.node.note_rollback(r);
+                }
             }
         }
         self.write_out()?;

@@ -4,7 +4,7 @@
 
 use crate::Config;
 use crate::follower;
-use crate::primary::Engine;
+use crate::member::{self, Event, Node};
 use crate::primary::replicator::{
     GetStatus, Holders, Readmit, RemoveMember, Replicator, Submit, SubmitError,
 };
@@ -28,15 +28,39 @@ pub enum Role {
     Secondary(follower::Handle),
 }
 
-/// What the node starts as: the master's engine starts on the HTTP worker's event loop.
-pub enum RoleStart {
-    Primary(Box<Engine>),
-    Secondary(follower::Handle),
+/// What the HTTP worker thread starts when it comes up, on its event loop: the member's
+/// driver (and so the replicator, when elected) and the comm port's accept loop.
+pub struct Engine {
+    pub node: Arc<Node>,
+    pub events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    pub comm: std::net::TcpListener,
+    pub stop: tokio_util::sync::CancellationToken,
+    /// Told when the driver has stopped (the replicator retired, the follower gone).
+    pub done: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Engine {
+    fn start(self) {
+        match tokio::net::TcpListener::from_std(self.comm) {
+            Ok(comm) => {
+                actix_web::rt::spawn(crate::primary::session::accept_loop(
+                    comm,
+                    self.node.clone(),
+                ));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot serve the comm port"),
+        }
+        let done = self.done;
+        actix_web::rt::spawn(async move {
+            member::drive(self.node, self.events, self.stop).await;
+            let _ = done.send(());
+        });
+    }
 }
 
 struct State {
     metrics: common::metrics::PrometheusHandle,
-    role: Role,
+    node: Arc<Node>,
     store: Arc<dyn LogStore>,
     progress: common::stream::Progress,
     max_message_bytes: usize,
@@ -50,29 +74,23 @@ struct State {
 pub fn server(
     cfg: &Config,
     listener: std::net::TcpListener,
-    start: RoleStart,
-    store: Arc<dyn LogStore>,
-    progress: common::stream::Progress,
+    engine: Engine,
     metrics: common::metrics::PrometheusHandle,
 ) -> anyhow::Result<Server> {
     let (max_message_bytes, durability) = (cfg.max_message_bytes, cfg.durability);
     let started = Instant::now();
-    // A master's engine until the worker starts it, then the role (a restarted worker
-    // finds the replicator running).
-    let slot = Arc::new(std::sync::Mutex::new((Some(start), None::<Role>)));
+    let node = engine.node.clone();
+    let store = node.store.clone();
+    let progress = node.progress.clone();
+    // The engine until the worker starts it (a restarted worker finds it running).
+    let slot = Arc::new(std::sync::Mutex::new(Some(engine)));
     let server = common::web::serve(listener, Some(1), move |cfg: &mut web::ServiceConfig| {
-        let role = {
-            let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
-            match slot.0.take() {
-                Some(RoleStart::Primary(engine)) => slot.1 = Some(Role::Primary(engine.start())),
-                Some(RoleStart::Secondary(handle)) => slot.1 = Some(Role::Secondary(handle)),
-                None => {}
-            }
-            slot.1.clone().expect("started above or before")
-        };
+        if let Some(engine) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            engine.start();
+        }
         let state = web::Data::new(State {
             metrics: metrics.clone(),
-            role,
+            node: node.clone(),
             store: store.clone(),
             progress: progress.clone(),
             max_message_bytes,
@@ -111,7 +129,9 @@ pub fn server(
                 "DELETE",
                 web::delete().to(remove_member),
             ))
-            .service(endpoint("/members", "POST", web::post().to(readmit_member)));
+            .service(endpoint("/members", "POST", web::post().to(readmit_member)))
+            .service(endpoint("/hello", "GET", web::get().to(hello)))
+            .service(endpoint("/stepDown", "POST", web::post().to(step_down)));
     })?;
     Ok(server)
 }
@@ -127,9 +147,10 @@ pub fn server(
         (status = 504, description = "Timed out; the message is stored and keeps replicating", body = doc::Error),
     ))]
 async fn new_message(state: web::Data<State>, payload: web::Payload) -> HttpResponse {
-    let replicator = match &state.role {
+    let role = state.node.role();
+    let replicator = match &role {
         Role::Primary(r) => r,
-        Role::Secondary(f) => return not_primary(f, "takes no writes"),
+        Role::Secondary(_) => return not_primary(&state.node, "takes no writes"),
     };
     let started = Instant::now();
     let (response, write_concern) = write(&state, replicator, payload).await;
@@ -185,8 +206,8 @@ async fn write(
 
 /// 503 `not_writable` from a secondary asked to do what only the master does: the
 /// master's HTTP address in `primary` (null while this node reaches no master).
-fn not_primary(f: &follower::Handle, what: &str) -> HttpResponse {
-    let primary = f.primary();
+fn not_primary(node: &Node, what: &str) -> HttpResponse {
+    let primary = node.master_http();
     let error = match &primary {
         Some(p) => {
             format!("this node is a secondary and {what}; send this to the master at http://{p}")
@@ -203,6 +224,10 @@ fn refused(e: SubmitError) -> HttpResponse {
     match e {
         // No master that takes writes is known: this one cannot, and no other is.
         SubmitError::ShuttingDown | SubmitError::StoppedWaiting => {
+            error_response(&ApiError::not_writable(e.to_string(), None))
+        }
+        // Another member is (or is about to be) the master.
+        SubmitError::SteppedDown | SubmitError::Rejected(Rejected::SteppingDown) => {
             error_response(&ApiError::not_writable(e.to_string(), None))
         }
         SubmitError::Rejected(e @ Rejected::NoQuorum { .. }) => {
@@ -230,7 +255,7 @@ async fn messages(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
         Ok(q) => q,
         Err(e) => return error_response(&e),
     };
-    let commit_id = match &state.role {
+    let commit_id = match &state.node.role() {
         _ if !q.majority => u64::MAX,
         Role::Primary(r) => match r.send(GetStatus).await {
             Ok((st, _)) => st.commit_id,
@@ -245,7 +270,8 @@ async fn messages(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
 #[utoipa::path(get, path = "/health", tag = "every node",
     responses((status = 200, description = "The node is up; on the master its members and quorum, on a secondary its link to the master", body = Object)))]
 async fn health(state: web::Data<State>) -> HttpResponse {
-    let replicator = match &state.role {
+    let role = state.node.role();
+    let replicator = match &role {
         Role::Primary(r) => r,
         Role::Secondary(f) => return secondary_health(&state, f),
     };
@@ -331,7 +357,8 @@ fn warnings(st: &common::replication::MasterStatus) -> Vec<String> {
 #[utoipa::path(get, path = "/status", tag = "every node",
     responses((status = 200, description = "Members, states, lag, commit id", body = Object)))]
 async fn status(state: web::Data<State>) -> HttpResponse {
-    let replicator = match &state.role {
+    let role = state.node.role();
+    let replicator = match &role {
         Role::Primary(r) => r,
         Role::Secondary(f) => return secondary_status(&state, f),
     };
@@ -405,7 +432,8 @@ async fn status(state: web::Data<State>) -> HttpResponse {
         (status = 404, description = "No such message yet, or asked of a secondary (only the master knows)", body = doc::Error),
     ))]
 async fn message_status(path: web::Path<String>, state: web::Data<State>) -> HttpResponse {
-    let replicator = match &state.role {
+    let role = state.node.role();
+    let replicator = match &role {
         Role::Primary(r) => r,
         Role::Secondary(f) => {
             let at = f.primary().map_or_else(
@@ -463,9 +491,10 @@ async fn message_status(path: web::Path<String>, state: web::Data<State>) -> Htt
         (status = 503, description = "Not the master (its address in `primary`)", body = doc::Error),
     ))]
 async fn remove_member(path: web::Path<String>, state: web::Data<State>) -> HttpResponse {
-    let replicator = match &state.role {
+    let role = state.node.role();
+    let replicator = match &role {
         Role::Primary(r) => r,
-        Role::Secondary(f) => return not_primary(f, "does not change the membership"),
+        Role::Secondary(_) => return not_primary(&state.node, "does not change the membership"),
     };
     let name = path.into_inner();
     match replicator.send(RemoveMember(name.clone())).await {
@@ -498,9 +527,10 @@ async fn remove_member(path: web::Path<String>, state: web::Data<State>) -> Http
         (status = 503, description = "Not the master (its address in `primary`)", body = doc::Error),
     ))]
 async fn readmit_member(state: web::Data<State>, payload: web::Payload) -> HttpResponse {
-    let replicator = match &state.role {
+    let role = state.node.role();
+    let replicator = match &role {
         Role::Primary(r) => r,
-        Role::Secondary(f) => return not_primary(f, "does not change the membership"),
+        Role::Secondary(_) => return not_primary(&state.node, "does not change the membership"),
     };
     let name = match read_body(payload, 64 * 1024)
         .await
@@ -525,7 +555,8 @@ async fn readmit_member(state: web::Data<State>, payload: web::Payload) -> HttpR
 #[utoipa::path(get, path = "/metrics", tag = "every node",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics_page(state: web::Data<State>) -> HttpResponse {
-    let replicator = match &state.role {
+    let role = state.node.role();
+    let replicator = match &role {
         Role::Primary(r) => r,
         Role::Secondary(f) => return secondary_metrics(&state, f),
     };
@@ -641,6 +672,100 @@ fn secondary_metrics(state: &State, f: &follower::Handle) -> HttpResponse {
     common::web::metrics_response(&state.metrics)
 }
 
+/// `GET /hello`: what a client needs to find the master (MongoDB's `hello`).
+#[utoipa::path(get, path = "/hello", tag = "every node",
+    responses((status = 200, description = "This member's view of the set: who is master, the members' HTTP addresses, term, config version, last write and commit id", body = Object)))]
+async fn hello(state: web::Data<State>) -> HttpResponse {
+    let node = &state.node;
+    let membership = node.store.membership();
+    let (writable, commit_id, primary) = match node.role() {
+        Role::Primary(r) => match r.send(GetStatus).await {
+            Ok((st, _)) => (
+                st.has_quorum,
+                st.commit_id,
+                Some(node.addresses.http.clone()),
+            ),
+            Err(_) => (false, 0, None),
+        },
+        Role::Secondary(f) => {
+            let commit_id = f.core().commit_id();
+            (false, commit_id, node.master_http())
+        }
+    };
+    let is_primary = matches!(node.role(), Role::Primary(_));
+    let mut hosts: Vec<String> = membership
+        .hosts
+        .iter()
+        .map(|h| h.http.clone())
+        .filter(|h| !h.is_empty())
+        .collect();
+    if !hosts.contains(&node.addresses.http) {
+        hosts.insert(0, node.addresses.http.clone());
+    }
+    let log_id = node.store.log_id();
+    let last_id = node.store.written_id();
+    let (term, election_timeout) = {
+        let e = node.election();
+        (e.term(), e.election_timeout())
+    };
+    HttpResponse::Ok().json(json!({
+        "setName": (log_id != 0).then(|| format!("chorus-{log_id:016x}")),
+        "name": node.cfg.name,
+        "me": node.addresses.http,
+        "isWritablePrimary": is_primary && writable,
+        "secondary": !is_primary,
+        "primary": primary,
+        "hosts": hosts,
+        "term": term,
+        "configVersion": membership.config_version,
+        "lastWrite": {"id": last_id, "term": node.store.history().term_of(last_id)},
+        "commitId": commit_id,
+        "priority": node.cfg.priority,
+        "electionTimeoutMs": election_timeout.as_millis() as u64,
+    }))
+}
+
+/// `POST /stepDown`: the master stops being master.
+#[utoipa::path(post, path = "/stepDown", tag = "master",
+    request_body = doc::StepDown,
+    responses(
+        (status = 200, description = "Another member is master now", body = Object),
+        (status = 400, description = "Malformed body", body = doc::Error),
+        (status = 503, description = "Not the master (its address in `primary`)", body = doc::Error),
+        (status = 504, description = "No other member became master within `timeoutMs`; this one is a secondary", body = doc::Error),
+    ))]
+async fn step_down(state: web::Data<State>, payload: web::Payload) -> HttpResponse {
+    let req = match read_body(payload, 64 * 1024)
+        .await
+        .and_then(|b| api::parse_step_down(&b))
+    {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
+    if let Role::Secondary(_) = state.node.role() {
+        return not_primary(&state.node, "has nothing to step down from");
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    state.node.send(Event::StepDown(req.quiet, tx));
+    match tokio::time::timeout(req.timeout, rx).await {
+        Ok(Ok(Some(master))) => HttpResponse::Ok().json(json!({
+            "steppedDown": true,
+            "primaryName": master,
+            "primary": state.node.master_http(),
+            "term": state.node.term(),
+            "quietSeconds": req.quiet.as_secs(),
+        })),
+        _ => error_response(&ApiError::new(
+            504,
+            "step_down_timeout",
+            format!(
+                "no other member became master within {} ms; this node stepped down and is a secondary",
+                req.timeout.as_millis()
+            ),
+        )),
+    }
+}
+
 /// The API of a node, generated from the handlers' annotations above.
 #[derive(OpenApi)]
 #[openapi(
@@ -657,10 +782,19 @@ fn secondary_metrics(state: &State, f: &follower::Handle) -> HttpResponse {
         message_status,
         remove_member,
         readmit_member,
+        hello,
+        step_down,
         metrics_page,
         openapi_json
     ),
-    components(schemas(doc::NewMessage, doc::Receipt, doc::Error, doc::Message, doc::Member))
+    components(schemas(
+        doc::NewMessage,
+        doc::Receipt,
+        doc::Error,
+        doc::Message,
+        doc::Member,
+        doc::StepDown
+    ))
 )]
 pub struct ApiDoc;
 

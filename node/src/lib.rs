@@ -20,6 +20,7 @@
 
 pub mod follower;
 pub mod http;
+pub mod member;
 pub mod primary;
 
 use anyhow::Context;
@@ -36,53 +37,140 @@ use std::time::Duration;
 pub struct Config {
     /// `--name`: the node's identity as a member, on every log line and in `ackedBy`.
     pub name: String,
-    /// The address the ports listen on (and the master's HTTP address announced to
-    /// secondaries, unless it is a wildcard).
+    /// The address the ports listen on.
     pub host: String,
+    /// The host other members and clients reach this node by (`--advertise-host`;
+    /// None: `host`, or this machine's name when `host` is a wildcard).
+    pub advertise_host: Option<String>,
     pub data_dir: PathBuf,
     /// `--delay-ms`: every replication frame this node sends is held back this long.
     pub delay: DelaySpec,
+    /// `--drop-rate`: the probability that an acknowledgement this node sends as a
+    /// secondary is "lost".
+    pub drop_rate: f64,
     pub durability: Durability,
     /// The largest message a write may carry (413 above).
     pub max_message_bytes: usize,
-    /// How the node first joins the set.
+    /// `--priority`: 0 never stands; a caught-up member of higher priority takes over.
+    pub priority: u32,
+    /// `--election-timeout-ms`: silence from the master before an election
+    /// (randomised up to twice this).
+    pub election_timeout: Duration,
+    /// How this node runs as the master.
+    pub master: primary::Settings,
+    /// How the node first joins.
     pub start: Start,
 }
 
-/// How a node first joins: as the master of the log in its data directory, or by
-/// following a master.
+impl Config {
+    /// The address the node was started with to find its set (`--master-ip` and
+    /// `--master-comm-port`); empty for `master-node`.
+    pub fn seed_address(&self) -> String {
+        match &self.start {
+            Start::Master => String::new(),
+            Start::Secondary {
+                master_ip,
+                master_comm_port,
+            } => join_host_port(master_ip, *master_comm_port),
+        }
+    }
+
+    /// The host others reach this node by.
+    pub fn public_host(&self) -> String {
+        if let Some(h) = &self.advertise_host {
+            return h.clone();
+        }
+        let unspecified = self
+            .host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified());
+        if unspecified {
+            hostname().unwrap_or_else(|| "127.0.0.1".into())
+        } else {
+            self.host.clone()
+        }
+    }
+}
+
+/// `host:port`, with brackets around an IPv6 host.
+pub fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// This machine's name (a container's name in a compose network resolves to it).
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// How a node first joins the set (the name of its binary). Afterwards any member may
+/// be elected master.
 #[derive(Clone, Debug)]
 pub enum Start {
-    /// `master-node`: serve the log in the data directory as its master.
-    Master(primary::Settings),
-    /// `secondary-node`: follow the master at this address.
-    Secondary(follower::Settings),
+    /// `master-node`: on a log no other member shares yet, it is the new set's first
+    /// master at once; otherwise it rejoins its set and the set decides.
+    Master,
+    /// `secondary-node`: join the set through this address (any member's comm port).
+    Secondary {
+        master_ip: String,
+        master_comm_port: u16,
+    },
 }
 
 /// The sockets a node serves, bound by the caller (the binary, or a test that runs
 /// several nodes in one process on ports it picked).
 pub struct Listeners {
     pub http: TcpListener,
-    /// The comm port, where secondaries connect (only a master listens, for now).
-    pub comm: Option<TcpListener>,
+    /// The comm port, where other members connect (replication and votes).
+    pub comm: TcpListener,
 }
 
 impl Listeners {
-    /// Bind the HTTP port, and the comm port when `comm_port` is given, on `host`.
-    pub fn bind(host: &str, http_port: u16, comm_port: Option<u16>) -> anyhow::Result<Self> {
+    /// Bind the comm and HTTP ports on `host` (0: a free port).
+    pub fn bind(host: &str, http_port: u16, comm_port: u16) -> anyhow::Result<Self> {
         // The comm port first: it is the one other nodes are configured with.
-        let comm = match comm_port {
-            Some(port) => {
-                let l = TcpListener::bind((host, port))
-                    .with_context(|| format!("cannot listen on comm port {host}:{port}"))?;
-                l.set_nonblocking(true)?;
-                Some(l)
-            }
-            None => None,
-        };
+        let comm = TcpListener::bind((host, comm_port))
+            .with_context(|| format!("cannot listen on comm port {host}:{comm_port}"))?;
+        comm.set_nonblocking(true)?;
         let http = TcpListener::bind((host, http_port))
             .with_context(|| format!("cannot listen on http port {host}:{http_port}"))?;
         Ok(Self { http, comm })
+    }
+
+    /// As [`Self::bind`], but a comm port of 0 means "the one this node had last time
+    /// (kept in `data_dir/comm-port`), or any free one": the other members know a node
+    /// by its address, so a restart should not move it.
+    pub fn bind_remembering(
+        host: &str,
+        http_port: u16,
+        comm_port: u16,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        if comm_port != 0 {
+            return Self::bind(host, http_port, comm_port);
+        }
+        let file = data_dir.join("comm-port");
+        let last = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u16>().ok())
+            .filter(|p| *p != 0);
+        let listeners = match last.map(|p| Self::bind(host, http_port, p)) {
+            Some(Ok(l)) => l,
+            _ => Self::bind(host, http_port, 0)?,
+        };
+        let port = listeners.comm.local_addr()?.port();
+        if last != Some(port) {
+            std::fs::create_dir_all(data_dir)
+                .and_then(|()| std::fs::write(&file, format!("{port}\n")))
+                .with_context(|| format!("cannot write {}", file.display()))?;
+        }
+        Ok(listeners)
     }
 }
 
@@ -97,7 +185,7 @@ pub async fn run(
     shutdown: impl Future<Output = &'static str> + 'static,
 ) -> anyhow::Result<()> {
     let http_addr = listeners.http.local_addr()?;
-    let comm_addr = listeners.comm.as_ref().and_then(|c| c.local_addr().ok());
+    let comm_addr = listeners.comm.local_addr()?;
     let file = common::storage::open_for_node(&cfg.data_dir, cfg.durability)
         .with_context(|| format!("cannot open the log in {}", cfg.data_dir.display()))?;
     let store: Arc<dyn LogStore> = file.clone();
@@ -105,89 +193,51 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
     // After the recorder: counters bind to it when created.
     let progress = common::stream::Progress::new(store.written_id());
-    let (start, link, replicator) = match &cfg.start {
-        Start::Master(settings) => {
-            let comm = listeners
-                .comm
-                .context("a master needs its comm port to be bound")?;
-            let (engine, replicator) = primary::Engine::new(
-                &cfg,
-                settings,
-                store.clone(),
-                comm,
-                http_addr.port(),
-                progress.clone(),
-            )?;
-            (
-                http::RoleStart::Primary(Box::new(engine)),
-                None,
-                Some(replicator),
-            )
-        }
-        Start::Secondary(settings) => {
-            let core = follower::shared_core(&cfg.name, store.clone());
-            let link = follower::Link::start(
-                settings.clone(),
-                core.clone(),
-                store.clone(),
-                progress.clone(),
-            )
-            .context("cannot start the replication thread")?;
-            let handle = follower::Handle::new(core, settings);
-            (http::RoleStart::Secondary(handle), Some(link), None)
-        }
+    let host = cfg.public_host();
+    let addresses = member::Addresses {
+        comm: join_host_port(&host, comm_addr.port()),
+        http: join_host_port(&host, http_addr.port()),
     };
-    let server = http::server(
-        &cfg,
-        listeners.http,
-        start,
-        store,
+    let (node, events) = member::Node::new(
+        cfg.clone(),
+        store.clone(),
         progress.clone(),
-        metrics,
-    )?;
+        addresses,
+        http_addr.port(),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (driver_done, driver_finished) = tokio::sync::oneshot::channel::<()>();
+    let engine = http::Engine {
+        node: node.clone(),
+        events,
+        comm: listeners.comm,
+        stop: stop.clone(),
+        done: driver_done,
+    };
+    let server = http::server(&cfg, listeners.http, engine, metrics)?;
     let handle = server.handle();
-    actix_web::rt::spawn(async move {
-        let signal = shutdown.await;
-        tracing::info!(
-            signal,
-            "stopping: refusing new writes, answering waiting ones"
-        );
-        if let Some(replicator) = replicator
-            && let Ok(replicator) = replicator.await
-        {
-            let failed = replicator
-                .send(primary::replicator::Shutdown)
-                .await
-                .unwrap_or_default();
-            if failed > 0 {
-                tracing::warn!(
-                    failed,
-                    "writes still waiting for their write concern were answered 503"
-                );
-            }
-        }
-        progress.stop(); // change streams end, so that the server can
-        handle.stop(true).await;
-    });
-    match (&cfg.start, comm_addr) {
-        (Start::Master(_), Some(comm)) => tracing::info!(
-            data_dir = %cfg.data_dir.display(),
-            "listening http={http_addr} comm={comm}"
-        ),
-        (Start::Secondary(s), _) => tracing::info!(
-            master = s.master_address(),
-            data_dir = %cfg.data_dir.display(),
-            "listening http={http_addr}"
-        ),
-        _ => {}
-    }
-    let served = server.await.context("http server failed");
-    if let Some(link) = link
-        && !link.stop(Duration::from_secs(5))
     {
-        tracing::warn!("the replication thread did not stop within 5 s");
+        let progress = progress.clone();
+        actix_web::rt::spawn(async move {
+            let signal = shutdown.await;
+            tracing::info!(
+                signal,
+                "stopping: refusing new writes, answering waiting ones"
+            );
+            stop.cancel();
+            // The driver retires the replicator and stops following.
+            let _ = driver_finished.await;
+            progress.stop(); // change streams end, so that the server can
+            handle.stop(true).await;
+        });
     }
-    served?;
+    tracing::info!(
+        data_dir = %cfg.data_dir.display(),
+        comm = %node.addresses.comm,
+        http = %node.addresses.http,
+        "listening http={http_addr} comm={comm_addr}"
+    );
+    server.await.context("http server failed")?;
     // Acknowledged entries are durable already (in relaxed mode: written); put
     // everything appended on the disk, and give the preallocated space back.
     let durable = file.close().context("final sync")?;

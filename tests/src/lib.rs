@@ -445,6 +445,44 @@ pub async fn write_once_writable(
     .await
 }
 
+/// Wait until one of `nodes` is the master and takes writes (its `/hello` says
+/// `isWritablePrimary`); its index.
+pub async fn wait_master(http: &Http, nodes: &[&Node], within: Duration) -> Result<usize> {
+    wait_for("a master that takes writes", within, || async {
+        for (i, n) in nodes.iter().enumerate() {
+            if let Ok((200, h)) = http.get(&n.url("/hello")).await
+                && h["isWritablePrimary"] == true
+            {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    })
+    .await
+}
+
+/// Every entry a node rolled back (its `rollback/` files), as (id, message).
+pub fn rolled_back(dir: &TestDir, name: &str) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let Ok(files) = std::fs::read_dir(dir.path().join("data").join(name).join("rollback")) else {
+        return out;
+    };
+    for f in files.flatten() {
+        for line in std::fs::read_to_string(f.path())
+            .unwrap_or_default()
+            .lines()
+        {
+            if let Ok(v) = serde_json::from_str::<Value>(line) {
+                out.push((
+                    v["id"].as_u64().unwrap_or(0),
+                    v["message"].as_str().unwrap_or_default().to_string(),
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Ids are exactly 1..=n, in order (no gap, no duplicate).
 pub fn assert_gap_free(log: &[(u64, String)]) {
     let ids: Vec<u64> = log.iter().map(|e| e.0).collect();

@@ -46,6 +46,7 @@ async fn new_message(payload: web::Payload) -> HttpResponse {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         acks: 1,
         acked_by: vec!["ceiling".into()],
+        term: 1,
     };
     HttpResponse::Created().json(&receipt)
 }

@@ -137,6 +137,20 @@ mod tests {
                 truncate_after: Some(5),
                 http_host: Some("10.0.0.1".into()),
                 http_port: 8080,
+                term: 3,
+                history: crate::replication::election::History(vec![
+                    crate::replication::election::TermStart { term: 1, after: 0 },
+                    crate::replication::election::TermStart { term: 3, after: 5 },
+                ]),
+                members: vec![crate::protocol::MemberInfo {
+                    name: "m".into(),
+                    comm: "10.0.0.1:4000".into(),
+                    http: "10.0.0.1:8080".into(),
+                    priority: 1,
+                }],
+                removed: Vec::new(),
+                config_version: 2,
+                delay_ms: 0,
             },
             MasterFrame::AddMessages {
                 entries: vec![Entry {
@@ -147,6 +161,7 @@ mod tests {
                 }],
                 commit_id: 0,
                 urgent: false,
+                term: 1,
             },
             MasterFrame::Messages {
                 entries: (1..=20)
@@ -158,12 +173,21 @@ mod tests {
                     })
                     .collect(),
                 last: true,
+                term: 1,
             },
             MasterFrame::ReadyAck,
             MasterFrame::Heartbeat {
                 last_id: u64::MAX,
                 commit_id: 3,
+                term: 9,
             },
+            MasterFrame::TimeoutNow { term: 4 },
+            MasterFrame::Vote(crate::replication::election::VoteResponse {
+                term: 4,
+                granted: true,
+                pre_vote: false,
+                reason: String::new(),
+            }),
             MasterFrame::Error(ErrorFrame::new(ErrorCode::LogMismatch, "no")),
         ]
     }
@@ -199,7 +223,24 @@ mod tests {
                 next_expected: 1,
                 log_id: 0,
                 last_term: 0,
+                term: 2,
+                history: Default::default(),
+                comm: Some("127.0.0.1:4001".into()),
+                http: None,
+                priority: 0,
+                delay_ms: 5,
             },
+            SecondaryFrame::RequestVote(crate::replication::election::VoteRequest {
+                term: 3,
+                candidate: "s2".into(),
+                log: crate::replication::election::LogPosition {
+                    last_term: 2,
+                    last_id: 9,
+                },
+                pre_vote: true,
+                transfer: false,
+                comm: "127.0.0.1:4002".into(),
+            }),
             SecondaryFrame::GetMessages { start_id: 1 },
             SecondaryFrame::Ready,
             SecondaryFrame::Ack {
@@ -322,6 +363,7 @@ mod tests {
                 message: "y".repeat(100),
                 request_id: None,
             }],
+            term: 1,
             commit_id: 0,
             urgent: true,
         };

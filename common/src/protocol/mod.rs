@@ -8,14 +8,17 @@
 
 pub mod codec;
 
+use crate::replication::election::{History, VoteRequest, VoteResponse};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The protocol version this build speaks. A peer with another version is refused with
 /// [`ErrorCode::VersionMismatch`]. Version 2: the master sends messages before its own
 /// sync, so the handshake compares terms and may cut a secondary's tail
-/// (`last_term`, `truncate_after`); a version 1 secondary would not cut it.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// (`last_term`, `truncate_after`); a version 1 secondary would not cut it. Version 3:
+/// elections. Every node listens; frames carry the master's term; the handshake
+/// compares term histories; votes, member lists and hand-overs have frames of their own.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest frame body either side accepts or sends. Checked before anything is
 /// allocated for a frame.
@@ -56,7 +59,28 @@ pub enum SecondaryFrame {
         /// The term of the secondary's last entry (0: it holds none).
         #[serde(default)]
         last_term: u64,
+        /// The newest term the secondary knows: a master of an older term steps down.
+        #[serde(default)]
+        term: u64,
+        /// The term starts of the secondary's log: the master finds the last entry the
+        /// two logs share from them.
+        #[serde(default)]
+        history: History,
+        /// Where the other members reach this one (comm `host:port`, HTTP `host:port`)
+        /// and its priority: the master shares them with the set.
+        #[serde(default)]
+        comm: Option<String>,
+        #[serde(default)]
+        http: Option<String>,
+        #[serde(default = "one")]
+        priority: u32,
+        /// The longest the secondary holds back a frame (`--delay-ms`): the master
+        /// allows for it before it calls the secondary silent.
+        #[serde(default)]
+        delay_ms: u64,
     },
+    /// The first frame of an election connection: a candidate asks for a vote.
+    RequestVote(VoteRequest),
     /// Ask for every message from `start_id` on (`getMessages(startMsgId)`).
     GetMessages { start_id: u64 },
     /// The secondary has caught up and registers for live traffic.
@@ -94,11 +118,46 @@ pub enum MasterFrame {
         /// The port of the master's HTTP API (0 from a master that predates it).
         #[serde(default)]
         http_port: u16,
+        /// The master's term: every frame on this connection is of it.
+        #[serde(default)]
+        term: u64,
+        /// The master's term starts, which the secondary adopts.
+        #[serde(default)]
+        history: History,
+        /// The set's members as the master knows them.
+        #[serde(default)]
+        members: Vec<MemberInfo>,
+        /// Names removed from the set (refused until re-admitted).
+        #[serde(default)]
+        removed: Vec<String>,
+        #[serde(default)]
+        config_version: u64,
+        /// The longest the master holds back a frame (`--delay-ms`): the secondary
+        /// allows for it before it calls the master silent and stands for election.
+        #[serde(default)]
+        delay_ms: u64,
     },
+    /// The member list changed (a member joined, moved or was removed).
+    Members {
+        config_version: u64,
+        members: Vec<MemberInfo>,
+        #[serde(default)]
+        removed: Vec<String>,
+    },
+    /// The master hands over: the secondary should stand for election at once
+    /// (`stepDown`, or a caught-up member of higher priority).
+    TimeoutNow { term: u64 },
+    /// The answer to a [`SecondaryFrame::RequestVote`].
+    Vote(VoteResponse),
     /// A batch of the answer to [`SecondaryFrame::GetMessages`]. `last` marks the batch
     /// that reaches the master's last id at the time it was sent: after it, the
     /// secondary sends [`SecondaryFrame::Ready`] once it holds everything up to it.
-    Messages { entries: Vec<Entry>, last: bool },
+    Messages {
+        entries: Vec<Entry>,
+        last: bool,
+        #[serde(default)]
+        term: u64,
+    },
     /// Live replication (`addMessage`): one or more new messages, and the
     /// master's commit id (the highest id a majority holds) when it sent them.
     AddMessages {
@@ -112,6 +171,8 @@ pub enum MasterFrame {
         /// Absent (from a master that predates it): true.
         #[serde(default = "yes")]
         urgent: bool,
+        #[serde(default)]
+        term: u64,
     },
     /// The master took the secondary's [`SecondaryFrame::Ready`].
     ReadyAck,
@@ -120,6 +181,8 @@ pub enum MasterFrame {
         last_id: u64,
         #[serde(default)]
         commit_id: u64,
+        #[serde(default)]
+        term: u64,
     },
     /// Something went wrong; the master closes the connection after it.
     Error(ErrorFrame),
@@ -131,6 +194,12 @@ pub struct ErrorFrame {
     pub code: ErrorCode,
     /// For a person reading the peer's log.
     pub message: String,
+    /// With [`ErrorCode::NotMaster`]: the comm address of the master, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
+    /// The sender's term, when it matters ([`ErrorCode::StaleTerm`], `NotMaster`).
+    #[serde(default)]
+    pub term: u64,
 }
 
 impl ErrorFrame {
@@ -138,8 +207,22 @@ impl ErrorFrame {
         Self {
             code,
             message: message.into(),
+            master: None,
+            term: 0,
         }
     }
+}
+
+/// A member of the set, as the master shares it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub name: String,
+    /// Its comm address, `host:port` (empty until it told).
+    pub comm: String,
+    /// Its HTTP address, `host:port` (empty until it told).
+    pub http: String,
+    /// 0: never master.
+    pub priority: u32,
 }
 
 impl fmt::Display for ErrorFrame {
@@ -171,6 +254,10 @@ pub enum ErrorCode {
     /// The name was removed from the set (`DELETE /members/{name}`) and stays out until
     /// the master re-admits it (`POST /members`).
     Removed,
+    /// This node is not the master; `master` in the frame says where it is, if known.
+    NotMaster,
+    /// The peer's term is older than this node's.
+    StaleTerm,
     /// Anything else (for forward compatibility, an unknown code decodes as this).
     #[serde(other)]
     Other,
@@ -184,4 +271,9 @@ pub fn encode_body<T: Serialize>(frame: &T) -> Result<Vec<u8>, rmp_serde::encode
 /// The default of a flag that older peers do not send.
 fn yes() -> bool {
     true
+}
+
+/// The default priority.
+fn one() -> u32 {
+    1
 }

@@ -83,6 +83,7 @@ mod tests {
             entries: vec![],
             commit_id: 0,
             urgent,
+            term: 1,
         }
     }
 
@@ -135,6 +136,7 @@ mod tests {
         let heartbeat = MasterFrame::Heartbeat {
             last_id: 2,
             commit_id: 0,
+            term: 1,
         };
         assert!(is_urgent(&heartbeat), "not a live batch");
         assert!(!is_urgent(&add(false)));

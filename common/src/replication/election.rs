@@ -147,6 +147,10 @@ pub struct VoteRequest {
     /// voter that still hears from that master grants anyway.
     #[serde(default)]
     pub transfer: bool,
+    /// Where the candidate is reached now (comm `host:port`), which voters may not
+    /// know yet (a member restarted on another port).
+    #[serde(default)]
+    pub comm: String,
 }
 
 /// The answer to a [`VoteRequest`].
@@ -235,6 +239,9 @@ pub struct ElectionCore {
     /// Stands for no election before this (`stepDown`).
     quiet_until: Option<Instant>,
     transfer: bool,
+    /// Added to the election timeout: how long frames from the master may be held
+    /// back on purpose (`--delay-ms` on either side), so a slow link is not a dead one.
+    slack: Duration,
     reason: &'static str,
     metrics: Option<ElectionMetrics>,
     outputs: Vec<ElectionOutput>,
@@ -257,6 +264,7 @@ impl ElectionCore {
             last_heard: None,
             quiet_until: None,
             transfer: false,
+            slack: Duration::ZERO,
             reason: "electionTimeout",
             metrics: None,
             outputs: Vec::new(),
@@ -327,7 +335,12 @@ impl ElectionCore {
     fn reset_deadline(&mut self, now: Instant) {
         let base = self.cfg.election_timeout.as_millis() as u64;
         let ms = self.rng.random_range(base..=base * 2);
-        self.deadline = now + Duration::from_millis(ms.max(1));
+        self.deadline = now + Duration::from_millis(ms.max(1)) + self.slack;
+    }
+
+    /// Allow this much more silence from the master (frames held back on purpose).
+    pub fn set_slack(&mut self, slack: Duration) {
+        self.slack = slack;
     }
 
     /// A newer term seen anywhere: adopt it, forget the vote, follow.
@@ -420,6 +433,7 @@ impl ElectionCore {
             log,
             pre_vote: true,
             transfer: false,
+            comm: String::new(),
         }));
     }
 
@@ -444,6 +458,7 @@ impl ElectionCore {
             log,
             pre_vote: false,
             transfer: self.transfer,
+            comm: String::new(),
         }));
     }
 
@@ -502,9 +517,9 @@ impl ElectionCore {
             if req.term <= self.term {
                 return refuse(self.term, format!("term {} is not newer", req.term));
             }
-            let heard_recently = self
-                .last_heard
-                .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.election_timeout);
+            let heard_recently = self.last_heard.is_some_and(|t| {
+                now.saturating_duration_since(t) < self.cfg.election_timeout + self.slack
+            });
             if (heard_recently || self.role == ElectionRole::Leader) && !req.transfer {
                 return refuse(self.term, "a master is alive".into());
             }
@@ -590,7 +605,11 @@ impl ElectionCore {
             self.outputs
                 .push(ElectionOutput::BecomeFollower { term: self.term });
         }
-        self.quiet_until = (!quiet.is_zero()).then_some(now + quiet);
+        // Several reasons may ask for quiet at once: the longest wins.
+        let until = now + quiet;
+        if !quiet.is_zero() && self.quiet_until.is_none_or(|t| t < until) {
+            self.quiet_until = Some(until);
+        }
         self.reset_deadline(now);
     }
 }
@@ -742,6 +761,7 @@ mod tests {
             log: pos(1, 5),
             pre_vote: false,
             transfer: false,
+            comm: String::new(),
         };
         assert!(c.handle_vote_request(t0, &ask("a"), pos(1, 5)).granted);
         assert!(!c.handle_vote_request(t0, &ask("b"), pos(1, 5)).granted);
@@ -765,6 +785,7 @@ mod tests {
             log,
             pre_vote: false,
             transfer: false,
+            comm: String::new(),
         };
         // Longer log of an older last term loses to a newer last term.
         assert!(
@@ -795,6 +816,7 @@ mod tests {
             log: pos(1, 9),
             pre_vote: true,
             transfer: false,
+            comm: String::new(),
         };
         assert!(
             !b.handle_vote_request(t0 + Duration::from_millis(10), &req, pos(1, 5))
@@ -853,6 +875,7 @@ mod tests {
             log: pos(1, 5),
             pre_vote: false,
             transfer: false,
+            comm: String::new(),
         };
         assert!(z.handle_vote_request(t0, &req, pos(1, 5)).granted);
     }

@@ -1,8 +1,9 @@
 //! The master's replication state machine.
 
+use super::election::History;
 use super::{ConnId, Health, HealthPolicy, RetryPolicy, WriteConcern};
 use crate::protocol::{
-    Entry, ErrorCode, ErrorFrame, MasterFrame, PROTOCOL_VERSION, SecondaryFrame,
+    Entry, ErrorCode, ErrorFrame, MasterFrame, MemberInfo, PROTOCOL_VERSION, SecondaryFrame,
 };
 use crate::storage::{LogStore, Membership, StorageError};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
@@ -40,6 +41,19 @@ pub struct MasterConfig {
     /// The master's HTTP API, told to secondaries in the `Welcome` so that they can send
     /// clients there.
     pub http: HttpAddress,
+    /// The term this master was elected in (saved by the election before). 0: take the
+    /// next term after the store's, as a master that needs no election does.
+    pub term: u64,
+    /// How other members reach this one (comm `host:port`; empty: not listening).
+    pub comm: String,
+    /// This member's priority (a caught-up member of higher priority takes over).
+    pub priority: u32,
+    /// Check-quorum: a master that has not heard from a majority of the members for
+    /// this long says so ([`MasterOutput::LostQuorum`]). None: never.
+    pub quorum_timeout: Option<Duration>,
+    /// The longest this master holds back a frame on purpose (`--delay-ms`): silence
+    /// that long (plus the member's own) is not counted against a member.
+    pub delay: Duration,
 }
 
 /// Where a node's HTTP API listens, as others should reach it.
@@ -88,6 +102,11 @@ impl MasterConfig {
             seed: 0,
             health: HealthPolicy::new(Duration::from_secs(1)),
             http: HttpAddress::default(),
+            term: 0,
+            comm: String::new(),
+            priority: 1,
+            quorum_timeout: None,
+            delay: Duration::ZERO,
         }
     }
 }
@@ -111,6 +130,8 @@ pub struct Receipt {
     pub acked_by: Vec<String>,
     pub acks: usize,
     pub id: u64,
+    /// The term of the master that accepted the message.
+    pub term: u64,
 }
 
 /// Why a write was not accepted.
@@ -125,6 +146,9 @@ pub enum Rejected {
         members: usize,
         needed: usize,
     },
+    /// The master is handing over to another member (`stepDown`, priority takeover).
+    #[error("this master is stepping down; send writes to the next one")]
+    SteppingDown,
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -149,6 +173,13 @@ pub enum MasterOutput {
     Reply { token: Token, outcome: WriteOutcome },
     /// The store failed; the shell reports it.
     StorageFailed(StorageError),
+    /// A peer knows a newer term: this master must step down.
+    NewerTerm(u64),
+    /// No majority heard from for the quorum timeout: this master must step down.
+    LostQuorum,
+    /// The master asked `to` to stand for election at once (a caught-up member of
+    /// higher priority): it stops taking writes and steps down.
+    HandedOver { to: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,6 +239,11 @@ struct Member {
     rtt: Option<Duration>,
     /// Last time the member held everything the master had made durable.
     caught_up_at: Option<Instant>,
+    /// It acknowledged on this connection, so it holds this term's start and counts
+    /// toward write concerns and the commit id (see `election`).
+    confirmed: bool,
+    /// The longest it holds back a frame on purpose (its `--delay-ms`).
+    delay: Duration,
 }
 
 impl Member {
@@ -228,6 +264,8 @@ impl Member {
             heartbeat_sent: None,
             rtt: None,
             caught_up_at: None,
+            confirmed: false,
+            delay: Duration::ZERO,
         }
     }
 }
@@ -321,6 +359,11 @@ pub struct MasterStatus {
     pub removed: Vec<String>,
     /// Peers refused at their handshake since they last got in, newest first.
     pub refused: Vec<RefusedPeer>,
+    /// Every member's addresses and priority, this one first.
+    pub hosts: Vec<MemberInfo>,
+    pub config_version: u64,
+    /// The term of the last entry written.
+    pub last_term: u64,
 }
 
 /// The master's replication state machine. See the module docs of
@@ -331,6 +374,16 @@ pub struct MasterCore<S> {
     log_id: u64,
     /// This run's term: entries appended now carry it.
     term: u64,
+    /// The log's term starts, this term's last: its `after` is where this term began.
+    history: History,
+    /// Every member's addresses and priority (this one included), and their version.
+    hosts: Vec<MemberInfo>,
+    config_version: u64,
+    /// Check-quorum: when a majority was last heard from, and whether it was reported.
+    quorum_seen: Instant,
+    quorum_lost: bool,
+    /// Handing over to another member: no new writes.
+    handing_over: bool,
     /// Highest id appended to the store.
     last_id: u64,
     /// Highest id the store has written to the operating system: readable, sent to
@@ -376,14 +429,43 @@ impl<S: LogStore> MasterCore<S> {
             log_id = rng.random_range(1..=u64::MAX);
             store.set_log_id(log_id)?;
         }
-        let Membership { members, removed } = store.membership();
-        let members = members.into_iter().map(Member::new).collect();
+        let Membership {
+            members,
+            removed,
+            hosts,
+            config_version,
+        } = store.membership();
+        let members = members
+            .into_iter()
+            .filter(|n| *n != cfg.name)
+            .map(Member::new)
+            .collect();
         let durable_id = store.sync()?;
         let last_term = store.read(durable_id, 1)?.first().map_or(0, |e| e.term);
-        let term = store.term().max(last_term) + 1;
-        store.set_term(term)?;
+        let term = if cfg.term > 0 {
+            cfg.term
+        } else {
+            let term = store.term().max(last_term) + 1;
+            store.set_term(term)?;
+            term
+        };
+        // This term starts after what the log holds durably (a tail not durable is
+        // gone after a crash; see the module docs of `election`).
+        if durable_id < store.last_id() {
+            store.truncate(durable_id)?;
+        }
+        let mut history = store.history();
+        history.start(term, durable_id);
+        store.set_history(&history)?;
         let request_ids = store.request_ids()?.into_iter().collect();
-        Ok(Self {
+        let now = Instant::now();
+        let mut core = Self {
+            history,
+            hosts,
+            config_version,
+            quorum_seen: now,
+            quorum_lost: false,
+            handing_over: false,
             last_id: durable_id,
             written_id: durable_id,
             durable_id,
@@ -402,7 +484,64 @@ impl<S: LogStore> MasterCore<S> {
             request_ids,
             outputs: Vec::new(),
             rng,
-        })
+        };
+        core.update_host(
+            MemberInfo {
+                name: core.cfg.name.clone(),
+                comm: core.cfg.comm.clone(),
+                http: core.cfg.http.with_fallback("127.0.0.1").unwrap_or_default(),
+                priority: core.cfg.priority,
+            },
+            None,
+        )?;
+        Ok(core)
+    }
+
+    /// The log's term starts.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// Record a member's addresses and priority; when they changed, save and share
+    /// the new list with every connected member.
+    fn update_host(
+        &mut self,
+        info: MemberInfo,
+        except: Option<ConnId>,
+    ) -> Result<(), StorageError> {
+        match self.hosts.iter_mut().find(|h| h.name == info.name) {
+            Some(h) if *h == info => return Ok(()),
+            Some(h) => *h = info,
+            None => self.hosts.push(info),
+        }
+        self.save_hosts(except)
+    }
+
+    /// Save the member list with a new version and send it to every member following
+    /// (a member handshaking now gets it in its `Welcome`).
+    fn save_hosts(&mut self, except: Option<ConnId>) -> Result<(), StorageError> {
+        let names: Vec<String> = self.members.iter().map(|m| m.name.clone()).collect();
+        self.hosts
+            .retain(|h| h.name == self.cfg.name || names.contains(&h.name));
+        self.config_version += 1;
+        let removed = self.removed.clone();
+        self.save_membership(names, removed)?;
+        for m in &self.members {
+            if let Some(conn) = m.conn
+                && m.phase != Phase::Disconnected
+                && Some(conn) != except
+            {
+                self.outputs.push(MasterOutput::Send {
+                    conn,
+                    frame: MasterFrame::Members {
+                        config_version: self.config_version,
+                        members: self.hosts.clone(),
+                        removed: self.removed.clone(),
+                    },
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn last_id(&self) -> u64 {
@@ -506,6 +645,9 @@ impl<S: LogStore> MasterCore<S> {
         let id = match known {
             Some(id) => id,
             None => {
+                if self.handing_over {
+                    return Err(Rejected::SteppingDown);
+                }
                 self.check_quorum(now)?;
                 let id = self.last_id + 1;
                 let entry = Entry {
@@ -546,7 +688,11 @@ impl<S: LogStore> MasterCore<S> {
     }
 
     fn health(&self, m: &Member, now: Instant) -> Health {
-        let silent_for = m.last_heard.map(|t| now.saturating_duration_since(t));
+        // Frames held back on purpose (either side's `--delay-ms`) are not silence.
+        let held = m.delay + self.cfg.delay;
+        let silent_for = m
+            .last_heard
+            .map(|t| now.saturating_duration_since(t).saturating_sub(held));
         self.cfg.health.of(m.conn.is_some(), silent_for)
     }
 
@@ -593,6 +739,13 @@ impl<S: LogStore> MasterCore<S> {
         match frame {
             SecondaryFrame::Hello { .. } => {
                 self.refuse(conn, ErrorCode::UnexpectedFrame, "Hello sent twice");
+            }
+            SecondaryFrame::RequestVote(_) => {
+                self.refuse(
+                    conn,
+                    ErrorCode::UnexpectedFrame,
+                    "a vote request belongs on a connection of its own",
+                );
             }
             SecondaryFrame::GetMessages { start_id } => {
                 if start_id == 0 || start_id > self.written_id + 1 {
@@ -664,10 +817,16 @@ impl<S: LogStore> MasterCore<S> {
         if upto >= self.durable_id {
             m.caught_up_at = Some(now);
         }
+        // The first acknowledgement on a connection comes after the member took this
+        // master's history: from now on it counts.
+        let newly = !m.confirmed;
+        m.confirmed = true;
         // Acks may arrive out of order: only ever move forward.
         if upto > m.upto {
             m.upto = upto;
             m.inflight = m.inflight.split_off(&(upto + 1));
+            self.check_waiters();
+        } else if newly {
             self.check_waiters();
         }
         true
@@ -680,6 +839,12 @@ impl<S: LogStore> MasterCore<S> {
             next_expected,
             log_id,
             last_term,
+            term,
+            history,
+            comm,
+            http,
+            priority,
+            delay_ms,
         } = frame
         else {
             self.refuse(
@@ -716,13 +881,31 @@ impl<S: LogStore> MasterCore<S> {
             self.refuse_peer(now, conn, &name, ErrorCode::Removed, msg);
             return;
         }
+        if term > self.term {
+            let mut e = ErrorFrame::new(
+                ErrorCode::StaleTerm,
+                format!(
+                    "{name} knows term {term}, newer than this master's {}: this master steps down",
+                    self.term
+                ),
+            );
+            e.term = self.term;
+            self.outputs.push(MasterOutput::Send {
+                conn,
+                frame: MasterFrame::Error(e),
+            });
+            self.outputs.push(MasterOutput::Close { conn });
+            self.outputs.push(MasterOutput::NewerTerm(term));
+            return;
+        }
         let holds = next_expected.saturating_sub(1);
         if next_expected == 0
             || (log_id != 0 && log_id != self.log_id)
             || (log_id == 0 && holds > 0)
-            || last_term > self.term
-            || (last_term == self.term && holds > self.written_id)
             || (holds > 0 && last_term == 0)
+            || last_term > self.term
+            || (history.term_of(holds) == self.term && holds > self.written_id)
+            || !history.is_valid()
         {
             let msg = format!(
                 "{name} holds ids up to {holds} (term {last_term}) of log {log_id:#x}, which is not this master's history: the master holds ids up to {} (term {}) of log {:#x}. Was the master started on another data directory? Start it on the set's data, or give {name} an empty data directory to join this one",
@@ -731,14 +914,7 @@ impl<S: LogStore> MasterCore<S> {
             self.refuse_peer(now, conn, &name, ErrorCode::LogMismatch, msg);
             return;
         }
-        let keep = match self.common_prefix(holds, last_term) {
-            Ok(keep) => keep,
-            Err(e) => {
-                self.outputs.push(MasterOutput::StorageFailed(e));
-                self.refuse(conn, ErrorCode::Other, "the master cannot read its log");
-                return;
-            }
-        };
+        let keep = self.history.common_prefix(self.written_id, &history, holds);
         let truncate_after = (keep < holds).then_some(keep);
         if let Some(keep) = truncate_after {
             tracing::warn!(peer = %name, holds, last_term, keep, "the secondary holds entries this master lost; it will cut them");
@@ -759,7 +935,7 @@ impl<S: LogStore> MasterCore<S> {
                     return;
                 }
                 tracing::info!(peer = %name, members = names.len() + 1, "a new member joined");
-                self.members.push(Member::new(name));
+                self.members.push(Member::new(name.clone()));
                 self.members.len() - 1
             }
         };
@@ -778,7 +954,18 @@ impl<S: LogStore> MasterCore<S> {
         m.last_heard = Some(now);
         m.connected_at = Some(now);
         m.heartbeat_sent = None;
+        m.confirmed = false;
+        m.delay = Duration::from_millis(delay_ms);
         self.conns.insert(conn, Some(idx));
+        let info = MemberInfo {
+            name: name.clone(),
+            comm: comm.unwrap_or_default(),
+            http: http.unwrap_or_default(),
+            priority,
+        };
+        if let Err(e) = self.update_host(info, Some(conn)) {
+            self.outputs.push(MasterOutput::StorageFailed(e));
+        }
         self.outputs.push(MasterOutput::Send {
             conn,
             frame: MasterFrame::Welcome {
@@ -789,39 +976,16 @@ impl<S: LogStore> MasterCore<S> {
                 truncate_after,
                 http_host: self.cfg.http.host.clone(),
                 http_port: self.cfg.http.port,
+                term: self.term,
+                history: self.history.clone(),
+                members: self.hosts.clone(),
+                removed: self.removed.clone(),
+                config_version: self.config_version,
+                delay_ms: self.cfg.delay.as_millis() as u64,
             },
         });
         // A member joining (or coming back holding messages) can complete waiting writes.
         self.check_waiters();
-    }
-
-    /// How much of a secondary's log, `holds` entries with the last one of term
-    /// `last_term`, is also this master's log: Raft's log matching. Entries of one term
-    /// come from one master run, in order, so a secondary's entries of term t agree with
-    /// the master's up to where the master's entries of term t end (a run that crashed
-    /// may have sent more than it kept). Terms never decrease along a log, so that end
-    /// is found by bisection.
-    fn common_prefix(&self, holds: u64, last_term: u64) -> Result<u64, StorageError> {
-        let (mut lo, mut hi) = (0, holds.min(self.written_id));
-        if last_term == self.term {
-            return Ok(hi); // sent by this very run
-        }
-        // The answer is the last id in 0..=hi whose term is at most `last_term`.
-        while lo < hi {
-            let mid = lo + (hi - lo).div_ceil(2);
-            let term = self
-                .store
-                .read(mid, 1)?
-                .first()
-                .map(|e| e.term)
-                .ok_or_else(|| StorageError::Io(format!("entry {mid} missing")))?;
-            if term <= last_term {
-                lo = mid;
-            } else {
-                hi = mid - 1;
-            }
-        }
-        Ok(lo)
     }
 
     /// Tell the shell the peer address of a handshaken connection (for status only).
@@ -866,7 +1030,14 @@ impl<S: LogStore> MasterCore<S> {
         members: Vec<String>,
         removed: Vec<String>,
     ) -> Result<(), StorageError> {
-        let m = Membership { members, removed };
+        let mut all = vec![self.cfg.name.clone()];
+        all.extend(members);
+        let m = Membership {
+            members: all,
+            removed,
+            hosts: self.hosts.clone(),
+            config_version: self.config_version,
+        };
         self.store.set_membership(&m)?;
         self.removed = m.removed;
         Ok(())
@@ -906,6 +1077,7 @@ impl<S: LogStore> MasterCore<S> {
                         frame: MasterFrame::Messages {
                             entries: Vec::new(),
                             last: true,
+                            term: self.term,
                         },
                     });
                 }
@@ -951,13 +1123,18 @@ impl<S: LogStore> MasterCore<S> {
                     entries,
                     commit_id: self.commit_id(),
                     urgent: self.awaited(upto),
+                    term: self.term,
                 }
             } else {
                 let last = m.next_send > self.written_id;
                 if last {
                     m.phase = Phase::AwaitingReady;
                 }
-                MasterFrame::Messages { entries, last }
+                MasterFrame::Messages {
+                    entries,
+                    last,
+                    term: self.term,
+                }
             };
             self.outputs.push(MasterOutput::Send { conn, frame });
         }
@@ -1113,11 +1290,13 @@ impl<S: LogStore> MasterCore<S> {
                 entries,
                 commit_id: self.commit_id(),
                 urgent: true,
+                term: self.term,
             }
         } else {
             MasterFrame::Messages {
                 entries,
                 last: false,
+                term: self.term,
             }
         };
         self.outputs.push(MasterOutput::Send { conn, frame });
@@ -1162,7 +1341,8 @@ impl<S: LogStore> MasterCore<S> {
         }
     }
 
-    /// Heartbeat every handshaken connection.
+    /// Heartbeat every handshaken connection; check that a majority is still heard
+    /// from, and whether a caught-up member of higher priority should take over.
     pub fn tick_heartbeat(&mut self, now: Instant) {
         let commit_id = self.commit_id();
         for m in &mut self.members {
@@ -1173,20 +1353,118 @@ impl<S: LogStore> MasterCore<S> {
                     frame: MasterFrame::Heartbeat {
                         last_id: self.written_id,
                         commit_id,
+                        term: self.term,
                     },
                 });
             }
         }
+        self.check_contact(now);
+        self.priority_takeover();
+    }
+
+    /// Check-quorum: report once when no majority was heard from for the timeout.
+    fn check_contact(&mut self, now: Instant) {
+        let Some(timeout) = self.cfg.quorum_timeout else {
+            return;
+        };
+        let heard = 1 + self
+            .members
+            .iter()
+            .filter(|m| {
+                m.conn.is_some()
+                    && m.last_heard.is_some_and(|t| {
+                        now.saturating_duration_since(t) < timeout + m.delay + self.cfg.delay
+                    })
+            })
+            .count();
+        let members = self.members.len() + 1;
+        if heard > members / 2 {
+            self.quorum_seen = now;
+        } else if !self.quorum_lost && now.saturating_duration_since(self.quorum_seen) >= timeout {
+            self.quorum_lost = true;
+            tracing::warn!(
+                heard,
+                members = self.members.len() + 1,
+                "no majority heard from for the election timeout: stepping down"
+            );
+            self.outputs.push(MasterOutput::LostQuorum);
+        }
+    }
+
+    /// A live member of higher priority that holds everything durable here takes over
+    /// (MongoDB's priority takeover): ask it to stand, and stop taking writes.
+    fn priority_takeover(&mut self) {
+        if self.handing_over {
+            return;
+        }
+        let best = self
+            .members
+            .iter()
+            .filter(|m| m.phase == Phase::Live && m.confirmed && m.upto >= self.durable_id)
+            .filter_map(|m| {
+                let p = self.hosts.iter().find(|h| h.name == m.name)?.priority;
+                (p > self.cfg.priority).then_some((p, m.name.clone()))
+            })
+            .max();
+        if let Some((priority, name)) = best {
+            tracing::info!(to = %name, priority, "a caught-up member of higher priority takes over");
+            self.hand_over(Some(&name));
+        }
+    }
+
+    /// Hand over to `to` (or to the live member holding the most, priority above 0):
+    /// send it `TimeoutNow`, and take no more writes. Returns whom, if anyone.
+    pub fn hand_over(&mut self, to: Option<&str>) -> Option<String> {
+        let priority = |name: &str| {
+            self.hosts
+                .iter()
+                .find(|h| h.name == name)
+                .map_or(1, |h| h.priority)
+        };
+        let pick = self
+            .members
+            .iter()
+            .filter(|m| m.conn.is_some() && m.confirmed && priority(&m.name) > 0)
+            .filter(|m| to.is_none_or(|t| t == m.name))
+            .max_by_key(|m| (m.upto, priority(&m.name)))?;
+        let (conn, name) = (pick.conn?, pick.name.clone());
+        self.handing_over = true;
+        self.outputs.push(MasterOutput::Send {
+            conn,
+            frame: MasterFrame::TimeoutNow { term: self.term },
+        });
+        self.outputs
+            .push(MasterOutput::HandedOver { to: name.clone() });
+        Some(name)
+    }
+
+    /// What a member holds toward write concerns and the commit id: nothing until it
+    /// acknowledged on this connection (it then holds this term's start).
+    fn held(&self, m: &Member) -> u64 {
+        if m.confirmed { m.upto } else { 0 }
+    }
+
+    /// Where this term began: an entry counts as committed only once a majority holds
+    /// this term's start too (Raft's rule that a master commits only entries of its
+    /// own term, without a no-op entry; see `election`).
+    fn term_start(&self) -> u64 {
+        self.history.0.last().map_or(0, |m| m.after)
     }
 
     /// The highest id that a majority of the members holds, the master included: never
-    /// past what is durable on the master, whose log wins after a crash.
+    /// past what is durable on the master, and 0 until a majority holds this term's
+    /// start.
     pub fn commit_id(&self) -> u64 {
         let mut held: Vec<u64> = std::iter::once(self.durable_id)
-            .chain(self.members.iter().map(|m| m.upto.min(self.durable_id)))
+            .chain(
+                self.members
+                    .iter()
+                    .map(|m| self.held(m).min(self.durable_id)),
+            )
             .collect();
         held.sort_unstable_by(|a, b| b.cmp(a));
-        held[held.len() / 2]
+        let c = held[held.len() / 2];
+        if c >= self.term_start() { c } else { 0 }
     }
 
     /// Who holds message `id` now (None if the log has no such message yet).
@@ -1201,15 +1479,18 @@ impl<S: LogStore> MasterCore<S> {
         let Some(idx) = self.members.iter().position(|m| m.name == name) else {
             return Ok(false);
         };
-        let names: Vec<String> = self
+        let old_removed = self.removed.clone();
+        self.removed.push(name.to_string());
+        let kept: Vec<String> = self
             .members
             .iter()
             .filter(|m| m.name != name)
             .map(|m| m.name.clone())
             .collect();
-        let mut removed = self.removed.clone();
-        removed.push(name.to_string());
-        self.save_membership(names, removed)?;
+        if let Err(e) = self.save_membership(kept, self.removed.clone()) {
+            self.removed = old_removed;
+            return Err(e);
+        }
         if let Some(conn) = self.members[idx].conn {
             let msg = format!(
                 "{name} was removed from the set; it stays out until the master re-admits it"
@@ -1227,6 +1508,8 @@ impl<S: LogStore> MasterCore<S> {
             }
         }
         tracing::info!(peer = %name, members = self.members.len() + 1, "member removed");
+        // The other members learn it (a new master must refuse it too).
+        self.save_hosts(None)?;
         Ok(true)
     }
 
@@ -1244,15 +1527,17 @@ impl<S: LogStore> MasterCore<S> {
             .cloned()
             .collect();
         self.save_membership(members, removed)?;
+        self.save_hosts(None)?;
         self.refused.retain(|r| r.name != name);
         tracing::info!(peer = %name, "re-admitted: it joins when it next connects");
         Ok(true)
     }
 
-    /// How many members (the master included) hold `id`.
+    /// How many members (the master included) hold `id` (and this term's start).
     fn acks(&self, id: u64) -> usize {
         let master = usize::from(id <= self.durable_id);
-        master + self.members.iter().filter(|m| m.upto >= id).count()
+        let need = id.max(self.term_start());
+        master + self.members.iter().filter(|m| self.held(m) >= need).count()
     }
 
     fn receipt(&self, id: u64) -> Receipt {
@@ -1260,16 +1545,18 @@ impl<S: LogStore> MasterCore<S> {
         if id <= self.durable_id {
             acked_by.push(self.cfg.name.clone());
         }
+        let need = id.max(self.term_start());
         acked_by.extend(
             self.members
                 .iter()
-                .filter(|m| m.upto >= id)
+                .filter(|m| self.held(m) >= need)
                 .map(|m| m.name.clone()),
         );
         Receipt {
             id,
             acks: acked_by.len(),
             acked_by,
+            term: self.history.term_of(id),
         }
     }
 
@@ -1282,8 +1569,11 @@ impl<S: LogStore> MasterCore<S> {
     fn check_waiters(&mut self) {
         let mut held: Vec<u64> = Vec::with_capacity(self.members.len() + 1);
         held.push(self.durable_id);
-        held.extend(self.members.iter().map(|m| m.upto));
-        let acks = |id: u64| held.iter().filter(|&&at| at >= id).count();
+        held.extend(self.members.iter().map(|m| self.held(m)));
+        // A member counts only once it holds this term's start (see `term_start`);
+        // the master always does.
+        let start = self.term_start();
+        let acks = |id: u64| held.iter().filter(|&&at| at >= id.max(start)).count();
         let ready: Vec<u64> = self
             .waiters
             .range(..=self.durable_id)
@@ -1371,6 +1661,9 @@ impl<S: LogStore> MasterCore<S> {
             pending_writes: self.waiters.values().map(Vec::len).sum(),
             members,
             removed: self.removed.clone(),
+            hosts: self.hosts.clone(),
+            config_version: self.config_version,
+            last_term: self.history.term_of(self.written_id),
             refused: self
                 .refused
                 .iter()

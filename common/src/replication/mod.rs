@@ -26,7 +26,7 @@ pub use master::{
 pub use retry::RetryPolicy;
 pub use spin::{SPIN_BUDGET, SPIN_MAX_WAITING, SpinPolicy};
 
-pub use secondary::{SecondaryCore, SecondaryOutput, SecondaryStatus};
+pub use secondary::{Identity, SecondaryCore, SecondaryOutput, SecondaryStatus};
 
 use serde::{Deserialize, Serialize};
 

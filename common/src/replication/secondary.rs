@@ -1,13 +1,14 @@
 //! The secondary's replication state machine: total order and deduplication.
 
 use super::HttpAddress;
+use crate::protocol::MemberInfo;
 use crate::protocol::{
     Entry, ErrorCode, ErrorFrame, MasterFrame, PROTOCOL_VERSION, SecondaryFrame,
 };
-use crate::storage::LogStore;
+use crate::storage::{LogStore, Membership, RolledBack};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How far past the next expected id the secondary buffers messages. Anything further is
 /// a protocol violation (the master never has that much in flight).
@@ -20,6 +21,27 @@ pub enum SecondaryOutput {
     Send(SecondaryFrame),
     /// Close the connection (the shell reconnects later).
     Close,
+    /// The master of `term`, `master`, accepted this node: the election should know
+    /// (it may be a newer term, to save before anything else).
+    Following { term: u64, master: String },
+    /// The member list changed (saved in the store already).
+    MembersChanged,
+    /// The master hands over to this node: stand for election now.
+    StandNow,
+    /// Entries were cut and kept in a rollback file.
+    RolledBack(RolledBack),
+}
+
+/// How this node introduces itself to a master.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// Comm `host:port` others reach it at (None: not listening).
+    pub comm: Option<String>,
+    /// HTTP `host:port`.
+    pub http: Option<String>,
+    pub priority: u32,
+    /// The longest this node holds back a frame (`--delay-ms`).
+    pub delay_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,9 +114,39 @@ pub struct SecondaryCore<S> {
     truncated: u64,
     last_error: Option<String>,
     outputs: Vec<SecondaryOutput>,
+    identity: Identity,
+    /// The newest term this node knows, as the shell said when it connected.
+    known_term: u64,
+    /// The term of the master on this connection.
+    term: u64,
+    /// The host this node dialled its master by.
+    dialed: String,
+    /// The longest the master holds back a frame on purpose (its `--delay-ms`).
+    master_delay: Duration,
 }
 
 impl<S: LogStore> SecondaryCore<S> {
+    /// How this node introduces itself to masters.
+    pub fn set_identity(&mut self, identity: Identity) {
+        self.identity = identity;
+    }
+
+    /// The longest the master holds back a frame on purpose.
+    pub fn master_delay(&self) -> Duration {
+        self.master_delay
+    }
+
+    /// The term of the master this node follows (0: none yet).
+    pub fn master_term(&self) -> u64 {
+        self.term
+    }
+
+    /// The name of the master this node follows now, if any.
+    pub fn master_name(&self) -> Option<&str> {
+        let following = !matches!(self.phase, Phase::Disconnected | Phase::AwaitingWelcome);
+        following.then_some(self.master.as_deref()).flatten()
+    }
+
     pub fn new(name: impl Into<String>, store: S) -> Self {
         let last_id = store.last_id();
         Self {
@@ -114,6 +166,14 @@ impl<S: LogStore> SecondaryCore<S> {
             truncated: 0,
             last_error: None,
             outputs: Vec::new(),
+            identity: Identity {
+                priority: 1,
+                ..Identity::default()
+            },
+            known_term: 0,
+            term: 0,
+            dialed: String::new(),
+            master_delay: Duration::ZERO,
         }
     }
 
@@ -145,11 +205,25 @@ impl<S: LogStore> SecondaryCore<S> {
             .flatten()
     }
 
-    /// A connection to the master is open: introduce ourselves.
-    pub fn connected(&mut self, now: Instant) {
+    /// The host the shell dialled the master by (the master's HTTP host where it
+    /// listens on every address).
+    pub fn set_dialed(&mut self, host: &str) {
+        self.dialed = host.to_string();
+    }
+
+    /// The HTTP address of the master this node follows now, if any.
+    pub fn primary_http(&self) -> Option<String> {
+        self.master_http(&self.dialed)
+    }
+
+    /// A connection to a master is open: introduce ourselves. `known_term` is the
+    /// newest term this node knows: a master of an older one is refused.
+    pub fn connected(&mut self, now: Instant, known_term: u64) {
         self.phase = Phase::AwaitingWelcome;
         self.buffer.clear();
         self.last_heard = Some(now);
+        self.known_term = known_term;
+        self.term = 0;
         self.outputs
             .push(SecondaryOutput::Send(SecondaryFrame::Hello {
                 version: PROTOCOL_VERSION,
@@ -157,6 +231,12 @@ impl<S: LogStore> SecondaryCore<S> {
                 next_expected: self.next_expected,
                 log_id: self.store.log_id(),
                 last_term: self.last_term,
+                term: known_term,
+                history: self.store.history(),
+                comm: self.identity.comm.clone(),
+                http: self.identity.http.clone(),
+                priority: self.identity.priority,
+                delay_ms: self.identity.delay_ms,
             }));
     }
 
@@ -201,13 +281,38 @@ impl<S: LogStore> SecondaryCore<S> {
                     truncate_after,
                     http_host,
                     http_port,
+                    term,
+                    history,
+                    members,
+                    removed,
+                    config_version,
+                    delay_ms,
                 },
             ) => {
+                self.master_delay = Duration::from_millis(delay_ms);
                 self.master_http = HttpAddress {
                     host: http_host,
                     port: http_port,
                 };
-                self.welcome(version, name, log_id, last_id, truncate_after)
+                if term < self.known_term {
+                    return self.fail(
+                        ErrorCode::StaleTerm,
+                        format!(
+                            "master {name} is of term {term}, but this node knows term {}",
+                            self.known_term
+                        ),
+                    );
+                }
+                self.term = term;
+                let master = name.clone();
+                let at = self.outputs.len();
+                self.welcome(version, name, log_id, last_id, truncate_after);
+                if self.phase != Phase::AwaitingWelcome {
+                    // Accepted: the election hears of this master before anything else.
+                    self.outputs
+                        .insert(at, SecondaryOutput::Following { term, master });
+                    self.adopt(history, members, removed, config_version);
+                }
             }
             // Frames are delayed independently, so a heartbeat may overtake the Welcome.
             (Phase::AwaitingWelcome, MasterFrame::Heartbeat { .. }) => {}
@@ -218,7 +323,36 @@ impl<S: LogStore> SecondaryCore<S> {
             (_, MasterFrame::Welcome { .. }) => {
                 self.fail(ErrorCode::UnexpectedFrame, "Welcome sent twice".into())
             }
-            (_, MasterFrame::Messages { entries, last }) => {
+            (_, frame) if frame_term(&frame).is_some_and(|t| t != self.term) => {
+                let t = frame_term(&frame).unwrap_or_default();
+                self.fail(
+                    ErrorCode::StaleTerm,
+                    format!("a frame of term {t} on a connection of term {}", self.term),
+                )
+            }
+            (
+                _,
+                MasterFrame::Members {
+                    config_version,
+                    members,
+                    removed,
+                },
+            ) => {
+                if let Err(e) = self.save_members(members, removed, config_version) {
+                    return self.fail(ErrorCode::Other, format!("storage failure: {e}"));
+                }
+                self.outputs.push(SecondaryOutput::MembersChanged);
+            }
+            (_, MasterFrame::TimeoutNow { term }) => {
+                if term == self.term {
+                    self.outputs.push(SecondaryOutput::StandNow);
+                }
+            }
+            (_, MasterFrame::Vote(_)) => self.fail(
+                ErrorCode::UnexpectedFrame,
+                "a vote on a replication connection".into(),
+            ),
+            (_, MasterFrame::Messages { entries, last, .. }) => {
                 if let (
                     Phase::CatchingUp {
                         requested_from,
@@ -250,7 +384,12 @@ impl<S: LogStore> SecondaryCore<S> {
                     tracing::info!(last_id = self.last_id(), "caught up; live replication");
                 }
             }
-            (_, MasterFrame::Heartbeat { last_id, commit_id }) => {
+            (
+                _,
+                MasterFrame::Heartbeat {
+                    last_id, commit_id, ..
+                },
+            ) => {
                 self.master_last_id = self.master_last_id.max(last_id);
                 self.commit_id = self.commit_id.max(commit_id);
                 self.outputs
@@ -282,12 +421,15 @@ impl<S: LogStore> SecondaryCore<S> {
             && let Some(keep) = truncate_after
             && keep < self.last_id()
         {
-            // The master lost these in a crash before they were durable on it, and no
-            // write that counted on them was ever answered: its log is the history.
+            // The master does not hold these (an older master's entries that no
+            // majority acknowledged): its log is the history. They go to a rollback
+            // file before they are cut.
             let cut = self.last_id() - keep;
-            tracing::warn!(master = %name, cut_after = keep, cut, "cutting entries the master does not have");
-            if let Err(e) = self.store.truncate(keep) {
-                return self.fail(ErrorCode::Other, format!("storage failure: {e}"));
+            tracing::warn!(master = %name, cut_after = keep, cut, "rolling back entries the master does not have");
+            match self.store.rollback(keep) {
+                Ok(Some(r)) => self.outputs.push(SecondaryOutput::RolledBack(r)),
+                Ok(None) => {}
+                Err(e) => return self.fail(ErrorCode::Other, format!("storage failure: {e}")),
             }
             self.next_expected = keep + 1;
             // Entries before the cut may still be in memory only; reads need them written.
@@ -325,6 +467,43 @@ impl<S: LogStore> SecondaryCore<S> {
                 start_id: self.next_expected,
             }));
         self.maybe_ready();
+    }
+
+    /// Take the master's term starts and member list (after the handshake cut what the
+    /// master does not hold), durably, before anything is acknowledged.
+    fn adopt(
+        &mut self,
+        history: super::election::History,
+        members: Vec<MemberInfo>,
+        removed: Vec<String>,
+        version: u64,
+    ) {
+        if let Err(e) = self.store.set_history(&history) {
+            return self.fail(ErrorCode::Other, format!("storage failure: {e}"));
+        }
+        let ours = self.store.membership();
+        let changed =
+            ours.hosts != members || ours.removed != removed || ours.config_version != version;
+        if changed && !members.is_empty() {
+            if let Err(e) = self.save_members(members, removed, version) {
+                return self.fail(ErrorCode::Other, format!("storage failure: {e}"));
+            }
+            self.outputs.push(SecondaryOutput::MembersChanged);
+        }
+    }
+
+    fn save_members(
+        &mut self,
+        hosts: Vec<MemberInfo>,
+        removed: Vec<String>,
+        version: u64,
+    ) -> Result<(), crate::storage::StorageError> {
+        self.store.set_membership(&Membership {
+            members: hosts.iter().map(|h| h.name.clone()).collect(),
+            removed,
+            hosts,
+            config_version: version,
+        })
     }
 
     /// Take in entries in any order: store the ones that continue the log, buffer the
@@ -480,6 +659,16 @@ fn ranges(ids: impl Iterator<Item = u64>) -> Vec<(u64, u64)> {
     out
 }
 
+/// The master's term a frame carries, for frames that carry one (0: an older peer).
+fn frame_term(frame: &MasterFrame) -> Option<u64> {
+    match frame {
+        MasterFrame::Messages { term, .. }
+        | MasterFrame::AddMessages { term, .. }
+        | MasterFrame::Heartbeat { term, .. } => Some(*term).filter(|t| *t != 0),
+        _ => None,
+    }
+}
+
 fn frame_name(f: &MasterFrame) -> &'static str {
     match f {
         MasterFrame::Welcome { .. } => "Welcome",
@@ -488,5 +677,8 @@ fn frame_name(f: &MasterFrame) -> &'static str {
         MasterFrame::ReadyAck => "ReadyAck",
         MasterFrame::Heartbeat { .. } => "Heartbeat",
         MasterFrame::Error(_) => "Error",
+        MasterFrame::Members { .. } => "Members",
+        MasterFrame::TimeoutNow { .. } => "TimeoutNow",
+        MasterFrame::Vote(_) => "Vote",
     }
 }

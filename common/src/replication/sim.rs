@@ -137,7 +137,7 @@ impl Sim {
         self.next_conn += 1;
         self.master.connection_opened(conn);
         self.nodes[i].conn = Some(conn);
-        self.nodes[i].core.connected(self.now);
+        self.nodes[i].core.connected(self.now, 0);
         self.flush();
     }
 
@@ -187,6 +187,13 @@ impl Sim {
                         );
                     }
                     MasterOutput::StorageFailed(e) => panic!("seed {}: {e}", self.seed),
+                    // One master with no quorum timeout and equal priorities: these
+                    // never come.
+                    other @ (MasterOutput::NewerTerm(_)
+                    | MasterOutput::LostQuorum
+                    | MasterOutput::HandedOver { .. }) => {
+                        panic!("seed {}: {other:?}", self.seed)
+                    }
                 }
             }
             for i in 0..self.nodes.len() {
@@ -206,6 +213,11 @@ impl Sim {
                             self.at(when, Event::ToMaster(conn, frame));
                         }
                         SecondaryOutput::Close => self.disconnect(conn),
+                        // One master here: no elections to tell.
+                        SecondaryOutput::Following { .. }
+                        | SecondaryOutput::MembersChanged
+                        | SecondaryOutput::StandNow
+                        | SecondaryOutput::RolledBack(_) => {}
                     }
                 }
             }
@@ -622,6 +634,14 @@ fn welcome(log_id: u64, last_id: u64, truncate_after: Option<u64>) -> MasterFram
         truncate_after,
         http_host: None,
         http_port: 0,
+        term: 1,
+        history: crate::replication::election::History(vec![
+            crate::replication::election::TermStart { term: 1, after: 0 },
+        ]),
+        members: Vec::new(),
+        removed: Vec::new(),
+        config_version: 0,
+        delay_ms: 0,
     }
 }
 
@@ -630,7 +650,7 @@ fn out_of_order_delivery_is_buffered_until_the_gap_fills() {
     let store = Arc::new(MemStore::new());
     let mut s = SecondaryCore::new("s1", store.clone());
     let now = Instant::now();
-    s.connected(now);
+    s.connected(now, 0);
     s.handle_frame(now, welcome(5, 0, None));
     s.take_outputs();
     let e = |id: u64| crate::protocol::Entry {
@@ -643,6 +663,7 @@ fn out_of_order_delivery_is_buffered_until_the_gap_fills() {
         entries: ids.iter().map(|&i| e(i)).collect(),
         commit_id: 0,
         urgent: true,
+        term: 1,
     };
     s.handle_frame(now, add(&[3]));
     assert_eq!(store.last_id(), 0);
@@ -711,7 +732,7 @@ fn a_secondary_refuses_a_master_with_another_log() {
     store.set_log_id(1).unwrap();
     let mut s = SecondaryCore::new("s1", store);
     let now = Instant::now();
-    s.connected(now);
+    s.connected(now, 0);
     s.take_outputs();
     s.handle_frame(now, welcome(2, 0, None));
     let out = s.take_outputs();
@@ -728,7 +749,7 @@ fn a_secondary_knows_when_it_was_removed_and_where_the_masters_http_is() {
     use crate::protocol::{ErrorCode, ErrorFrame};
     let mut s = SecondaryCore::new("s1", Arc::new(MemStore::new()));
     let now = Instant::now();
-    s.connected(now);
+    s.connected(now, 0);
     s.take_outputs();
     assert_eq!(s.master_http("10.0.0.9"), None, "not following anyone yet");
     s.handle_frame(
@@ -741,7 +762,7 @@ fn a_secondary_knows_when_it_was_removed_and_where_the_masters_http_is() {
     assert!(st.removed);
     assert!(st.last_error.unwrap().contains("gone"));
     // Re-admitted: the next Welcome clears it, and says where the master's HTTP is.
-    s.connected(now);
+    s.connected(now, 0);
     let MasterFrame::Welcome {
         version,
         name,
@@ -763,6 +784,12 @@ fn a_secondary_knows_when_it_was_removed_and_where_the_masters_http_is() {
             truncate_after,
             http_host: None,
             http_port: 8080,
+            term: 1,
+            history: Default::default(),
+            members: Vec::new(),
+            removed: Vec::new(),
+            config_version: 0,
+            delay_ms: 0,
         },
     );
     assert!(!s.status(now).removed);
@@ -790,7 +817,7 @@ fn a_secondary_cuts_what_the_master_lost_then_asks_from_the_cut() {
         .unwrap();
     let mut s = SecondaryCore::new("s1", store.clone());
     let now = Instant::now();
-    s.connected(now);
+    s.connected(now, 0);
     assert_eq!(
         s.take_outputs(),
         vec![SecondaryOutput::Send(SecondaryFrame::Hello {
@@ -799,20 +826,38 @@ fn a_secondary_cuts_what_the_master_lost_then_asks_from_the_cut() {
             next_expected: 6,
             log_id: 5,
             last_term: 2,
+            term: 0,
+            history: crate::replication::election::History(vec![
+                crate::replication::election::TermStart { term: 1, after: 0 },
+                crate::replication::election::TermStart { term: 2, after: 2 },
+            ]),
+            comm: None,
+            http: None,
+            priority: 1,
+            delay_ms: 0,
         })]
     );
     s.handle_frame(now, welcome(5, 9, Some(2)));
     assert_eq!(
         s.take_outputs(),
-        vec![SecondaryOutput::Send(SecondaryFrame::GetMessages {
-            start_id: 3
-        })]
+        vec![
+            SecondaryOutput::Following {
+                term: 1,
+                master: "m".into()
+            },
+            SecondaryOutput::RolledBack(crate::storage::RolledBack {
+                count: 3,
+                file: None,
+                from_id: 3
+            }),
+            SecondaryOutput::Send(SecondaryFrame::GetMessages { start_id: 3 })
+        ]
     );
     assert_eq!(store.read(1, 10).unwrap(), vec![e(1, 1), e(2, 1)]);
     assert_eq!(s.status(now).truncated, 3);
     // The next handshake reports the term of the entry now last.
     s.disconnected();
-    s.connected(now);
+    s.connected(now, 0);
     assert!(matches!(
         &s.take_outputs()[..],
         [SecondaryOutput::Send(SecondaryFrame::Hello {

@@ -92,6 +92,13 @@ fn membership<S: LogStore>(s: &S) {
     let m = Membership {
         members: vec!["s1".to_string(), "s2".to_string()],
         removed: vec!["s3".to_string()],
+        hosts: vec![crate::protocol::MemberInfo {
+            name: "s1".into(),
+            comm: "127.0.0.1:4001".into(),
+            http: "127.0.0.1:8001".into(),
+            priority: 2,
+        }],
+        config_version: 3,
     };
     s.set_membership(&m).unwrap();
     assert_eq!(s.membership(), m);
@@ -106,6 +113,7 @@ pub fn run_reopen<S: LogStore>(dir: &std::path::Path, open: impl Fn(&std::path::
         s.set_membership(&Membership {
             members: vec!["a".to_string()],
             removed: vec!["b".to_string()],
+            ..Membership::default()
         })
         .unwrap();
         s.set_term(4).unwrap();

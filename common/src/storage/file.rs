@@ -53,9 +53,16 @@ struct Meta {
     /// `members` and `removed`, at the top level of the file.
     #[serde(flatten)]
     membership: Membership,
-    /// The master's current term (absent in logs written before terms counted).
+    /// The newest term this member knows (absent in logs written before terms counted).
     #[serde(default)]
     term: u64,
+    /// Whom it voted for in `term`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    voted_for: Option<String>,
+    /// The log's term starts (absent in logs written before elections: then derived
+    /// from the entries' terms when the store opens).
+    #[serde(default)]
+    history: crate::replication::election::History,
 }
 
 #[derive(Debug)]
@@ -143,7 +150,10 @@ impl FileStore {
             Err(fs::TryLockError::Error(e)) => return Err(io("lock the log", e)),
         }
         let (index, recovery) = recover(&log, &path)?;
-        let meta = read_meta(&dir)?;
+        let mut meta = read_meta(&dir)?;
+        if meta.history.0.is_empty() && !index.offsets.is_empty() {
+            meta.history = derive_history(&log, &index)?;
+        }
         let len = log.metadata().map_err(|e| io("stat log", e))?.len();
         let grower = Grower::start(&log, len).map_err(|e| io("start growing the log", e))?;
         Ok(Self {
@@ -294,6 +304,28 @@ impl FileStore {
             .and_then(|d| d.sync_all())
             .map_err(|e| io("sync data dir", e))
     }
+}
+
+/// The term starts of a log written before they were recorded: each term starts
+/// before its first entry. Reads every record's term once.
+fn derive_history(
+    log: &File,
+    index: &Index,
+) -> Result<crate::replication::election::History, StorageError> {
+    use std::os::unix::fs::FileExt;
+    let mut terms = Vec::new();
+    let mut fixed = [0u8; HEADER + 16];
+    for (i, &offset) in index.offsets.iter().enumerate() {
+        log.read_exact_at(&mut fixed, offset)
+            .map_err(|e| io("read the log for its terms", e))?;
+        let term = u64::from_le_bytes(fixed[HEADER + 8..HEADER + 16].try_into().expect("8 bytes"));
+        if terms.last().is_none_or(|&(_, t)| t < term) {
+            terms.push((i as u64 + 1, term));
+        }
+    }
+    Ok(crate::replication::election::History::from_entry_terms(
+        terms,
+    ))
 }
 
 fn read_meta(dir: &Path) -> Result<Meta, StorageError> {
@@ -689,6 +721,87 @@ impl LogStore for FileStore {
 
     fn term(&self) -> u64 {
         self.meta.lock().unwrap_or_else(|e| e.into_inner()).term
+    }
+
+    fn voted_for(&self) -> Option<String> {
+        self.meta
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .voted_for
+            .clone()
+    }
+
+    fn set_vote(&self, term: u64, voted_for: Option<String>) -> Result<(), StorageError> {
+        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        let old = (meta.term, meta.voted_for.clone());
+        meta.term = term;
+        meta.voted_for = voted_for;
+        self.write_meta(&meta).inspect_err(|_| {
+            (meta.term, meta.voted_for) = old;
+        })
+    }
+
+    fn history(&self) -> crate::replication::election::History {
+        self.meta
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .history
+            .clone()
+    }
+
+    fn set_history(
+        &self,
+        history: &crate::replication::election::History,
+    ) -> Result<(), StorageError> {
+        self.replace_meta(|m| &mut m.history, history.clone())
+    }
+
+    fn rollback(&self, after: u64) -> Result<Option<super::RolledBack>, StorageError> {
+        self.flush()?;
+        let last = self.last_id();
+        if last <= after {
+            return Ok(None);
+        }
+        // Kept first, durably, then cut: a crash in between leaves both.
+        let dir = self.dir.join("rollback");
+        fs::create_dir_all(&dir).map_err(|e| io("create rollback dir", e))?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let file = dir.join(format!("rollback-{stamp}-from-{}.jsonl", after + 1));
+        let mut out = Vec::new();
+        let mut next = after + 1;
+        while next <= last {
+            let batch = self.read(next, 1000)?;
+            if batch.is_empty() {
+                break;
+            }
+            for e in &batch {
+                let line = serde_json::json!({
+                    "id": e.id,
+                    "term": e.term,
+                    "message": e.message,
+                    "requestId": e.request_id,
+                });
+                out.extend_from_slice(line.to_string().as_bytes());
+                out.push(b'\n');
+            }
+            next = batch.last().map_or(last, |e| e.id) + 1;
+        }
+        let mut f = File::create(&file).map_err(|e| io("create rollback file", e))?;
+        f.write_all(&out)
+            .map_err(|e| io("write rollback file", e))?;
+        f.sync_all().map_err(|e| io("sync rollback file", e))?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("sync rollback dir", e))?;
+        self.truncate(after)?;
+        tracing::warn!(file = %file.display(), count = last - after, from = after + 1, "rolled back entries the new master does not hold");
+        Ok(Some(super::RolledBack {
+            count: last - after,
+            file: Some(file),
+            from_id: after + 1,
+        }))
     }
 
     fn set_term(&self, term: u64) -> Result<(), StorageError> {

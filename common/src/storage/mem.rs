@@ -15,6 +15,8 @@ struct Inner {
     log_id: u64,
     membership: Membership,
     term: u64,
+    voted_for: Option<String>,
+    history: crate::replication::election::History,
 }
 
 impl MemStore {
@@ -97,6 +99,43 @@ impl LogStore for MemStore {
 
     fn set_log_id(&self, id: u64) -> Result<(), StorageError> {
         self.inner.write().unwrap_or_else(|e| e.into_inner()).log_id = id;
+        Ok(())
+    }
+
+    fn voted_for(&self) -> Option<String> {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .voted_for
+            .clone()
+    }
+
+    fn set_vote(&self, term: u64, voted_for: Option<String>) -> Result<(), StorageError> {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.term = term;
+        inner.voted_for = voted_for;
+        Ok(())
+    }
+
+    fn history(&self) -> crate::replication::election::History {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        if inner.history.0.is_empty() {
+            // A log written without term starts: its entries tell them.
+            return crate::replication::election::History::from_entry_terms(
+                inner.entries.iter().map(|e| (e.id, e.term)),
+            );
+        }
+        inner.history.clone()
+    }
+
+    fn set_history(
+        &self,
+        history: &crate::replication::election::History,
+    ) -> Result<(), StorageError> {
+        self.inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .history = history.clone();
         Ok(())
     }
 

@@ -124,6 +124,24 @@ pub struct Membership {
     /// the master re-admits them (`POST /members`).
     #[serde(default)]
     pub removed: Vec<String>,
+    /// Every member's addresses and priority, as the master last shared them.
+    #[serde(default)]
+    pub hosts: Vec<crate::protocol::MemberInfo>,
+    /// Counts the changes of `hosts` and `members` (MongoDB's `configVersion`).
+    #[serde(default)]
+    pub config_version: u64,
+}
+
+/// Entries a member cut from its log because the master of a newer term does not hold
+/// them (see `docs/failover.md`), and where they were kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolledBack {
+    pub count: u64,
+    /// The JSON-lines file that holds them (None for a store without files).
+    pub file: Option<std::path::PathBuf>,
+    /// The first id cut.
+    pub from_id: u64,
 }
 
 /// An append-only log of [`Entry`] with ids 1, 2, 3, ...
@@ -187,6 +205,37 @@ pub trait LogStore: Send + Sync {
 
     /// Set the log identity (durably).
     fn set_log_id(&self, id: u64) -> Result<(), StorageError>;
+
+    /// The member this one voted for in [`LogStore::term`], if any.
+    fn voted_for(&self) -> Option<String>;
+
+    /// Save the term and the vote in it together (durably), before the vote is sent.
+    fn set_vote(&self, term: u64, voted_for: Option<String>) -> Result<(), StorageError>;
+
+    /// The term starts of this log (see [`crate::replication::election::History`]).
+    fn history(&self) -> crate::replication::election::History;
+
+    /// Save the term starts (durably).
+    fn set_history(
+        &self,
+        history: &crate::replication::election::History,
+    ) -> Result<(), StorageError>;
+
+    /// Cut every entry after `after`, as [`LogStore::truncate`], keeping what is cut
+    /// where a person can find it (a file store: `rollback/` in its directory) before
+    /// it goes. None if nothing was cut.
+    fn rollback(&self, after: u64) -> Result<Option<RolledBack>, StorageError> {
+        let last = self.last_id();
+        if last <= after {
+            return Ok(None);
+        }
+        self.truncate(after)?;
+        Ok(Some(RolledBack {
+            count: last - after,
+            file: None,
+            from_id: after + 1,
+        }))
+    }
 
     /// Who belongs to the set, as last saved.
     fn membership(&self) -> Membership;
@@ -256,6 +305,24 @@ impl<T: LogStore + ?Sized> LogStore for std::sync::Arc<T> {
     }
     fn membership(&self) -> Membership {
         (**self).membership()
+    }
+    fn voted_for(&self) -> Option<String> {
+        (**self).voted_for()
+    }
+    fn set_vote(&self, term: u64, voted_for: Option<String>) -> Result<(), StorageError> {
+        (**self).set_vote(term, voted_for)
+    }
+    fn history(&self) -> crate::replication::election::History {
+        (**self).history()
+    }
+    fn set_history(
+        &self,
+        history: &crate::replication::election::History,
+    ) -> Result<(), StorageError> {
+        (**self).set_history(history)
+    }
+    fn rollback(&self, after: u64) -> Result<Option<RolledBack>, StorageError> {
+        (**self).rollback(after)
     }
     fn set_membership(&self, membership: &Membership) -> Result<(), StorageError> {
         (**self).set_membership(membership)

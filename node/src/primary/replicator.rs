@@ -1,7 +1,6 @@
 //! The one owner of the master's replication state.
 
-use super::Settings;
-use crate::Config;
+use crate::member::{Event, Node};
 use actix::prelude::*;
 use common::protocol::{MasterFrame, SecondaryFrame};
 use common::replication::{
@@ -79,6 +78,9 @@ pub enum SubmitError {
     Rejected(#[from] Rejected),
     #[error("the master is shutting down")]
     ShuttingDown,
+    /// This node is no longer the master.
+    #[error("this node stepped down and is no longer the master")]
+    SteppedDown,
     /// Stopped while the write waited for its write concern: it is stored.
     #[error(
         "the master is shutting down; the message is stored but its write concern was not confirmed"
@@ -91,6 +93,19 @@ pub enum SubmitError {
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct Shutdown;
+
+/// Stop being the master (a newer term, a lost majority, a hand-over): fail the writes
+/// still waiting (503: they are stored, but their write concern was not confirmed),
+/// close every secondary's connection (they look for the next master), and stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retire;
+
+/// `stepDown`: ask the most caught-up secondary to stand at once, and take no more
+/// writes.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HandOver;
 
 /// A snapshot of the replication state, and how many syncs ran.
 #[derive(Message)]
@@ -120,6 +135,10 @@ pub struct Replicator {
     spinning: bool,
     /// How far the log reaches, for the change streams.
     progress: common::stream::Progress,
+    /// The member this replicator serves: election events go there.
+    node: Arc<Node>,
+    /// Stepped down: writes are refused as "not the master".
+    retired: bool,
 }
 
 /// The replicator polls for acknowledgements instead of sleeping (see
@@ -164,32 +183,32 @@ impl ActorFuture<Replicator> for Spin {
 }
 
 impl Replicator {
-    /// Open the replication core over `store`; [`Actor::start`] it on the thread that is
-    /// to run it.
-    /// `http_port` is the port the HTTP API got (secondaries learn it from the core).
-    /// `progress` is told how far the log reaches after every step.
-    pub fn new(
-        cfg: &Config,
-        settings: &Settings,
-        store: Store,
-        http_port: u16,
-        progress: common::stream::Progress,
-    ) -> anyhow::Result<Self> {
+    /// The master of `term` for `node`, over its log; [`Actor::start`] it on the thread
+    /// that is to run it (the HTTP worker's).
+    pub fn for_node(node: &Arc<Node>, term: u64) -> anyhow::Result<Self> {
+        let cfg = &node.cfg;
+        let settings = &cfg.master;
         let mut core_cfg = MasterConfig::new(cfg.name.clone(), settings.ack_timeout);
         core_cfg.seed = rand::random();
-        core_cfg.http = HttpAddress::new(&cfg.host, http_port);
+        core_cfg.http = HttpAddress::new(&cfg.public_host(), node.http_port());
         core_cfg.health = HealthPolicy {
             heartbeat: settings.heartbeat,
             suspect_after: settings.suspect_after,
             unhealthy_after: settings.unhealthy_after,
         };
+        core_cfg.term = term;
+        core_cfg.comm = node.addresses.comm.clone();
+        core_cfg.priority = cfg.priority;
+        core_cfg.quorum_timeout = Some(cfg.election_timeout);
+        core_cfg.delay = Duration::from_millis(cfg.delay.max_ms);
+        let store = node.store.clone();
         let core = MasterCore::new(core_cfg, store.clone())?;
         tracing::info!(
             log_id = format!("{:#x}", core.log_id()),
             last_id = core.last_id(),
-            "log opened"
+            term,
+            "log opened as the master"
         );
-        let heartbeat = settings.heartbeat;
         Ok(Replicator {
             core,
             store,
@@ -199,11 +218,13 @@ impl Replicator {
             pending: HashMap::new(),
             next_token: 0,
             timer: None,
-            heartbeat,
+            heartbeat: settings.heartbeat,
             stopping: false,
             spin: SpinPolicy::new(settings.spin),
             spinning: false,
-            progress,
+            progress: node.progress.clone(),
+            node: node.clone(),
+            retired: false,
         })
     }
 
@@ -232,6 +253,9 @@ impl Replicator {
                 MasterOutput::StorageFailed(e) => {
                     tracing::error!(error = %e, "storage failure while replicating");
                 }
+                MasterOutput::NewerTerm(t) => self.node.send(Event::NewerTerm(t)),
+                MasterOutput::LostQuorum => self.node.send(Event::LostQuorum),
+                MasterOutput::HandedOver { to } => self.node.send(Event::HandedOver(to)),
             }
         }
         self.maybe_sync(ctx);
@@ -390,6 +414,10 @@ impl Handler<Unregister> for Replicator {
 impl Handler<Submit> for Replicator {
     type Result = ();
     fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) {
+        if self.retired {
+            let _ = msg.reply.send(Err(SubmitError::SteppedDown));
+            return;
+        }
         if self.stopping {
             let _ = msg.reply.send(Err(SubmitError::ShuttingDown));
             return;
@@ -417,6 +445,39 @@ impl Handler<Shutdown> for Replicator {
             let _ = reply.send(Err(SubmitError::StoppedWaiting));
         }
         failed
+    }
+}
+
+impl Handler<Retire> for Replicator {
+    type Result = ();
+    fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
+        self.stopping = true;
+        self.retired = true;
+        let failed = self.pending.len();
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Err(SubmitError::StoppedWaiting));
+        }
+        if failed > 0 {
+            tracing::warn!(
+                failed,
+                "stepped down: writes still waiting for their write concern were answered 503"
+            );
+        }
+        for (_, c) in self.sessions.drain() {
+            c.session.do_send(ToSession::Close);
+        }
+        ctx.stop();
+    }
+}
+
+impl Handler<HandOver> for Replicator {
+    type Result = ();
+    fn handle(&mut self, _: HandOver, ctx: &mut Context<Self>) {
+        match self.core.hand_over(None) {
+            Some(to) => tracing::info!(%to, "stepping down: handing over"),
+            None => tracing::info!("stepping down: no caught-up member to hand over to"),
+        }
+        self.drain(ctx);
     }
 }
 

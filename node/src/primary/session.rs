@@ -3,18 +3,25 @@
 //! out (each after its own `--delay-ms`, if set).
 
 use super::replicator::{Inbound, Register, Replicator, ToSession, Unregister};
+use crate::http::Role;
+use crate::member::{Event, Node};
 use actix::prelude::*;
 use bytes::{Buf, BytesMut};
 use common::config::DelaySpec;
 use common::protocol::codec::{CodecError, FrameCodec};
 use common::protocol::{ErrorCode, ErrorFrame, MasterFrame, SecondaryFrame};
 use common::replication::ConnId;
+use futures::StreamExt;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, tcp::OwnedWriteHalf};
 use tokio::sync::Notify;
 use tokio_util::codec::{Encoder, FramedRead};
+
+/// How long a peer may take to send its first frame.
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Codec = FrameCodec<SecondaryFrame, MasterFrame>;
 
@@ -126,30 +133,19 @@ impl Outbox {
     }
 }
 
-/// Accept secondaries forever, one [`Session`] each.
-pub async fn accept_loop(listener: TcpListener, replicator: Addr<Replicator>, delay: DelaySpec) {
+/// Accept connections on the comm port forever. The first frame says what a
+/// connection is for: a candidate's vote request (answered, then closed), or a
+/// secondary's `Hello`, which gets a [`Session`] while this node is the master and,
+/// otherwise, a `NotMaster` refusal naming the master if this node knows it.
+pub async fn accept_loop(listener: TcpListener, node: Arc<Node>) {
     let mut next: ConnId = 0;
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 next += 1;
                 let conn = next;
-                let _ = stream.set_nodelay(true);
-                let (read, write) = stream.into_split();
-                let replicator = replicator.clone();
-                Session::create(move |ctx| {
-                    Session::add_stream(FramedRead::new(read, Codec::new()), ctx);
-                    let outbox = Arc::new(Outbox::new(write));
-                    ctx.spawn(flush_then_stop(outbox.clone()));
-                    Session {
-                        conn,
-                        peer: peer.to_string(),
-                        replicator,
-                        outbox,
-                        delay,
-                        closing: false,
-                    }
-                });
+                let node = node.clone();
+                actix_web::rt::spawn(serve_connection(conn, stream, peer, node));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep serving.
@@ -160,6 +156,93 @@ pub async fn accept_loop(listener: TcpListener, replicator: Addr<Replicator>, de
     }
 }
 
+async fn serve_connection(
+    conn: ConnId,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    node: Arc<Node>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (read, mut write) = stream.into_split();
+    let mut frames = FramedRead::new(read, Codec::new());
+    let first = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, frames.next()).await {
+        Ok(Some(Ok(frame))) => frame,
+        Ok(Some(Err(e))) => {
+            tracing::warn!(%peer, error = %e, "bad input on the comm port; closing");
+            let code = match e {
+                CodecError::TooLarge { .. } => Some(ErrorCode::FrameTooLarge),
+                CodecError::Malformed(_) => Some(ErrorCode::MalformedFrame),
+                CodecError::Truncated(_) | CodecError::Io(_) | CodecError::Encode(_) => None,
+            };
+            if let Some(code) = code {
+                let frame = MasterFrame::Error(ErrorFrame::new(code, e.to_string()));
+                write_one(&mut write, frame).await;
+            }
+            return;
+        }
+        Ok(None) => return,
+        Err(_) => {
+            tracing::debug!(%peer, "no first frame in time; closing");
+            return;
+        }
+    };
+    if let SecondaryFrame::RequestVote(req) = first {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        node.send(Event::VoteRequest(req, tx));
+        if let Ok(resp) = rx.await {
+            write_one(&mut write, MasterFrame::Vote(resp)).await;
+        }
+        return;
+    }
+    let replicator = match node.role() {
+        Role::Primary(r) if r.connected() => r,
+        _ => {
+            let mut e = if matches!(first, SecondaryFrame::Hello { .. }) {
+                let master = node.master_comm();
+                let msg = match &master {
+                    Some(m) => format!("this node is not the master; the master is at {m}"),
+                    None => "this node is not the master and knows of none now".to_string(),
+                };
+                let mut e = ErrorFrame::new(ErrorCode::NotMaster, msg);
+                e.master = master;
+                e
+            } else {
+                ErrorFrame::new(
+                    ErrorCode::HandshakeRequired,
+                    "the first frame must be Hello",
+                )
+            };
+            e.term = node.term();
+            write_one(&mut write, MasterFrame::Error(e)).await;
+            return;
+        }
+    };
+    let delay = node.cfg.delay;
+    Session::create(move |ctx| {
+        Session::add_stream(frames, ctx);
+        let outbox = Arc::new(Outbox::new(write));
+        ctx.spawn(flush_then_stop(outbox.clone()));
+        Session {
+            conn,
+            peer: peer.to_string(),
+            replicator,
+            outbox,
+            delay,
+            closing: false,
+            first: Some(first),
+        }
+    });
+}
+
+/// Write one frame and close (a refusal, a vote).
+async fn write_one(write: &mut OwnedWriteHalf, frame: MasterFrame) {
+    let mut buf = BytesMut::new();
+    if Codec::new().encode(frame, &mut buf).is_ok() {
+        let _ = tokio::time::timeout(FIRST_FRAME_TIMEOUT, write.write_all(&buf)).await;
+    }
+    let _ = write.shutdown().await;
+}
+
 pub struct Session {
     conn: ConnId,
     peer: String,
@@ -168,6 +251,9 @@ pub struct Session {
     delay: DelaySpec,
     /// An error frame is being flushed before the connection closes.
     closing: bool,
+    /// The first frame, read before the session existed: the replicator gets it once
+    /// the session is registered.
+    first: Option<SecondaryFrame>,
 }
 
 impl Session {
@@ -204,6 +290,12 @@ impl Actor for Session {
             // Frames the master holds back (`--delay-ms`) go through the session.
             outbox: self.delay.is_zero().then(|| self.outbox.clone()),
         });
+        if let Some(frame) = self.first.take() {
+            self.replicator.do_send(Inbound {
+                conn: self.conn,
+                frame,
+            });
+        }
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -283,6 +375,7 @@ mod tests {
             }],
             commit_id: 0,
             urgent: true,
+            term: 1,
         }
     }
 

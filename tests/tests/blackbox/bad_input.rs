@@ -212,6 +212,12 @@ async fn the_comm_port_survives_bad_peers() -> anyhow::Result<()> {
             next_expected: 1,
             log_id: 0,
             last_term: 0,
+            term: 0,
+            history: Default::default(),
+            comm: None,
+            http: None,
+            priority: 1,
+            delay_ms: 0,
         });
         assert_eq!(
             error_code(&poke(comm, &other_version, false)?),
@@ -229,6 +235,12 @@ async fn the_comm_port_survives_bad_peers() -> anyhow::Result<()> {
         next_expected: 1,
         log_id: 0,
         last_term: 0,
+        term: 0,
+        history: Default::default(),
+        comm: None,
+        http: None,
+        priority: 1,
+        delay_ms: 0,
     });
     assert!(poke(comm, &hello[..hello.len() / 2], true)?.is_empty());
 
@@ -349,6 +361,12 @@ async fn a_secondary_survives_a_bad_master() -> anyhow::Result<()> {
             truncate_after: None,
             http_host: None,
             http_port: 0,
+            term: 1,
+            history: Default::default(),
+            members: Vec::new(),
+            removed: Vec::new(),
+            config_version: 0,
+            delay_ms: 0,
         },
         &mut welcome,
     )?;

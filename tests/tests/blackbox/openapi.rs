@@ -63,6 +63,10 @@ async fn check_node(http: &Http, node: &Node) -> anyhow::Result<Vec<String>> {
         paths.push(path.clone());
         for method in ["get", "post", "delete", "put", "patch"] {
             let op = &item[method];
+            if path == "/stepDown" && method == "post" && !node.name.starts_with('s') {
+                // It would hand the set to another member mid-test: see the end.
+                continue;
+            }
             let (status, body) = call(node, method, path).await?;
             if op.is_null() {
                 assert_eq!(
@@ -111,6 +115,8 @@ async fn the_openapi_documents_match_what_the_nodes_serve() -> anyhow::Result<()
     let master_paths = check_node(&http, &master).await?;
     let secondary_paths = check_node(&http, &nodes[0]).await?;
     for p in [
+        "/hello",
+        "/stepDown",
         "/newMessage",
         "/messages",
         "/health",

@@ -342,8 +342,19 @@ async fn secondaries_acknowledge_w1_writes_on_their_own() -> anyhow::Result<()> 
     let (master, _nodes) = cluster(
         &dir,
         &http,
-        &["--heartbeat-ms", "60000", "--ack-timeout-ms", "60000"],
-        &[&[], &[]],
+        &[
+            "--heartbeat-ms",
+            "60000",
+            "--ack-timeout-ms",
+            "60000",
+            // No heartbeat for a minute: no election for longer than that either.
+            "--election-timeout-ms",
+            "120000",
+        ],
+        &[
+            &["--election-timeout-ms", "120000"],
+            &["--election-timeout-ms", "120000"],
+        ],
     )
     .await?;
     for i in 1..=20 {

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::replication::Health;
+use crate::replication::election::TermStart;
 use crate::storage::MemStore;
 use std::sync::Arc;
 
@@ -24,6 +25,16 @@ fn hello(name: &str, next_expected: u64, log_id: u64) -> SecondaryFrame {
         log_id,
         // Every entry in these tests is from the master's first run.
         last_term: u64::from(next_expected > 1),
+        term: 0,
+        history: if next_expected > 1 {
+            History(vec![TermStart { term: 1, after: 0 }])
+        } else {
+            History::default()
+        },
+        comm: None,
+        http: None,
+        priority: 1,
+        delay_ms: 0,
     }
 }
 
@@ -75,6 +86,7 @@ fn committed(token: Token, id: u64, acked_by: &[&str]) -> MasterOutput {
             id,
             acks: acked_by.len(),
             acked_by: acked_by.iter().map(|s| s.to_string()).collect(),
+            term: 1,
         }),
     }
 }
@@ -96,6 +108,12 @@ fn handshake_catch_up_ready_then_live_write() {
                 truncate_after: None,
                 http_host: None,
                 http_port: 0,
+                term: 1,
+                history: History(vec![TermStart { term: 1, after: 0 }]),
+                members: c.status(now).hosts,
+                removed: Vec::new(),
+                config_version: 2,
+                delay_ms: 0,
             }
         }]
     );
@@ -106,7 +124,8 @@ fn handshake_catch_up_ready_then_live_write() {
             conn: 1,
             frame: MasterFrame::Messages {
                 entries: vec![],
-                last: true
+                last: true,
+                term: 1,
             }
         }]
     );
@@ -134,6 +153,7 @@ fn handshake_catch_up_ready_then_live_write() {
                 entries: vec![entry(1, "a")],
                 commit_id: 0,
                 urgent: true,
+                term: 1,
             }
         }],
         "sent while the master's own sync runs"
@@ -206,6 +226,15 @@ fn a_secondary_holding_entries_the_master_lost_is_told_where_to_cut() {
         next_expected: holds + 1,
         log_id: 7,
         last_term,
+        term: 0,
+        // Ids 1..=3 are run 1's, the rest of the term the secondary says.
+        history: History::from_entry_terms(
+            (1..=holds).map(|id| (id, if id <= 3 { 1 } else { last_term })),
+        ),
+        comm: None,
+        http: None,
+        priority: 1,
+        delay_ms: 0,
     };
     let welcome_cut = |c: &mut MasterCore<Arc<MemStore>>| match &c.take_outputs()[..] {
         [
@@ -285,7 +314,7 @@ fn catch_up_streams_in_batches_and_holds_new_writes_until_ready() {
         .into_iter()
         .filter_map(|o| match o {
             MasterOutput::Send {
-                frame: MasterFrame::Messages { entries, last },
+                frame: MasterFrame::Messages { entries, last, .. },
                 ..
             } => Some((entries.len(), entries[0].id, last)),
             _ => None,
@@ -314,6 +343,7 @@ fn catch_up_streams_in_batches_and_holds_new_writes_until_ready() {
                     entries: vec![entry(1201, "late")],
                     commit_id: 0,
                     urgent: false,
+                    term: 1,
                 }
             }
         ]
@@ -488,7 +518,8 @@ fn timeout_answers_with_the_acks_so_far_and_replication_goes_on() {
             outcome: WriteOutcome::TimedOut(Receipt {
                 id: 1,
                 acks: 1,
-                acked_by: vec!["m".into()]
+                acked_by: vec!["m".into()],
+                term: 1,
             })
         }]
     );
@@ -576,6 +607,12 @@ fn bad_handshakes_are_refused_with_an_error_frame() {
                 next_expected: 1,
                 log_id: 0,
                 last_term: 0,
+                term: 0,
+                history: History::default(),
+                comm: None,
+                http: None,
+                priority: 1,
+                delay_ms: 0,
             },
             ErrorCode::VersionMismatch,
         ),
@@ -634,7 +671,8 @@ fn membership_is_saved_and_restored() {
     join(&mut c, now, 2, "s2");
     assert_eq!(
         store.membership().members,
-        vec!["s1".to_string(), "s2".to_string()]
+        vec!["m".to_string(), "s1".to_string(), "s2".to_string()],
+        "the saved list names every member, the master too"
     );
     // A restarted master knows both members before they reconnect: w=majority needs 2.
     let mut c = MasterCore::new(cfg, store).unwrap();
@@ -729,8 +767,14 @@ fn commit_id_holders_and_member_removal() {
     assert!(c.remove_member("s2").unwrap());
     assert!(!c.remove_member("s2").unwrap());
     let out = c.take_outputs();
+    // s2 is refused, then the new member list (with s2 removed) goes to those left.
     assert!(
-        refused(&out[out.len() - 2..], 2, ErrorCode::Removed),
+        refused(&out[out.len() - 3..out.len() - 1], 2, ErrorCode::Removed),
+        "{out:?}"
+    );
+    assert!(
+        matches!(out.last(), Some(MasterOutput::Send { conn: 1, frame: MasterFrame::Members { members, removed, .. } })
+            if members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>() == ["m", "s1"] && removed == &["s2".to_string()]),
         "{out:?}"
     );
     assert_eq!(c.status(now).member_count, 2);
@@ -863,7 +907,8 @@ fn heartbeats_and_live_frames_carry_the_commit_id() {
             conn: 1,
             frame: MasterFrame::Heartbeat {
                 last_id: 1,
-                commit_id: 1
+                commit_id: 1,
+                term: 1,
             }
         }]
     );

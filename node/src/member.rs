@@ -1,0 +1,651 @@
+//! The member: one per process, whatever its role. It owns the election core
+//! ([`common::replication::election::ElectionCore`]) and switches the node between
+//! its roles: following a master (the [`follower`] thread) or being the master (the
+//! [`primary`] replicator). Every decision about terms and votes goes through one task,
+//! the *driver*, on the HTTP worker's event loop: the follower thread, the replicator,
+//! the comm port and the HTTP API send it [`Event`]s.
+
+use crate::follower;
+use crate::http::Role;
+use crate::primary;
+use actix::Actor;
+use common::protocol::codec::FrameCodec;
+use common::protocol::{MasterFrame, MemberInfo, SecondaryFrame};
+use common::replication::election::{
+    ElectionConfig, ElectionCore, ElectionMetrics, ElectionOutput, ElectionRole, LogPosition,
+    VoteRequest, VoteResponse,
+};
+use common::storage::{LogStore, RolledBack};
+use common::stream::Progress;
+use futures::{SinkExt, StreamExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+
+/// How long a vote request may take (connect, ask, answer).
+const VOTE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// What the driver is told.
+pub enum Event {
+    /// A master of `term` accepted this node (the follower's handshake); frames on the
+    /// link may be held back on purpose for up to `slack`.
+    Following {
+        term: u64,
+        master: String,
+        slack: Duration,
+    },
+    /// The master asked this node to stand now.
+    StandNow,
+    /// The member list changed in the store.
+    MembersChanged,
+    /// A peer knows a newer term (the replicator saw it in a handshake).
+    NewerTerm(u64),
+    /// The master lost its majority for an election timeout.
+    LostQuorum,
+    /// The master handed over to another member (priority takeover).
+    HandedOver(String),
+    /// A voter answered.
+    Vote(String, VoteResponse),
+    /// A candidate asks for this member's vote.
+    VoteRequest(VoteRequest, oneshot::Sender<VoteResponse>),
+    /// `POST /stepDown`: stop being master and stand for nothing for that long.
+    StepDown(Duration, oneshot::Sender<Option<String>>),
+}
+
+/// Where this member is reached, as it tells the set.
+#[derive(Clone, Debug, Default)]
+pub struct Addresses {
+    /// Comm `host:port`.
+    pub comm: String,
+    /// HTTP `host:port`.
+    pub http: String,
+}
+
+/// The last rollback, for `/status`.
+#[derive(Clone, Debug)]
+pub struct LastRollback {
+    pub rolled_back: RolledBack,
+    pub at: SystemTime,
+}
+
+/// One member of the set.
+pub struct Node {
+    pub cfg: crate::Config,
+    pub store: Arc<dyn LogStore>,
+    pub progress: Progress,
+    pub addresses: Addresses,
+    pub started: Instant,
+    election: Mutex<ElectionCore>,
+    /// The election's term, readable without the lock (the follower thread checks it).
+    term: AtomicU64,
+    role: RwLock<Role>,
+    events: mpsc::UnboundedSender<Event>,
+    /// When the follower thread last heard from its master, in ms since `started`.
+    heard_ms: AtomicU64,
+    /// The comm address to dial first (the master, as last heard of).
+    hint: Mutex<Option<String>>,
+    /// Rotates through the known members while no master is known.
+    next_seed: AtomicU64,
+    last_rollback: Mutex<Option<LastRollback>>,
+    http_port: u16,
+}
+
+/// Whether this member may stand: once it belongs to a set (its log has an identity
+/// and the stored member list names it), or as `master-node` on a log no other member
+/// shares yet. A new secondary that cannot reach its set never elects itself master of
+/// a set of its own.
+fn eligible(store: &dyn LogStore, name: &str, start_as_master: bool) -> bool {
+    let m = store.membership();
+    let joined = store.log_id() != 0 && m.members.iter().any(|n| n == name);
+    let alone = m.members.iter().all(|n| n == name);
+    joined || (start_as_master && alone)
+}
+
+impl Node {
+    /// A member over `store`, following until an election says otherwise.
+    pub fn new(
+        cfg: crate::Config,
+        store: Arc<dyn LogStore>,
+        progress: Progress,
+        addresses: Addresses,
+        http_port: u16,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Event>) {
+        let now = Instant::now();
+        let (events, rx) = mpsc::unbounded_channel();
+        let mut election = ElectionCore::new(
+            ElectionConfig {
+                name: cfg.name.clone(),
+                priority: cfg.priority,
+                election_timeout: cfg.election_timeout,
+                seed: rand::random(),
+            },
+            now,
+            store.term(),
+            store.voted_for(),
+        );
+        election.set_voters(store.membership().members);
+        let term = AtomicU64::new(election.term());
+        let core = follower::shared_core(&cfg.name, store.clone());
+        let role = RwLock::new(Role::Secondary(follower::Handle::new(
+            core,
+            cfg.seed_address(),
+        )));
+        let node = Arc::new(Node {
+            cfg,
+            store,
+            progress,
+            addresses,
+            started: now,
+            election: Mutex::new(election),
+            term,
+            role,
+            events,
+            heard_ms: AtomicU64::new(0),
+            hint: Mutex::new(None),
+            next_seed: AtomicU64::new(0),
+            last_rollback: Mutex::new(None),
+            http_port,
+        });
+        (node, rx)
+    }
+
+    pub fn election(&self) -> MutexGuard<'_, ElectionCore> {
+        self.election.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The newest term this member knows.
+    pub fn term(&self) -> u64 {
+        self.term.load(Ordering::Acquire)
+    }
+
+    /// What the node is now, for the HTTP API.
+    pub fn role(&self) -> Role {
+        self.role.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_role(&self, role: Role) {
+        *self.role.write().unwrap_or_else(|e| e.into_inner()) = role;
+    }
+
+    /// Tell the driver.
+    pub fn send(&self, e: Event) {
+        let _ = self.events.send(e);
+    }
+
+    /// The follower thread heard from its master now.
+    pub fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.heard_ms.store(ms.max(1), Ordering::Release);
+    }
+
+    fn last_heard(&self) -> Option<Instant> {
+        match self.heard_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(self.started + Duration::from_millis(ms)),
+        }
+    }
+
+    /// The master's comm address was learnt (a refusal naming it, a vote).
+    pub fn set_hint(&self, comm: Option<String>) {
+        *self.hint.lock().unwrap_or_else(|e| e.into_inner()) = comm;
+    }
+
+    /// Whether the master's address was learnt since the last dial.
+    pub fn has_hint(&self) -> bool {
+        self.hint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// Where the follower thread should dial next: the master if known, else each
+    /// known member in turn, and the address it was started with.
+    pub fn next_target(&self) -> String {
+        if let Some(h) = self.hint.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return h;
+        }
+        let mut seeds: Vec<String> = self
+            .store
+            .membership()
+            .hosts
+            .into_iter()
+            .filter(|h| h.name != self.cfg.name && !h.comm.is_empty())
+            .map(|h| h.comm)
+            .collect();
+        let seed = self.cfg.seed_address();
+        if !seed.is_empty() && !seeds.contains(&seed) {
+            seeds.push(seed);
+        }
+        if seeds.is_empty() {
+            return String::new();
+        }
+        let i = self.next_seed.fetch_add(1, Ordering::Relaxed) as usize;
+        seeds[i % seeds.len()].clone()
+    }
+
+    /// The comm address of the master of the current term, if this member knows it.
+    pub fn master_comm(&self) -> Option<String> {
+        let leader = self.election().leader().map(str::to_string)?;
+        if leader == self.cfg.name {
+            return Some(self.addresses.comm.clone());
+        }
+        self.host_of(&leader)
+            .map(|h| h.comm)
+            .filter(|c| !c.is_empty())
+    }
+
+    /// The HTTP address of the master of the current term, if this member knows it.
+    pub fn master_http(&self) -> Option<String> {
+        match self.role() {
+            Role::Primary(_) => Some(self.addresses.http.clone()),
+            Role::Secondary(f) => f.primary().or_else(|| {
+                let leader = self.election().leader().map(str::to_string)?;
+                self.host_of(&leader)
+                    .map(|h| h.http)
+                    .filter(|h| !h.is_empty())
+            }),
+        }
+    }
+
+    fn host_of(&self, name: &str) -> Option<MemberInfo> {
+        self.store
+            .membership()
+            .hosts
+            .into_iter()
+            .find(|h| h.name == name)
+    }
+
+    /// How up to date this member's log is, for votes.
+    pub fn log_position(&self) -> LogPosition {
+        let last_id = self.store.last_id();
+        LogPosition {
+            last_term: self.store.history().last_term(last_id),
+            last_id,
+        }
+    }
+
+    pub fn note_rollback(&self, rolled_back: RolledBack) {
+        *self.last_rollback.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastRollback {
+            rolled_back,
+            at: SystemTime::now(),
+        });
+    }
+
+    pub fn last_rollback(&self) -> Option<LastRollback> {
+        self.last_rollback
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The last election this member stood in, for `/status`.
+    pub fn election_metrics(&self) -> Option<ElectionMetrics> {
+        self.election().metrics().cloned()
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+}
+
+/// The role machinery the driver owns.
+struct Driver {
+    node: Arc<Node>,
+    link: Option<follower::Link>,
+    /// The replicator while master.
+    replicator: Option<actix::Addr<primary::replicator::Replicator>>,
+    /// `stepDown` callers waiting for another master.
+    stepping_down: Vec<oneshot::Sender<Option<String>>>,
+    /// Vote answers waiting for the vote to be saved.
+    replies: Vec<(oneshot::Sender<VoteResponse>, VoteResponse)>,
+    /// The master of the election's current term as last told to the election.
+    told: Option<(u64, String, Instant)>,
+    start_as_master: bool,
+}
+
+/// Run the member until `stop` resolves: start following (or, for `master-node` on a
+/// log that has no other member, stand at once), then carry out every election
+/// decision. Runs on the HTTP worker's event loop, where the replicator must run.
+pub async fn drive(
+    node: Arc<Node>,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let start_as_master = matches!(node.cfg.start, crate::Start::Master);
+    let mut d = Driver {
+        node: node.clone(),
+        link: None,
+        replicator: None,
+        stepping_down: Vec::new(),
+        replies: Vec::new(),
+        told: None,
+        start_as_master,
+    };
+    d.follow();
+    {
+        let mut e = node.election();
+        let alone = e.voters().len() == 1;
+        if start_as_master && alone {
+            // A new set (or one of one member): nobody else to ask.
+            e.stand_now(Instant::now(), node.log_position(), "electionTimeout");
+        }
+    }
+    d.apply().await;
+    loop {
+        let deadline = node.election().poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            ev = events.recv() => match ev {
+                Some(ev) => d.handle(ev),
+                None => break,
+            },
+            () = sleep => d.tick(),
+        }
+        d.apply().await;
+    }
+    d.shut_down().await;
+}
+
+impl Driver {
+    fn handle(&mut self, ev: Event) {
+        let now = Instant::now();
+        let node = self.node.clone();
+        match ev {
+            Event::Following {
+                term,
+                master,
+                slack,
+            } => {
+                let mut e = node.election();
+                e.set_slack(slack);
+                if e.heard_from_leader(now, term, &master) {
+                    self.told = Some((term, master, now));
+                }
+            }
+            Event::StandNow => {
+                let pos = node.log_position();
+                if self.can_stand() {
+                    node.election()
+                        .stand_now(now, pos, "stepUpRequestSkipDryRun");
+                }
+            }
+            Event::MembersChanged => {
+                let members = node.store.membership().members;
+                node.election().set_voters(members);
+            }
+            Event::NewerTerm(t) => node.election().saw_term(now, t),
+            Event::LostQuorum => node.election().step_down(now, Duration::ZERO),
+            Event::HandedOver(to) => {
+                tracing::info!(%to, "handed over; stepping down");
+                node.election().step_down(now, node.cfg.election_timeout);
+            }
+            Event::Vote(from, resp) => {
+                let pos = node.log_position();
+                node.election().handle_vote_response(now, &from, &resp, pos);
+            }
+            Event::VoteRequest(req, reply) => {
+                let pos = node.log_position();
+                let resp = node.election().handle_vote_request(now, &req, pos);
+                if resp.granted && !resp.pre_vote {
+                    tracing::info!(candidate = %req.candidate, term = req.term, "voting");
+                    // The candidate is likely the next master: look there first.
+                    let comm = Some(req.comm.clone())
+                        .filter(|c| !c.is_empty())
+                        .or_else(|| node.host_of(&req.candidate).map(|h| h.comm))
+                        .filter(|c| !c.is_empty());
+                    node.set_hint(comm);
+                }
+                // Answered once the vote is saved (see `apply`).
+                self.replies.push((reply, resp));
+            }
+            Event::StepDown(quiet, reply) => {
+                if let Some(r) = &self.replicator {
+                    r.do_send(primary::replicator::HandOver);
+                }
+                node.election().step_down(now, quiet);
+                self.stepping_down.push(reply);
+            }
+        }
+    }
+
+    /// The election timer: first tell the election how recently the master was heard
+    /// (the follower thread only notes it), then let it decide.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let node = self.node.clone();
+        if let Some(heard) = node.last_heard()
+            && let Role::Secondary(f) = node.role()
+        {
+            let (term, master) = {
+                let c = f.core();
+                (c.master_term(), c.master_name().map(str::to_string))
+            };
+            if let Some(master) = master
+                && self.told.as_ref().is_none_or(|t| t.2 < heard)
+            {
+                node.election().heard_from_leader(heard, term, &master);
+                self.told = Some((term, master, heard));
+            }
+        }
+        if !self.can_stand() {
+            // Not (yet) in a set: never stands.
+            let mut e = node.election();
+            if e.poll_timeout().is_some_and(|t| t <= now) {
+                e.step_down(now, Duration::ZERO);
+            }
+            return;
+        }
+        let pos = node.log_position();
+        node.election().handle_timeout(now, pos);
+    }
+
+    fn can_stand(&self) -> bool {
+        eligible(&*self.node.store, &self.node.cfg.name, self.start_as_master)
+    }
+
+    /// Save the term and vote of every `Persist` among `outputs`; false if one failed.
+    fn carry_out_persists(&self, outputs: &[ElectionOutput]) -> bool {
+        let mut ok = true;
+        for o in outputs {
+            if let ElectionOutput::Persist { term, voted_for } = o {
+                if let Err(e) = self.node.store.set_vote(*term, voted_for.clone()) {
+                    tracing::error!(error = %e, "cannot save the term and vote");
+                    ok = false;
+                }
+                self.node.term.store(*term, Ordering::Release);
+            }
+        }
+        ok
+    }
+
+    /// Carry out what the election decided: save first, then answer the votes that
+    /// waited for it, then act.
+    async fn apply(&mut self) {
+        loop {
+            let outputs = self.node.election().take_outputs();
+            let saved = self.carry_out_persists(&outputs);
+            for (tx, resp) in self.replies.drain(..) {
+                let resp = if saved {
+                    resp
+                } else {
+                    VoteResponse {
+                        granted: false,
+                        reason: "this member cannot save its vote".into(),
+                        ..resp
+                    }
+                };
+                let _ = tx.send(resp);
+            }
+            if outputs.is_empty() {
+                break;
+            }
+            if !saved {
+                // Nothing that depends on an unsaved term or vote goes out.
+                tracing::error!(
+                    "the election's state could not be saved; waiting for the next timeout"
+                );
+                break;
+            }
+            for o in outputs {
+                match o {
+                    ElectionOutput::Persist { .. } => {}
+                    ElectionOutput::RequestVotes(req) => self.request_votes(req),
+                    ElectionOutput::BecomeLeader { term } => self.lead(term).await,
+                    ElectionOutput::BecomeFollower { term } => {
+                        tracing::info!(term, "stepping down: following");
+                        self.retire().await;
+                        self.follow();
+                    }
+                }
+            }
+        }
+        self.answer_step_downs();
+    }
+
+    fn answer_step_downs(&mut self) {
+        if self.stepping_down.is_empty() {
+            return;
+        }
+        let node = &self.node;
+        let other = {
+            let e = node.election();
+            e.leader()
+                .filter(|l| *l != node.cfg.name && e.role() == ElectionRole::Follower)
+                .map(str::to_string)
+        };
+        if other.is_some() {
+            for tx in self.stepping_down.drain(..) {
+                let _ = tx.send(other.clone());
+            }
+        }
+        self.stepping_down.retain(|tx| !tx.is_closed());
+    }
+
+    /// Ask every other voting member, each on a connection of its own.
+    fn request_votes(&self, mut req: VoteRequest) {
+        let node = self.node.clone();
+        req.comm = node.addresses.comm.clone();
+        let hosts = node.store.membership().hosts;
+        let voters: Vec<String> = node.election().voters().to_vec();
+        tracing::info!(
+            term = req.term,
+            pre_vote = req.pre_vote,
+            voters = voters.len(),
+            "asking for votes"
+        );
+        for name in voters.into_iter().filter(|n| *n != node.cfg.name) {
+            let Some(comm) = hosts
+                .iter()
+                .find(|h| h.name == name)
+                .map(|h| h.comm.clone())
+                .filter(|c| !c.is_empty())
+            else {
+                continue;
+            };
+            let req = req.clone();
+            let node = node.clone();
+            actix_web::rt::spawn(async move {
+                match tokio::time::timeout(VOTE_TIMEOUT, ask(&comm, req)).await {
+                    Ok(Ok(resp)) => node.send(Event::Vote(name, resp)),
+                    Ok(Err(e)) => tracing::debug!(voter = %name, error = %e, "no vote"),
+                    Err(_) => tracing::debug!(voter = %name, "vote request timed out"),
+                }
+            });
+        }
+    }
+
+    /// Become the master of `term`: stop following (the thread must be gone before
+    /// the replicator writes to the log), then start the replicator here.
+    async fn lead(&mut self, term: u64) {
+        self.stop_link().await;
+        let node = self.node.clone();
+        match primary::replicator::Replicator::for_node(&node, term) {
+            Ok(r) => {
+                let addr = r.start();
+                tracing::info!(term, "elected: this node is the master");
+                node.set_role(Role::Primary(addr.clone()));
+                self.replicator = Some(addr);
+                node.set_hint(None);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot become the master; following");
+                node.election()
+                    .step_down(Instant::now(), node.cfg.election_timeout);
+                self.follow();
+            }
+        }
+    }
+
+    /// Stop being the master, if it is one: waiting writes are answered 503, every
+    /// secondary connection closes (they look for the next master).
+    async fn retire(&mut self) {
+        if let Some(r) = self.replicator.take() {
+            let _ = r.send(primary::replicator::Retire).await;
+        }
+    }
+
+    /// Follow: a new secondary core over the log as it is now, and the thread.
+    fn follow(&mut self) {
+        if self.link.is_some() {
+            return;
+        }
+        let node = self.node.clone();
+        let core = follower::shared_core(&node.cfg.name, node.store.clone());
+        let handle = follower::Handle::new(core.clone(), node.cfg.seed_address());
+        node.set_role(Role::Secondary(handle));
+        match follower::Link::start(node.clone(), core) {
+            Ok(link) => self.link = Some(link),
+            Err(e) => tracing::error!(error = %e, "cannot start the replication thread"),
+        }
+    }
+
+    async fn stop_link(&mut self) {
+        if let Some(link) = self.link.take() {
+            // It ends once its current step does (a step is bounded by the socket's
+            // write timeout); the log must have one writer at a time.
+            let stopped = tokio::task::spawn_blocking(move || link.stop_and_join()).await;
+            if let Err(e) = stopped {
+                tracing::error!(error = %e, "waiting for the replication thread failed");
+            }
+        }
+    }
+
+    async fn shut_down(&mut self) {
+        if let Some(r) = self.replicator.take() {
+            let failed = r
+                .send(primary::replicator::Shutdown)
+                .await
+                .unwrap_or_default();
+            if failed > 0 {
+                tracing::warn!(
+                    failed,
+                    "writes still waiting for their write concern were answered 503"
+                );
+            }
+        }
+        self.stop_link().await;
+    }
+}
+
+/// Ask the member at `comm` for a vote.
+async fn ask(comm: &str, req: VoteRequest) -> anyhow::Result<VoteResponse> {
+    let stream = tokio::net::TcpStream::connect(comm).await?;
+    let _ = stream.set_nodelay(true);
+    let mut framed = Framed::new(stream, FrameCodec::<MasterFrame, SecondaryFrame>::new());
+    framed.send(SecondaryFrame::RequestVote(req)).await?;
+    match framed.next().await {
+        Some(Ok(MasterFrame::Vote(resp))) => Ok(resp),
+        Some(Ok(MasterFrame::Error(e))) => anyhow::bail!("refused: {e}"),
+        Some(Ok(_)) => anyhow::bail!("unexpected answer"),
+        Some(Err(e)) => Err(e.into()),
+        None => anyhow::bail!("closed without an answer"),
+    }
+}
