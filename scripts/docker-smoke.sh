@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Checks the README's Docker path: the image builds here, `docker compose up` starts a
-# replicating cluster, containers report healthy, a secondary killed and started again
-# catches up from its volume. Bounded; removes its containers, network and volumes (by
-# its own project name), also on failure.
+# replicating set, containers report healthy, a secondary killed and started again
+# catches up from its volume, and the master's container killed is replaced by an
+# elected one while the old master, started again, follows it. Bounded; removes its
+# containers, network and volumes (by its own project name), also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! docker info >/dev/null 2>&1; then
@@ -47,4 +48,28 @@ for port in $((base + 1)) $((base + 2)); do
     sleep 0.3
   done
 done
-echo "docker smoke: 1 passed, 0 failed"
+
+# Failover: kill the master's container; s1 or s2 is elected and takes writes; the old
+# master, started again, follows the new one and ends with the same log.
+docker kill -s KILL "$(dc ps -q master)" >/dev/null
+deadline=$((SECONDS + 60))
+new=
+until [ -n "$new" ]; do
+  for port in $((base + 1)) $((base + 2)); do
+    if curl -fsS -m 2 "http://127.0.0.1:$port/hello" 2>/dev/null | grep -q '"isWritablePrimary":true'; then
+      new=$port
+    fi
+  done
+  [ $SECONDS -gt $deadline ] && fail "no new master after the master's container was killed"
+  [ -z "$new" ] && sleep 0.2
+done
+resp=$(curl -sS -m 30 -X POST "http://127.0.0.1:$new/newMessage" -d '{"message":"three","writeConcern":2}')
+echo "$resp" | grep -q '"id":3' || fail "w=2 write on the new master: $resp"
+dc start master >/dev/null 2>&1
+want="${want%]},{\"id\":3,\"message\":\"three\"}]"
+until [ "$(curl -fsS -m 2 "http://127.0.0.1:$base/messages" 2>/dev/null)" = "$want" ]; do
+  [ $SECONDS -gt $deadline ] && fail "the old master did not catch up"
+  sleep 0.3
+done
+curl -fsS -m 2 "http://127.0.0.1:$base/hello" | grep -q '"secondary":true' || fail "the old master is not a secondary"
+echo "docker smoke: 2 passed, 0 failed"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Checks that the README's first command works: scripts/cluster.sh starts three nodes
 # that replicate; a node killed by hand leaves the others running, and the command the
-# script prints starts it again on its data (it catches up); one SIGINT stops every node
-# the script started. Bounded in time; cleans up what it started.
+# script prints starts it again on its data (it catches up); kill -9 of the master makes
+# another node master, and the old master restarted with its printed command follows it;
+# one SIGINT stops every node the script started. Bounded in time; cleans up what it
+# started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,10 +14,11 @@ export CHORUS_HTTP_PORT=$base CHORUS_COMM_PORT=$((base + 3)) CHORUS_DATA_DIR=$da
 log=$(mktemp)
 setsid scripts/cluster.sh >"$log" 2>&1 &
 script=$!
-again=
+again= again_master=
 cleanup() {
   kill -KILL -- -"$script" 2>/dev/null || true
   [ -n "$again" ] && kill -KILL "$again" 2>/dev/null
+  [ -n "$again_master" ] && kill -KILL "$again_master" 2>/dev/null
   rm -rf "$log" "$data"
 }
 trap cleanup EXIT
@@ -68,6 +71,38 @@ until [ "$(curl -fsS -m 2 "http://127.0.0.1:$((base + 1))/messages" 2>/dev/null)
   sleep 0.2
 done
 
+# kill -9 the master: s1 or s2 is elected and takes writes; the master started again
+# with the printed command follows the new master and catches up.
+m=$(pgrep -g "$script" -f 'master-node --name master ') || fail "no master process"
+kill -KILL "$m"
+deadline=$((SECONDS + 60))
+new=
+until [ -n "$new" ]; do
+  for port in $((base + 1)) $((base + 2)); do
+    if curl -fsS -m 2 "http://127.0.0.1:$port/hello" 2>/dev/null | grep -q '"isWritablePrimary":true'; then
+      new=$port
+    fi
+  done
+  [ $SECONDS -gt $deadline ] && fail "no new master after kill -9 of the master"
+  [ -z "$new" ] && sleep 0.2
+done
+resp=$(curl -sS -m 30 -X POST "http://127.0.0.1:$new/newMessage" -d '{"message":"after-failover","writeConcern":2}')
+echo "$resp" | grep -q '"id":3' || fail "w=2 write on the new master: $resp"
+until grep -q "node master (pid $m) exited" "$log"; do
+  [ $SECONDS -gt $deadline ] && fail "the script did not report the master's exit"
+  sleep 0.1
+done
+restart=$(grep -A3 "node master (pid $m) exited" "$log" | grep '^  ' | head -1)
+[ -n "$restart" ] || fail "no restart command printed for the master"
+bash -c "exec $restart" >/dev/null 2>&1 &
+again_master=$!
+want="${want%]},{\"id\":3,\"message\":\"after-failover\"}]"
+until [ "$(curl -fsS -m 2 "http://127.0.0.1:$base/messages" 2>/dev/null)" = "$want" ]; do
+  [ $SECONDS -gt $deadline ] && fail "the old master restarted with the printed command did not catch up"
+  sleep 0.2
+done
+curl -fsS -m 2 "http://127.0.0.1:$base/hello" | grep -q '"secondary":true' || fail "the old master is not a secondary"
+
 pids=$(pgrep -g "$script" -f 'master-node|secondary-node' || true)
 kill -INT -- -"$script"
 for _ in $(seq 100); do
@@ -78,7 +113,8 @@ kill -0 "$script" 2>/dev/null && fail "cluster.sh still running after SIGINT"
 for p in $pids; do
   kill -0 "$p" 2>/dev/null && fail "node $p survived SIGINT"
 done
-kill -TERM "$again"
+kill -TERM "$again" "$again_master"
 wait "$again" || fail "the restarted s1 did not stop cleanly on SIGTERM"
-again=
-echo "readme smoke: 2 passed, 0 failed"
+wait "$again_master" || fail "the restarted master did not stop cleanly on SIGTERM"
+again= again_master=
+echo "readme smoke: 3 passed, 0 failed"

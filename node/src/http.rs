@@ -16,7 +16,7 @@ use common::storage::LogStore;
 use common::web::{endpoint, error_response, read_body};
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use utoipa::OpenApi;
 
 /// What the node is now, for the handlers.
@@ -419,7 +419,43 @@ async fn status(state: web::Data<State>) -> HttpResponse {
         "warnings": warnings(&st),
         "durability": state.durability.mode(),
         "syncIntervalMs": state.durability.sync_interval_ms(),
+        "configVersion": state.store.membership().config_version,
+        "electionCandidateMetrics": candidate_metrics(&state.node),
+        "lastRollback": last_rollback(&state.node),
     }))
+}
+
+/// Milliseconds since the Unix epoch of a moment `ago` before now.
+fn epoch_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The election this master won (MongoDB's `electionCandidateMetrics`), with its
+/// wall-clock time (`lastElectionDate`, ms since the Unix epoch).
+fn candidate_metrics(node: &Node) -> serde_json::Value {
+    let Some(m) = node.election_metrics().filter(|m| m.won) else {
+        return serde_json::Value::Null;
+    };
+    let mut v = json!(m);
+    if let Some(started) = m.started {
+        let date = SystemTime::now().checked_sub(started.elapsed());
+        v["lastElectionDate"] = json!(date.map(epoch_ms));
+    }
+    v
+}
+
+/// The last rollback on this member since it started: how many entries, the file
+/// they went to, the first id cut and when (ms since the Unix epoch).
+fn last_rollback(node: &Node) -> serde_json::Value {
+    node.last_rollback().map_or(serde_json::Value::Null, |r| {
+        json!({
+            "count": r.rolled_back.count,
+            "file": r.rolled_back.file,
+            "fromId": r.rolled_back.from_id,
+            "time": epoch_ms(r.at),
+        })
+    })
 }
 
 /// `GET /messages/{id}/status`: which members hold message `id`.
@@ -597,7 +633,8 @@ fn secondary_health(state: &State, f: &follower::Handle) -> HttpResponse {
         "connected": st.connected,
         "phase": st.phase,
         "removed": st.removed,
-        "master": f.master,
+        "master": state.node.master_comm(),
+        "seed": f.master,
         "primary": primary,
         "masterName": st.master,
         "lastId": st.last_id,
@@ -621,19 +658,53 @@ fn secondary_status(state: &State, f: &follower::Handle) -> HttpResponse {
     };
     let log_id = state.store.log_id();
     let primary = f.primary();
+    let own_state = match (st.connected, st.phase) {
+        _ if st.removed => "REMOVED",
+        _ if st.rolling_back => "ROLLBACK",
+        (false, _) => "(not connected to the master)",
+        (true, "live") => "SECONDARY",
+        _ => "STARTUP2",
+    };
+    let term = state.node.term();
+    let membership = state.store.membership();
+    // A secondary hears only from its master: the others' states are the master's to
+    // tell (GET /status there), as MongoDB shows UNKNOWN for members it has not reached.
+    let members: Vec<_> = membership
+        .hosts
+        .iter()
+        .map(|h| {
+            let (state, term) = if h.name == st.name {
+                (own_state, Some(term))
+            } else if st.connected && st.master.as_deref() == Some(h.name.as_str()) {
+                ("PRIMARY", Some(term))
+            } else {
+                ("UNKNOWN", None)
+            };
+            json!({
+                "name": h.name,
+                "self": h.name == st.name,
+                "state": state,
+                "term": term,
+                "address": h.http,
+                "comm": h.comm,
+                "priority": h.priority,
+            })
+        })
+        .collect();
     HttpResponse::Ok().json(json!({
         "set": (log_id != 0).then(|| format!("chorus-{log_id:016x}")),
         "name": st.name,
         "role": "secondary",
-        "state": match (st.connected, st.phase) {
-            _ if st.removed => "REMOVED",
-            (false, _) => "(not connected to the master)",
-            (true, "live") => "SECONDARY",
-            _ => "STARTUP2",
-        },
+        "state": own_state,
+        "term": term,
+        "configVersion": membership.config_version,
+        "members": members,
+        "lastRollback": last_rollback(&state.node),
+        "rollingBack": st.rolling_back,
         "phase": st.phase,
         "removed": st.removed,
-        "master": f.master,
+        "master": state.node.master_comm(),
+        "seed": f.master,
         "primary": primary,
         "masterName": st.master,
         "lastId": st.last_id,

@@ -373,8 +373,19 @@ impl Driver {
             Event::StandNow => {
                 let pos = node.log_position();
                 if self.can_stand() {
-                    node.election()
-                        .stand_now(now, pos, "stepUpRequestSkipDryRun");
+                    // Asked to stand by a master of lower priority: MongoDB calls this a
+                    // priority takeover; otherwise the master stepped down to us.
+                    let master_priority = self
+                        .told
+                        .as_ref()
+                        .and_then(|(_, m, _)| node.host_of(m))
+                        .map(|h| h.priority);
+                    let reason = if master_priority.is_some_and(|p| p < node.cfg.priority) {
+                        "priorityTakeover"
+                    } else {
+                        "stepUpRequestSkipDryRun"
+                    };
+                    node.election().stand_now(now, pos, reason);
                 }
             }
             Event::MembersChanged => {

@@ -379,8 +379,9 @@ pub struct MasterCore<S> {
     /// Every member's addresses and priority (this one included), and their version.
     hosts: Vec<MemberInfo>,
     config_version: u64,
-    /// Check-quorum: when a majority was last heard from, and whether it was reported.
-    quorum_seen: Instant,
+    /// Check-quorum: when this master took over (members get one quorum timeout to
+    /// connect), and whether a lost majority was reported.
+    led_since: Instant,
     quorum_lost: bool,
     /// Handing over to another member: no new writes.
     handing_over: bool,
@@ -463,7 +464,7 @@ impl<S: LogStore> MasterCore<S> {
             history,
             hosts,
             config_version,
-            quorum_seen: now,
+            led_since: now,
             quorum_lost: false,
             handing_over: false,
             last_id: durable_id,
@@ -1378,9 +1379,9 @@ impl<S: LogStore> MasterCore<S> {
             })
             .count();
         let members = self.members.len() + 1;
-        if heard > members / 2 {
-            self.quorum_seen = now;
-        } else if !self.quorum_lost && now.saturating_duration_since(self.quorum_seen) >= timeout {
+        // A new master gives its members one timeout to connect.
+        let settled = now.saturating_duration_since(self.led_since) >= timeout;
+        if heard <= members / 2 && settled && !self.quorum_lost {
             self.quorum_lost = true;
             tracing::warn!(
                 heard,

@@ -77,6 +77,9 @@ pub struct SecondaryStatus {
     pub duplicates: u64,
     /// Entries cut because the master had lost them in a crash (see docs/protocol.md).
     pub truncated: u64,
+    /// This connection began with a rollback and is not live yet (MongoDB's ROLLBACK
+    /// state: the member cut entries the master does not have and is catching up).
+    pub rolling_back: bool,
     pub last_heard_ms_ago: Option<u64>,
     /// The last refusal, by either side, in words.
     pub last_error: Option<String>,
@@ -112,6 +115,8 @@ pub struct SecondaryCore<S> {
     duplicates: u64,
     /// Entries cut because the master had lost them (over this process's life).
     truncated: u64,
+    /// Rolled back on this connection and not live yet.
+    rolling_back: bool,
     last_error: Option<String>,
     outputs: Vec<SecondaryOutput>,
     identity: Identity,
@@ -164,6 +169,7 @@ impl<S: LogStore> SecondaryCore<S> {
             last_heard: None,
             duplicates: 0,
             truncated: 0,
+            rolling_back: false,
             last_error: None,
             outputs: Vec::new(),
             identity: Identity {
@@ -381,6 +387,7 @@ impl<S: LogStore> SecondaryCore<S> {
             (_, MasterFrame::ReadyAck) => {
                 if self.phase == Phase::AwaitingReadyAck {
                     self.phase = Phase::Live;
+                    self.rolling_back = false;
                     tracing::info!(last_id = self.last_id(), "caught up; live replication");
                 }
             }
@@ -438,6 +445,7 @@ impl<S: LogStore> SecondaryCore<S> {
             }
             self.last_term = term_of(&self.store, keep);
             self.truncated += cut;
+            self.rolling_back = true;
         }
         if (ours != 0 && ours != log_id) || self.last_id() > last_id {
             return self.fail(
@@ -606,6 +614,7 @@ impl<S: LogStore> SecondaryCore<S> {
             buffered: self.buffer.len(),
             duplicates: self.duplicates,
             truncated: self.truncated,
+            rolling_back: self.rolling_back,
             last_heard_ms_ago: self
                 .last_heard
                 .map(|t| now.saturating_duration_since(t).as_millis() as u64),

@@ -855,6 +855,7 @@ fn a_secondary_cuts_what_the_master_lost_then_asks_from_the_cut() {
     );
     assert_eq!(store.read(1, 10).unwrap(), vec![e(1, 1), e(2, 1)]);
     assert_eq!(s.status(now).truncated, 3);
+    assert!(s.status(now).rolling_back, "ROLLBACK until caught up again");
     // The next handshake reports the term of the entry now last.
     s.disconnected();
     s.connected(now, 0);
@@ -866,4 +867,23 @@ fn a_secondary_cuts_what_the_master_lost_then_asks_from_the_cut() {
             ..
         })]
     ));
+    assert!(
+        s.status(now).rolling_back,
+        "still catching up after the rollback"
+    );
+    s.handle_frame(now, welcome(5, 2, None));
+    s.handle_frame(
+        now,
+        MasterFrame::Messages {
+            entries: vec![],
+            last: true,
+            term: 1,
+        },
+    );
+    s.handle_frame(now, MasterFrame::ReadyAck);
+    assert_eq!(s.status(now).phase, "live");
+    assert!(
+        !s.status(now).rolling_back,
+        "live again: the rollback is over"
+    );
 }

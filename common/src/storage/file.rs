@@ -6,7 +6,12 @@
 //!                       [len: u32 LE][crc32: u32 LE]
 //!                       [id: u64 LE][term: u64 LE][key length: u16 LE][request id][message]
 //!                       len counts everything after the CRC; the CRC covers those bytes.
-//! <data-dir>/meta.json  {"logId": ..., "members": [...], "removed": [...]}, replaced atomically.
+//! <data-dir>/meta.json  {"logId", "members", "removed", "hosts", "configVersion",
+//!                        "term", "votedFor", "history"}, replaced atomically and fsync'd
+//!                        (the vote before it is answered: docs/failover.md).
+//! <data-dir>/rollback/rollback-<ms>-from-<id>.jsonl
+//!                       entries cut by a rollback, one {"id","term","message","requestId"}
+//!                       a line, synced before the log is truncated.
 //! ```
 //!
 //! Appends are written behind: encoded into memory, and written with one `pwrite` when

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod durability;
+mod failover;
 mod health;
 mod membership;
 mod metrics;

@@ -971,3 +971,186 @@ fn writes_waiting_only_for_secondaries_are_counted_for_spinning() {
     c.handle_frame(now, 2, ack(3));
     assert_eq!(c.waiting_for_secondaries(10), 0);
 }
+
+/// A Hello from a member of `name` holding `holds` entries of term 1 (of the log of
+/// `store_of_a_first_run`; none: a new member), knowing `term`.
+fn hello_at(name: &str, holds: u64, term: u64, priority: u32) -> SecondaryFrame {
+    let SecondaryFrame::Hello {
+        version,
+        next_expected,
+        log_id,
+        last_term,
+        history,
+        ..
+    } = hello(name, holds + 1, if holds == 0 { 0 } else { 7 })
+    else {
+        unreachable!()
+    };
+    SecondaryFrame::Hello {
+        version,
+        name: name.into(),
+        next_expected,
+        log_id,
+        last_term,
+        term,
+        history,
+        comm: None,
+        http: None,
+        priority,
+        delay_ms: 0,
+    }
+}
+
+/// Raft's "Figure 8" without a no-op: entries of an older term held by a majority
+/// count as committed only once that majority also holds this term's start, that is,
+/// once each member acknowledged on a connection of this term.
+#[test]
+fn older_entries_commit_only_with_this_terms_start_on_a_majority() {
+    let store = store_of_a_first_run(2);
+    let mut cfg = MasterConfig::new("m", Duration::from_millis(100));
+    cfg.term = 3;
+    let mut c = MasterCore::new(cfg, store).unwrap();
+    let now = Instant::now();
+    assert_eq!(
+        c.term_start(),
+        2,
+        "term 3 starts after the two entries of term 1"
+    );
+    for (conn, name) in [(1, "s1"), (2, "s2")] {
+        c.connection_opened(conn);
+        c.handle_frame(now, conn, hello_at(name, 2, 1, 1));
+        c.handle_frame(now, conn, SecondaryFrame::GetMessages { start_id: 3 });
+    }
+    c.take_outputs();
+    // All three hold ids 1 and 2, but no secondary acknowledged in term 3 yet.
+    assert_eq!(c.commit_id(), 0);
+    let w = c.submit(now, write("new", 2), 9).unwrap();
+    assert_eq!(w, 3);
+    durable(&mut c, now);
+    c.take_outputs();
+    // s1's first acknowledgement in this term: it holds the term start, and so 1 and 2
+    // are committed with it; 3 follows once s1 holds it.
+    c.handle_frame(now, 1, SecondaryFrame::Heartbeat { upto: 2 });
+    assert_eq!(c.commit_id(), 2);
+    c.handle_frame(now, 1, ack(3));
+    assert_eq!(c.commit_id(), 3);
+    assert!(
+        c.take_outputs()
+            .iter()
+            .any(|o| matches!(o, MasterOutput::Reply { token: 9, outcome: WriteOutcome::Committed(r) } if r.acks == 2 && r.term == 3)),
+        "the w=2 write is answered, with its term"
+    );
+}
+
+#[test]
+fn a_member_of_a_newer_term_makes_the_master_step_down() {
+    let (mut c, now) = core();
+    c.connection_opened(1);
+    c.handle_frame(now, 1, hello_at("s1", 0, 5, 1));
+    match &c.take_outputs()[..] {
+        [
+            MasterOutput::Send {
+                conn: 1,
+                frame: MasterFrame::Error(e),
+            },
+            MasterOutput::Close { conn: 1 },
+            MasterOutput::NewerTerm(5),
+        ] => assert_eq!((e.code, e.term), (ErrorCode::StaleTerm, 1)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_master_that_hears_no_majority_for_the_quorum_timeout_reports_it_once() {
+    let mut cfg = MasterConfig::new("m", Duration::from_millis(100));
+    cfg.quorum_timeout = Some(Duration::from_secs(1));
+    let mut c = MasterCore::new(cfg, Arc::new(MemStore::new())).unwrap();
+    let t0 = Instant::now();
+    join(&mut c, t0, 1, "s1");
+    join(&mut c, t0, 2, "s2");
+    let lost = |out: Vec<MasterOutput>| {
+        out.iter()
+            .filter(|o| matches!(o, MasterOutput::LostQuorum))
+            .count()
+    };
+    // s1 keeps answering: a majority (m, s1) is heard from.
+    for ms in (0..=3000).step_by(250) {
+        let t = t0 + Duration::from_millis(ms);
+        c.handle_frame(t, 1, SecondaryFrame::Heartbeat { upto: 0 });
+        c.tick_heartbeat(t);
+        assert_eq!(lost(c.take_outputs()), 0, "at {ms} ms");
+    }
+    // Then both fall silent: reported once, a timeout after the majority was last heard.
+    let silent = t0 + Duration::from_millis(3000);
+    let mut reports = Vec::new();
+    for ms in (250..=3000).step_by(250) {
+        let t = silent + Duration::from_millis(ms);
+        c.tick_heartbeat(t);
+        if lost(c.take_outputs()) > 0 {
+            reports.push(ms);
+        }
+    }
+    assert_eq!(reports, vec![1000]);
+}
+
+#[test]
+fn handing_over_picks_the_most_caught_up_member_that_may_stand() {
+    let (mut c, now) = core();
+    for (conn, name, priority) in [(1, "s1", 1), (2, "s2", 0), (3, "s3", 1)] {
+        c.connection_opened(conn);
+        c.handle_frame(now, conn, hello_at(name, 0, 0, priority));
+        c.handle_frame(now, conn, SecondaryFrame::GetMessages { start_id: 1 });
+        c.handle_frame(now, conn, SecondaryFrame::Ready);
+    }
+    for i in 0..3 {
+        c.submit(now, write("x", 1), i).unwrap();
+    }
+    durable(&mut c, now);
+    c.handle_frame(now, 1, ack(1));
+    c.handle_frame(now, 2, ack(3)); // the most caught up, but priority 0
+    c.handle_frame(now, 3, ack(2));
+    c.take_outputs();
+    assert_eq!(c.hand_over(None), Some("s3".to_string()));
+    assert_eq!(
+        c.take_outputs(),
+        vec![
+            MasterOutput::Send {
+                conn: 3,
+                frame: MasterFrame::TimeoutNow { term: 1 }
+            },
+            MasterOutput::HandedOver { to: "s3".into() }
+        ]
+    );
+    // From now on it takes no new writes; a retry of a known requestId still answers.
+    assert!(matches!(
+        c.submit(now, write("late", 1), 9),
+        Err(Rejected::SteppingDown)
+    ));
+}
+
+#[test]
+fn a_caught_up_member_of_higher_priority_is_handed_over_to() {
+    let (mut c, now) = core();
+    c.connection_opened(1);
+    c.handle_frame(now, 1, hello_at("s1", 0, 0, 5));
+    c.handle_frame(now, 1, SecondaryFrame::GetMessages { start_id: 1 });
+    c.handle_frame(now, 1, SecondaryFrame::Ready);
+    c.submit(now, write("x", 1), 1).unwrap();
+    durable(&mut c, now);
+    c.take_outputs();
+    // Behind: no takeover yet.
+    c.handle_frame(now, 1, SecondaryFrame::Heartbeat { upto: 0 });
+    c.tick_heartbeat(now);
+    assert!(
+        !c.take_outputs()
+            .iter()
+            .any(|o| matches!(o, MasterOutput::HandedOver { .. }))
+    );
+    c.handle_frame(now, 1, ack(1));
+    c.tick_heartbeat(now);
+    assert!(
+        c.take_outputs()
+            .iter()
+            .any(|o| matches!(o, MasterOutput::HandedOver { to } if to == "s1")),
+    );
+}
