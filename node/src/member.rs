@@ -266,6 +266,14 @@ impl Node {
         }
     }
 
+    /// Tell the replication core of a newer term: it stores and acknowledges nothing
+    /// of an older master from now on (`SecondaryCore::advance_term`).
+    pub fn advance_follower_term(&self, term: u64) {
+        if let Role::Secondary(f) = self.role() {
+            f.core().advance_term(term);
+        }
+    }
+
     pub fn note_rollback(&self, rolled_back: RolledBack) {
         *self.last_rollback.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastRollback {
             rolled_back,
@@ -403,6 +411,13 @@ impl Driver {
                 node.election().handle_vote_response(now, &from, &resp, pos);
             }
             Event::VoteRequest(req, reply) => {
+                // A newer term is adopted before the log position is read: from here on
+                // the replication thread stores nothing of an older master, so the vote
+                // counts every entry this member will ever acknowledge to that master
+                // (found by the set simulation, seed 426).
+                if !req.pre_vote && req.term > node.election().term() {
+                    node.advance_follower_term(req.term);
+                }
                 let pos = node.log_position();
                 let resp = node.election().handle_vote_request(now, &req, pos);
                 if resp.granted && !resp.pre_vote {
@@ -467,6 +482,7 @@ impl Driver {
         let mut ok = true;
         for o in outputs {
             if let ElectionOutput::Persist { term, voted_for } = o {
+                self.node.advance_follower_term(*term);
                 if let Err(e) = self.node.store.set_vote(*term, voted_for.clone()) {
                     tracing::error!(error = %e, "cannot save the term and vote");
                     ok = false;

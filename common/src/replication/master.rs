@@ -379,9 +379,9 @@ pub struct MasterCore<S> {
     /// Every member's addresses and priority (this one included), and their version.
     hosts: Vec<MemberInfo>,
     config_version: u64,
-    /// Check-quorum: when this master took over (members get one quorum timeout to
-    /// connect), and whether a lost majority was reported.
-    led_since: Instant,
+    /// Check-quorum: when this master first checked (members get one quorum timeout
+    /// to connect), and whether a lost majority was reported.
+    led_since: Option<Instant>,
     quorum_lost: bool,
     /// Handing over to another member: no new writes.
     handing_over: bool,
@@ -459,12 +459,11 @@ impl<S: LogStore> MasterCore<S> {
         history.start(term, durable_id);
         store.set_history(&history)?;
         let request_ids = store.request_ids()?.into_iter().collect();
-        let now = Instant::now();
         let mut core = Self {
             history,
             hosts,
             config_version,
-            led_since: now,
+            led_since: None,
             quorum_lost: false,
             handing_over: false,
             last_id: durable_id,
@@ -1380,7 +1379,8 @@ impl<S: LogStore> MasterCore<S> {
             .count();
         let members = self.members.len() + 1;
         // A new master gives its members one timeout to connect.
-        let settled = now.saturating_duration_since(self.led_since) >= timeout;
+        let since = *self.led_since.get_or_insert(now);
+        let settled = now.saturating_duration_since(since) >= timeout;
         if heard <= members / 2 && settled && !self.quorum_lost {
             self.quorum_lost = true;
             tracing::warn!(

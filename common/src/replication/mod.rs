@@ -15,6 +15,8 @@ mod master;
 mod retry;
 mod secondary;
 #[cfg(test)]
+mod set_sim;
+#[cfg(test)]
 mod sim;
 mod spin;
 

@@ -264,10 +264,35 @@ impl<S: LogStore> SecondaryCore<S> {
         self.outputs.push(SecondaryOutput::Close);
     }
 
+    /// This node adopted `term` (it is about to vote in it, or heard of a newer
+    /// master). From now on nothing of an older master is stored or acknowledged: a
+    /// vote counts this node's log as it is when the vote is given, and an entry of
+    /// the old term acknowledged after it could be committed by the old master while
+    /// the new one, elected with this vote, lacks it. The connection to such a master
+    /// closes. Call it before the vote's log position is read.
+    pub fn advance_term(&mut self, term: u64) {
+        if term <= self.known_term {
+            return;
+        }
+        self.known_term = term;
+        if self.phase != Phase::Disconnected && self.term != 0 && self.term < term {
+            self.fail(
+                ErrorCode::StaleTerm,
+                format!(
+                    "this node is in term {term}; the master's term {} is over",
+                    self.term
+                ),
+            );
+        }
+    }
+
     /// A frame arrived from the master.
     pub fn handle_frame(&mut self, now: Instant, frame: MasterFrame) {
         if self.phase == Phase::Disconnected {
             return;
+        }
+        if self.term != 0 && self.term < self.known_term {
+            return; // an older master's: see `advance_term`
         }
         self.last_heard = Some(now);
         match (self.phase, frame) {
