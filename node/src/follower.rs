@@ -463,7 +463,11 @@ impl<'a> Session<'a> {
                     }
                 }
             }
-            self.node.touch();
+            if self.term != 0 {
+                // Only a master this node follows counts as heard from (a refusal from
+                // a member that is not the master, while hunting, does not).
+                self.node.touch();
+            }
             self.last_frame = Instant::now();
             // Group commit: every frame that has arrived is stored, made durable with
             // one sync, and only then acknowledged (or, if no write waits for this

@@ -450,11 +450,15 @@ impl Driver {
         if let Some(heard) = node.last_heard()
             && let Role::Secondary(f) = node.role()
         {
-            let (term, master) = {
+            let current = {
                 let c = f.core();
-                (c.master_term(), c.master_name().map(str::to_string))
+                c.master_name().map(|m| (c.master_term(), m.to_string()))
             };
-            if let Some(master) = master
+            // Disconnected since: the last contact was still with the master it told
+            // of (without this, the timeout ran from an older contact, and a member
+            // whose master just died stood up to a whole timeout early).
+            let known = current.or_else(|| self.told.as_ref().map(|t| (t.0, t.1.clone())));
+            if let Some((term, master)) = known
                 && self.told.as_ref().is_none_or(|t| t.2 < heard)
             {
                 node.election().heard_from_leader(heard, term, &master);

@@ -55,8 +55,10 @@ pub struct DockerCluster {
 }
 
 impl DockerCluster {
-    /// Start a master and `n` secondaries (`s1`..) with the given extra flags.
-    pub fn start(n: usize, master_flags: &[&str]) -> Result<Self> {
+    /// Start a master and `n` secondaries (`s1`..), every node with the given extra
+    /// flags (any of them may be elected master). Each advertises its network alias and
+    /// listens on comm port 4000, so the others reach it whatever its role.
+    pub fn start(n: usize, flags: &[&str]) -> Result<Self> {
         // scripts/cluster-suite.sh names the project so that it can clean up after us
         // even if this process is killed before its Drop runs.
         let project = std::env::var("CHORUS_FAULT_PROJECT")
@@ -82,27 +84,32 @@ impl DockerCluster {
             "4000",
             "--host",
             "0.0.0.0",
+            "--advertise-host",
+            "master",
         ];
-        master_cmd.extend_from_slice(master_flags);
+        master_cmd.extend_from_slice(flags);
         cluster.master = cluster.run("master", &master_cmd)?;
         for i in 1..=n {
             let name = format!("s{i}");
-            let c = cluster.run(
+            let mut cmd = vec![
+                "secondary-node",
+                "--name",
                 &name,
-                &[
-                    "secondary-node",
-                    "--name",
-                    &name,
-                    "--http-port",
-                    "8080",
-                    "--host",
-                    "0.0.0.0",
-                    "--master-ip",
-                    "master",
-                    "--master-comm-port",
-                    "4000",
-                ],
-            )?;
+                "--http-port",
+                "8080",
+                "--comm-port",
+                "4000",
+                "--host",
+                "0.0.0.0",
+                "--advertise-host",
+                &name,
+                "--master-ip",
+                "master",
+                "--master-comm-port",
+                "4000",
+            ];
+            cmd.extend_from_slice(flags);
+            let c = cluster.run(&name, &cmd)?;
             cluster.secondaries.push(c);
         }
         Ok(cluster)

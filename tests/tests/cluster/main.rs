@@ -1,8 +1,10 @@
 //! The cluster fault suite: chorus nodes in containers on a private network, concurrent
-//! writers with mixed write concerns recording every request and response, and, while
-//! they run, a sequence of faults: kill -9 and restart of a secondary, a partition of a
-//! secondary, a pause past the Unhealthy threshold, kill -9 and restart of the master,
-//! and the master cut off from both secondaries. A checker then goes over the history.
+//! writers with mixed write concerns that follow the master across elections, recording
+//! every request and response, and, while they run, a sequence of faults: kill -9 and
+//! restart of a secondary, a partition of a secondary, a pause past the Unhealthy
+//! threshold, kill -9 of the master (another is elected; the old one rejoins), and the
+//! master cut off from both others (the majority side elects a master; the old one steps
+//! down and rolls back what only it held). A checker then goes over the history.
 //!
 //! Needs Docker and its own image, `chorus:fault-suite`; `scripts/cluster-suite.sh` builds
 //! that image and runs the suite, and skips it with a reason where Docker is missing.
@@ -10,10 +12,10 @@
 mod docker;
 
 use chorus_tests::{Http, wait_for};
-use docker::DockerCluster;
+use docker::{Container, DockerCluster};
 use serde_json::{Value, json};
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -22,19 +24,19 @@ const WRITERS: usize = 4;
 const WRITE_TIMEOUT_MS: u64 = 2000;
 const HEARTBEAT_MS: u64 = 200;
 const LONG: Duration = Duration::from_secs(60);
+/// No request waits longer than this (a paused or cut-off node never answers).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 enum Outcome {
     Acked {
         id: u64,
+        term: u64,
         acked_by: Vec<String>,
     },
     /// An HTTP error (`504 write_concern_timeout` carries the id the message got).
-    Refused {
-        code: String,
-        id: Option<u64>,
-    },
-    /// No HTTP answer (the master was down or unreachable).
+    Refused { code: String, id: Option<u64> },
+    /// No HTTP answer (the node was down or unreachable).
     NoAnswer,
 }
 
@@ -58,9 +60,9 @@ struct Record {
     ops: Vec<Op>,
     snapshots: Vec<Snapshot>,
     events: Vec<(Duration, String)>,
-    /// The master was cut off from both secondaries during this window.
-    cut: Option<(Duration, Duration)>,
     converge: Vec<(String, Duration)>,
+    /// Time from a kill or cut of the master to a new master taking writes.
+    failovers: Vec<Duration>,
     unhealthy_seen: bool,
 }
 
@@ -68,9 +70,15 @@ struct Run {
     t0: Instant,
     http: Http,
     cluster: DockerCluster,
-    master: Cell<SocketAddr>,
+    /// The node that last said it is master, and its HTTP address.
+    master: RefCell<(String, SocketAddr)>,
     record: RefCell<Record>,
     stop: Cell<bool>,
+}
+
+/// A node's short name (`master`, `s1`, ...) from its container's name.
+fn short(c: &Container) -> String {
+    c.name.rsplit('-').next().unwrap_or_default().to_string()
 }
 
 impl Run {
@@ -88,12 +96,26 @@ impl Run {
         format!("http://{addr}{path}")
     }
 
+    fn container(&self, name: &str) -> &Container {
+        self.cluster
+            .all()
+            .into_iter()
+            .find(|c| short(c) == name)
+            .expect("a node of the cluster")
+    }
+
+    async fn get(&self, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Value)> {
+        actix_rt::time::timeout(REQUEST_TIMEOUT, self.http.get(&self.url(addr, path)))
+            .await
+            .map_err(|_| anyhow::anyhow!("GET {path}: no answer within {REQUEST_TIMEOUT:?}"))?
+    }
+
     async fn health(&self, addr: SocketAddr) -> anyhow::Result<Value> {
-        Ok(self.http.get(&self.url(addr, "/health")).await?.1)
+        Ok(self.get(addr, "/health").await?.1)
     }
 
     async fn messages(&self, addr: SocketAddr) -> anyhow::Result<Vec<(u64, String)>> {
-        let (status, v) = self.http.get(&self.url(addr, "/messages")).await?;
+        let (status, v) = self.get(addr, "/messages").await?;
         anyhow::ensure!(status == 200, "GET /messages: {status}");
         Ok(v.as_array()
             .ok_or_else(|| anyhow::anyhow!("not an array"))?
@@ -107,18 +129,69 @@ impl Run {
             .collect())
     }
 
-    /// Wait until the member `name` holds everything the master holds now; record how
-    /// long that took after the heal at `healed`.
+    /// Ask every node's `/hello` which one takes writes now; remember it.
+    async fn find_master(&self) -> Option<(String, SocketAddr)> {
+        for c in self.cluster.all() {
+            let Ok(addr) = self.cluster.http(c) else {
+                continue;
+            };
+            if let Ok((200, h)) = self.get(addr, "/hello").await
+                && h["isWritablePrimary"] == true
+            {
+                let found = (short(c), addr);
+                *self.master.borrow_mut() = found.clone();
+                return Some(found);
+            }
+        }
+        None
+    }
+
+    /// Wait until a node other than `old` is master and takes writes; record the time
+    /// since `since`.
+    async fn new_master(&self, old: &str, since: Instant) -> anyhow::Result<String> {
+        let name = wait_for(&format!("a master other than {old}"), LONG, || async {
+            Ok(self.find_master().await.filter(|m| m.0 != old).map(|m| m.0))
+        })
+        .await?;
+        let took = since.elapsed();
+        self.record.borrow_mut().failovers.push(took);
+        self.event(format!(
+            "{name} is master, {:.2}s after {old} went",
+            took.as_secs_f64()
+        ));
+        Ok(name)
+    }
+
+    /// The current master's view of member `name`, from its `/health`.
+    async fn member(&self, name: &str) -> anyhow::Result<Value> {
+        let addr = match self.find_master().await {
+            Some(m) => m.1,
+            None => anyhow::bail!("no master"),
+        };
+        let h = self.health(addr).await?;
+        Ok(h["members"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["name"] == name))
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Wait until member `name` holds everything the master holds now; record how long
+    /// that took after the heal at `healed`.
     async fn converge_after_heal(&self, name: &str, healed: Instant) -> anyhow::Result<()> {
-        let target = self.health(self.master.get()).await?["lastId"]
-            .as_u64()
-            .unwrap_or(0);
+        let target = wait_for("the master's last id", LONG, || async {
+            let Some((_, addr)) = self.find_master().await else {
+                return Ok(None);
+            };
+            Ok(self.health(addr).await?["lastId"].as_u64())
+        })
+        .await?;
         wait_for(&format!("{name} to catch up to {target}"), LONG, || async {
-            let h = self.health(self.master.get()).await?;
-            let held = h["members"]
-                .as_array()
-                .and_then(|ms| ms.iter().find(|m| m["name"] == name))
-                .and_then(|m| m["lastAckedId"].as_u64())
+            if self.master.borrow().0 == name {
+                return Ok(Some(())); // it is the master
+            }
+            let held = self.member(name).await?["lastAckedId"]
+                .as_u64()
                 .unwrap_or(0);
             Ok((held >= target).then_some(()))
         })
@@ -131,16 +204,6 @@ impl Run {
         self.event(format!("{name} caught up in {:.2}s", took.as_secs_f64()));
         Ok(())
     }
-
-    async fn member_status(&self, name: &str) -> anyhow::Result<String> {
-        let h = self.health(self.master.get()).await?;
-        Ok(h["members"]
-            .as_array()
-            .and_then(|ms| ms.iter().find(|m| m["name"] == name))
-            .and_then(|m| m["status"].as_str())
-            .unwrap_or("")
-            .to_string())
-    }
 }
 
 async fn writer(run: Rc<Run>, w: usize) {
@@ -151,13 +214,16 @@ async fn writer(run: Rc<Run>, w: usize) {
         let message = format!("w{w}-{seq}");
         let start = run.now();
         let body = json!({"message": message, "writeConcern": wc, "timeoutMs": WRITE_TIMEOUT_MS});
-        let result = run
-            .http
-            .post(&run.url(run.master.get(), "/newMessage"), &body)
-            .await;
+        let addr = run.master.borrow().1;
+        let result = actix_rt::time::timeout(
+            REQUEST_TIMEOUT,
+            run.http.post(&run.url(addr, "/newMessage"), &body),
+        )
+        .await;
         let outcome = match result {
-            Ok((201, b)) => Outcome::Acked {
+            Ok(Ok((201, b))) => Outcome::Acked {
                 id: b["id"].as_u64().unwrap_or(0),
+                term: b["term"].as_u64().unwrap_or(0),
                 acked_by: b["ackedBy"]
                     .as_array()
                     .map(|a| {
@@ -167,11 +233,11 @@ async fn writer(run: Rc<Run>, w: usize) {
                     })
                     .unwrap_or_default(),
             },
-            Ok((status, b)) => Outcome::Refused {
+            Ok(Ok((status, b))) => Outcome::Refused {
                 code: format!("{status} {}", b["code"].as_str().unwrap_or("?")),
                 id: b["id"].as_u64(),
             },
-            Err(_) => Outcome::NoAnswer,
+            _ => Outcome::NoAnswer,
         };
         let failed = !matches!(outcome, Outcome::Acked { .. });
         run.record.borrow_mut().ops.push(Op {
@@ -181,103 +247,103 @@ async fn writer(run: Rc<Run>, w: usize) {
             end: run.now(),
             outcome,
         });
-        actix_rt::time::sleep(Duration::from_millis(if failed { 100 } else { 15 })).await;
+        if failed {
+            // Not (or no longer) the master: find the one that is.
+            run.find_master().await;
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        } else {
+            actix_rt::time::sleep(Duration::from_millis(15)).await;
+        }
     }
 }
 
 async fn snapshotter(run: Rc<Run>) {
     while !run.stop.get() {
-        for c in &run.cluster.secondaries {
+        for c in run.cluster.all() {
             let Ok(addr) = run.cluster.http(c) else {
                 continue;
             };
             if let Ok(log) = run.messages(addr).await {
-                let node = c.name.clone();
-                run.record
-                    .borrow_mut()
-                    .snapshots
-                    .push(Snapshot { node, log });
+                run.record.borrow_mut().snapshots.push(Snapshot {
+                    node: short(c),
+                    log,
+                });
             }
         }
         actix_rt::time::sleep(Duration::from_millis(400)).await;
     }
 }
 
+/// The secondaries of the moment (every node but the master), by name.
+fn others(run: &Run) -> Vec<String> {
+    let master = run.master.borrow().0.clone();
+    run.cluster
+        .all()
+        .into_iter()
+        .map(short)
+        .filter(|n| *n != master)
+        .collect()
+}
+
 async fn faults(run: &Run) -> anyhow::Result<()> {
     let c = &run.cluster;
-    let (s1, s2) = (&c.secondaries[0], &c.secondaries[1]);
     actix_rt::time::sleep(Duration::from_secs(2)).await;
+    let [a, b] = <[String; 2]>::try_from(others(run)).expect("two secondaries");
 
-    run.event("kill -9 s1");
-    c.kill9(s1)?;
+    run.event(format!("kill -9 {a}"));
+    c.kill9(run.container(&a))?;
     actix_rt::time::sleep(Duration::from_secs(2)).await;
-    c.start_again(s1)?;
+    c.start_again(run.container(&a))?;
     let healed = Instant::now();
-    run.event("s1 restarted on its volume");
-    run.converge_after_heal("s1", healed).await?;
+    run.event(format!("{a} restarted on its volume"));
+    run.converge_after_heal(&a, healed).await?;
 
-    run.event("partition s2 from the master");
-    c.disconnect(s2)?;
+    run.event(format!("partition {b} from the others"));
+    c.disconnect(run.container(&b))?;
     actix_rt::time::sleep(Duration::from_secs(3)).await;
-    c.reconnect(s2, "s2")?;
+    c.reconnect(run.container(&b), &b)?;
     let healed = Instant::now();
-    run.event("s2 partition healed");
-    run.converge_after_heal("s2", healed).await?;
+    run.event(format!("{b} partition healed"));
+    run.converge_after_heal(&b, healed).await?;
 
-    run.event("pause s1");
-    c.pause(s1)?;
-    let seen = wait_for("s1 to turn Unhealthy", Duration::from_secs(15), || async {
-        Ok((run.member_status("s1").await? == "Unhealthy").then_some(()))
-    })
+    run.event(format!("pause {a}"));
+    c.pause(run.container(&a))?;
+    let seen = wait_for(
+        &format!("{a} to turn Unhealthy"),
+        Duration::from_secs(15),
+        || async { Ok((run.member(&a).await?["status"] == "Unhealthy").then_some(())) },
+    )
     .await;
     run.record.borrow_mut().unhealthy_seen = seen.is_ok();
     run.event(format!(
-        "master reports paused s1 Unhealthy: {}",
+        "master reports paused {a} Unhealthy: {}",
         seen.is_ok()
     ));
-    c.unpause(s1)?;
+    c.unpause(run.container(&a))?;
     let healed = Instant::now();
-    run.event("s1 unpaused");
-    wait_for("s1 to be Healthy again", LONG, || async {
-        Ok((run.member_status("s1").await? == "Healthy").then_some(()))
-    })
-    .await?;
-    run.converge_after_heal("s1", healed).await?;
+    run.event(format!("{a} unpaused"));
+    run.converge_after_heal(&a, healed).await?;
 
-    run.event("kill -9 master");
-    c.kill9(&c.master)?;
-    actix_rt::time::sleep(Duration::from_secs(1)).await;
-    c.start_again(&c.master)?;
-    run.master.set(c.http(&c.master)?);
-    wait_for("the master to answer", LONG, || async {
-        Ok(run.health(run.master.get()).await.ok().map(|_| ()))
-    })
-    .await?;
-    run.event("master restarted on its volume");
-    for name in ["s1", "s2"] {
-        wait_for(&format!("{name} to reconnect"), LONG, || async {
-            let h = run.health(run.master.get()).await?;
-            let live = h["members"]
-                .as_array()
-                .is_some_and(|ms| ms.iter().any(|m| m["name"] == name && m["phase"] == "live"));
-            Ok(live.then_some(()))
-        })
-        .await?;
-    }
-    run.event("both secondaries live again");
-
-    run.event("cut the master off from both secondaries");
-    let cut_start = run.now();
-    c.disconnect(s1)?;
-    c.disconnect(s2)?;
-    actix_rt::time::sleep(Duration::from_secs(4)).await;
-    c.reconnect(s1, "s1")?;
-    c.reconnect(s2, "s2")?;
+    let old = run.master.borrow().0.clone();
+    run.event(format!("kill -9 the master ({old})"));
+    c.kill9(run.container(&old))?;
+    let killed = Instant::now();
+    run.new_master(&old, killed).await?;
+    c.start_again(run.container(&old))?;
     let healed = Instant::now();
-    run.record.borrow_mut().cut = Some((cut_start, run.now()));
+    run.event(format!("{old} restarted on its volume"));
+    run.converge_after_heal(&old, healed).await?;
+
+    let old = run.master.borrow().0.clone();
+    run.event(format!("cut the master ({old}) off from both others"));
+    c.disconnect(run.container(&old))?;
+    let cut = Instant::now();
+    run.new_master(&old, cut).await?;
+    actix_rt::time::sleep(Duration::from_secs(2)).await;
+    c.reconnect(run.container(&old), &old)?;
+    let healed = Instant::now();
     run.event("cut healed");
-    run.converge_after_heal("s1", healed).await?;
-    run.converge_after_heal("s2", healed).await?;
+    run.converge_after_heal(&old, healed).await?;
     actix_rt::time::sleep(Duration::from_secs(1)).await;
     Ok(())
 }
@@ -289,59 +355,72 @@ type Finals = BTreeMap<String, Vec<(u64, String)>>;
 /// the summary table.
 fn check(record: &Record, finals: &Finals) -> (Vec<String>, String) {
     let mut bad = Vec::new();
-    let master = &finals["master"];
-    for (node, log) in finals {
-        if log != master {
-            bad.push(format!("{node}'s final log differs from the master's"));
+    let (first, log) = finals.iter().next().expect("at least one node");
+    for (node, other) in finals {
+        if other != log {
+            bad.push(format!("{node}'s final log differs from {first}'s"));
         }
     }
-    let ids: Vec<u64> = master.iter().map(|e| e.0).collect();
-    if ids != (1..=master.len() as u64).collect::<Vec<_>>() {
-        bad.push("the master's ids are not 1..=n".into());
+    let ids: Vec<u64> = log.iter().map(|e| e.0).collect();
+    if ids != (1..=log.len() as u64).collect::<Vec<_>>() {
+        bad.push("the final ids are not 1..=n".into());
     }
-    let mut seen = HashSet::new();
-    for (id, m) in master {
-        if !seen.insert(m) {
+    let mut place = BTreeMap::new();
+    for (id, m) in log {
+        if place.insert(m.as_str(), *id).is_some() {
             bad.push(format!("message {m:?} stored twice (again at id {id})"));
         }
     }
-    let members: HashSet<&str> = ["master", "s1", "s2"].into();
-    let (cut_start, cut_end) = record.cut.unwrap_or_default();
+    let members: HashSet<String> = finals.keys().cloned().collect();
+    let majority = members.len() as u64 / 2 + 1;
+    let at = |id: u64| log.get(id as usize - 1).map(|e| e.1.as_str());
     let mut failed: BTreeMap<String, usize> = BTreeMap::new();
-    let mut acked = 0;
+    let (mut acked, mut rolled_back) = (0, 0);
+    let mut majority_acked = HashSet::new();
+    let mut terms = BTreeSet::new();
+    let mut acked_at = Vec::new();
+    let mut slowest = Duration::ZERO;
     for op in &record.ops {
         match &op.outcome {
-            Outcome::Acked { id, acked_by } => {
+            Outcome::Acked { id, term, acked_by } => {
                 acked += 1;
-                let holders: HashSet<&str> = acked_by.iter().map(String::as_str).collect();
+                acked_at.push(op.end);
+                slowest = slowest.max(op.end.saturating_sub(op.start));
+                terms.insert(*term);
+                let holders: HashSet<String> = acked_by.iter().cloned().collect();
                 if holders.len() < op.wc as usize || !holders.is_subset(&members) {
                     bad.push(format!(
                         "{} (w={}) acknowledged by {acked_by:?}",
                         op.message, op.wc
                     ));
                 }
-                if master.get(*id as usize - 1).map(|e| &e.1) != Some(&op.message) {
-                    bad.push(format!(
-                        "acknowledged {} (id {id}) is not at its id",
-                        op.message
-                    ));
+                if op.wc >= majority {
+                    majority_acked.insert(op.message.as_str());
                 }
-                let during_cut =
-                    op.start > cut_start + Duration::from_millis(500) && op.end < cut_end;
-                if op.wc >= 2 && during_cut {
-                    bad.push(format!(
-                        "{} (w={}) acknowledged while the master was cut off",
+                match (
+                    at(*id) == Some(op.message.as_str()),
+                    place.get(op.message.as_str()),
+                ) {
+                    (true, _) => {}
+                    (false, Some(other)) => bad.push(format!(
+                        "acknowledged {} (id {id}) is at id {other}",
+                        op.message
+                    )),
+                    // Acknowledged by fewer than a majority, then rolled back: allowed.
+                    (false, None) if op.wc < majority => rolled_back += 1,
+                    (false, None) => bad.push(format!(
+                        "acknowledged {} (w={}, id {id}) is lost",
                         op.message, op.wc
-                    ));
+                    )),
                 }
             }
             Outcome::Refused { code, id } => {
                 *failed.entry(code.clone()).or_default() += 1;
-                if let Some(id) = id
-                    && master.get(*id as usize - 1).map(|e| &e.1) != Some(&op.message)
+                if let (Some(id), Some(other)) = (id, place.get(op.message.as_str()))
+                    && id != other
                 {
                     bad.push(format!(
-                        "{} got {code} with id {id} but is not stored there",
+                        "{} got {code} with id {id} but is stored at {other}",
                         op.message
                     ));
                 }
@@ -349,23 +428,22 @@ fn check(record: &Record, finals: &Finals) -> (Vec<String>, String) {
             Outcome::NoAnswer => *failed.entry("no answer".into()).or_default() += 1,
         }
     }
+    let mut shown_then_rolled_back = 0;
     for s in &record.snapshots {
-        if s.log.len() > master.len() || s.log[..] != master[..s.log.len()] {
-            bad.push(format!(
-                "a snapshot of {} ({} messages) is not a prefix of the master's log",
-                s.node,
-                s.log.len()
-            ));
+        let gap_free = s.log.iter().enumerate().all(|(i, e)| e.0 == i as u64 + 1);
+        if !gap_free {
+            bad.push(format!("a snapshot of {} has a gap", s.node));
         }
-    }
-    if let Some((start, end)) = record.cut {
-        let refused_503 = record.ops.iter().any(|op| {
-            op.start >= start
-                && op.end <= end
-                && matches!(&op.outcome, Outcome::Refused { code, .. } if code == "503 not_writable")
-        });
-        if !refused_503 {
-            bad.push("writes never turned 503 while the master was cut off from its quorum".into());
+        for (id, m) in &s.log {
+            if at(*id) != Some(m.as_str()) {
+                if majority_acked.contains(m.as_str()) {
+                    bad.push(format!(
+                        "a snapshot of {} shows majority-acknowledged {m} at {id}, not where it ended",
+                        s.node
+                    ));
+                }
+                shown_then_rolled_back += 1;
+            }
         }
     }
     if !record.unhealthy_seen {
@@ -377,19 +455,41 @@ fn check(record: &Record, finals: &Finals) -> (Vec<String>, String) {
         .map(|c| c.1)
         .max()
         .unwrap_or_default();
+    let unavailable = acked_at
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .max()
+        .unwrap_or_default();
 
     let mut t = String::from("| cluster fault suite | |\n| --- | --- |\n");
     t += &format!("| operations | {} |\n", record.ops.len());
     t += &format!("| acknowledged (201) | {acked} |\n");
+    t += &format!("| acknowledged by fewer than a majority, rolled back | {rolled_back} |\n");
     for (code, n) in &failed {
         t += &format!("| failed: {code} | {n} |\n");
     }
+    t += &format!("| terms that acknowledged writes | {} |\n", terms.len());
+    for (i, f) in record.failovers.iter().enumerate() {
+        t += &format!(
+            "| failover {} (new master taking writes) | {:.2} s |\n",
+            i + 1,
+            f.as_secs_f64()
+        );
+    }
     t += &format!(
-        "| messages in the final log (every node) | {} |\n",
-        master.len()
+        "| longest time without an acknowledged write | {:.2} s |\n",
+        unavailable.as_secs_f64()
     );
     t += &format!(
-        "| secondary snapshots checked | {} |\n",
+        "| slowest acknowledged write | {:.2} s |\n",
+        slowest.as_secs_f64()
+    );
+    t += &format!(
+        "| messages in the final log (every node) | {} |\n",
+        log.len()
+    );
+    t += &format!(
+        "| snapshots checked (entries later rolled back) | {} ({shown_then_rolled_back}) |\n",
         record.snapshots.len()
     );
     t += &format!(
@@ -413,20 +513,23 @@ async fn cluster_fault_suite() -> anyhow::Result<()> {
     let run = Rc::new(Run {
         t0: Instant::now(),
         http,
-        master: Cell::new(master),
+        master: RefCell::new(("master".into(), master)),
         cluster,
         record: RefCell::new(Record::default()),
         stop: Cell::new(false),
     });
     wait_for("two live secondaries", LONG, || async {
-        let h = run.health(run.master.get()).await?;
+        let Some((_, addr)) = run.find_master().await else {
+            return Ok(None);
+        };
+        let h = run.health(addr).await?;
         let live = h["members"]
             .as_array()
             .map_or(0, |ms| ms.iter().filter(|m| m["phase"] == "live").count());
         Ok((live == 2).then_some(()))
     })
     .await?;
-    run.event("cluster up: master + 2 secondaries in containers");
+    run.event("cluster up: 3 members in containers");
 
     let tasks: Vec<_> = (0..WRITERS)
         .map(|w| actix_rt::spawn(writer(run.clone(), w)))
@@ -440,24 +543,15 @@ async fn cluster_fault_suite() -> anyhow::Result<()> {
     outcome.map_err(|_| anyhow::anyhow!("the fault schedule took over 5 minutes"))??;
     run.event("writers stopped; waiting for every node to hold the same log");
 
-    let mut finals = Finals::new();
-    let master_log = wait_for("all nodes to converge", LONG, || async {
-        let m = run.messages(run.master.get()).await?;
-        for c in &run.cluster.secondaries {
-            if run.messages(run.cluster.http(c)?).await? != m {
-                return Ok(None);
-            }
+    let finals = wait_for("all nodes to converge", LONG, || async {
+        let mut finals = Finals::new();
+        for c in run.cluster.all() {
+            finals.insert(short(c), run.messages(run.cluster.http(c)?).await?);
         }
-        Ok(Some(m))
+        let first = finals.values().next().cloned().unwrap_or_default();
+        Ok(finals.values().all(|l| *l == first).then_some(finals))
     })
     .await?;
-    for c in &run.cluster.secondaries {
-        finals.insert(
-            c.name.rsplit('-').next().unwrap_or_default().to_string(),
-            run.messages(run.cluster.http(c)?).await?,
-        );
-    }
-    finals.insert("master".to_string(), master_log);
     let (violations, summary) = check(&run.record.borrow(), &finals);
     println!("\n{summary}");
     assert!(
@@ -468,7 +562,8 @@ async fn cluster_fault_suite() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The checker itself: each kind of violation in a made-up history is reported.
+/// The checker itself: each kind of violation in a made-up history is reported, and
+/// what failover allows (a w=1 write rolled back) is not.
 #[test]
 fn the_checker_reports_every_kind_of_violation() {
     let log = |msgs: &[&str]| -> Vec<(u64, String)> {
@@ -477,79 +572,71 @@ fn the_checker_reports_every_kind_of_violation() {
             .map(|(i, m)| (i as u64 + 1, m.to_string()))
             .collect()
     };
-    let op = |message: &str, wc: u64, start: u64, end: u64, outcome: Outcome| Op {
+    let op = |message: &str, wc: u64, outcome: Outcome| Op {
         message: message.into(),
         wc,
-        start: Duration::from_secs(start),
-        end: Duration::from_secs(end),
+        start: Duration::from_secs(0),
+        end: Duration::from_secs(1),
         outcome,
     };
     let acked = |id: u64, by: &[&str]| Outcome::Acked {
         id,
+        term: 1,
         acked_by: by.iter().map(|s| s.to_string()).collect(),
     };
     let good = Record {
         ops: vec![
-            op("a", 2, 0, 1, acked(1, &["master", "s1"])),
+            op("a", 2, acked(1, &["master", "s1"])),
             op(
                 "b",
                 1,
-                1,
-                2,
                 Outcome::Refused {
                     code: "504 write_concern_timeout".into(),
                     id: Some(2),
                 },
             ),
-            op("c", 1, 2, 3, Outcome::NoAnswer),
-            op(
-                "d",
-                1,
-                12,
-                13,
-                Outcome::Refused {
-                    code: "503 not_writable".into(),
-                    id: None,
-                },
-            ),
+            op("c", 1, Outcome::NoAnswer),
+            // Acknowledged by the old master alone, then rolled back: allowed.
+            op("r", 1, acked(3, &["master"])),
         ],
-        snapshots: vec![Snapshot {
-            node: "s1".into(),
-            log: log(&["a"]),
-        }],
-        cut: Some((Duration::from_secs(10), Duration::from_secs(20))),
+        snapshots: vec![
+            Snapshot {
+                node: "s1".into(),
+                log: log(&["a"]),
+            },
+            // The old master showed "r" before it rolled it back: allowed.
+            Snapshot {
+                node: "master".into(),
+                log: log(&["a", "b", "r"]),
+            },
+        ],
         unhealthy_seen: true,
         ..Record::default()
     };
     let finals = |m: &[&str], s1: &[&str]| -> Finals {
         [("master".to_string(), log(m)), ("s1".to_string(), log(s1))].into()
     };
-    assert!(check(&good, &finals(&["a", "b"], &["a", "b"])).0.is_empty());
+    let ok = check(&good, &finals(&["a", "b", "x"], &["a", "b", "x"]));
+    assert!(ok.0.is_empty(), "{:?}", ok.0);
+    assert!(ok.1.contains("rolled back | 1 |"), "{}", ok.1);
 
     let cases: Vec<(Record, Finals, &str)> = vec![
+        (clone(&good), finals(&["a", "b"], &["a"]), "differs"),
+        (clone(&good), finals(&["b", "a"], &["b", "a"]), "is at id 2"),
         (
-            Record { ..clone(&good) },
-            finals(&["a", "b"], &["a"]),
-            "differs",
-        ),
-        (
-            Record { ..clone(&good) },
-            finals(&["b"], &["b"]),
-            "not at its id",
-        ),
-        (
-            Record { ..clone(&good) },
+            clone(&good),
             finals(&["a", "b", "a"], &["a", "b", "a"]),
             "stored twice",
         ),
         (
-            Record { ..clone(&good) },
-            finals(&["a", "x"], &["a", "x"]),
-            "not stored there",
+            clone(&good),
+            finals(&["a", "x", "b"], &["a", "x", "b"]),
+            "stored at 3",
         ),
+        (clone(&good), finals(&["x", "b"], &["x", "b"]), "is lost"),
         (
             Record {
-                ops: vec![op("a", 3, 0, 1, acked(1, &["master", "s1"]))],
+                ops: vec![op("a", 3, acked(1, &["master", "s1"]))],
                 ..clone(&good)
             },
             finals(&["a"], &["a"]),
@@ -557,22 +644,25 @@ fn the_checker_reports_every_kind_of_violation() {
         ),
         (
             Record {
-                ops: vec![op("a", 2, 11, 12, acked(1, &["master", "s1"]))],
+                snapshots: vec![Snapshot {
+                    node: "s1".into(),
+                    log: vec![(1, "x".into()), (2, "a".into())],
+                }],
                 ..clone(&good)
             },
-            finals(&["a"], &["a"]),
-            "cut off",
+            finals(&["a", "b"], &["a", "b"]),
+            "not where it ended",
         ),
         (
             Record {
                 snapshots: vec![Snapshot {
                     node: "s1".into(),
-                    log: log(&["z"]),
+                    log: vec![(2, "b".into())],
                 }],
                 ..clone(&good)
             },
             finals(&["a", "b"], &["a", "b"]),
-            "not a prefix",
+            "has a gap",
         ),
         (
             Record {
@@ -603,8 +693,8 @@ fn the_checker_reports_every_kind_of_violation() {
                 })
                 .collect(),
             events: r.events.clone(),
-            cut: r.cut,
             converge: r.converge.clone(),
+            failovers: r.failovers.clone(),
             unhealthy_seen: r.unhealthy_seen,
         }
     }
