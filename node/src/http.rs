@@ -147,7 +147,7 @@ pub fn server(
         (status = 504, description = "Timed out; the message is stored and keeps replicating", body = doc::Error),
     ))]
 async fn new_message(state: web::Data<State>, payload: web::Payload) -> HttpResponse {
-    let role = state.node.role();
+    let role = state.node.settled_role().await;
     let replicator = match &role {
         Role::Primary(r) => r,
         Role::Secondary(_) => return not_primary(&state.node, "takes no writes"),
@@ -255,7 +255,7 @@ async fn messages(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
         Ok(q) => q,
         Err(e) => return error_response(&e),
     };
-    let commit_id = match &state.node.role() {
+    let commit_id = match &state.node.settled_role().await {
         _ if !q.majority => u64::MAX,
         Role::Primary(r) => match r.send(GetStatus).await {
             Ok((st, _)) => st.commit_id,
@@ -270,7 +270,7 @@ async fn messages(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
 #[utoipa::path(get, path = "/health", tag = "every node",
     responses((status = 200, description = "The node is up; on the master its members and quorum, on a secondary its link to the master", body = Object)))]
 async fn health(state: web::Data<State>) -> HttpResponse {
-    let role = state.node.role();
+    let role = state.node.settled_role().await;
     let replicator = match &role {
         Role::Primary(r) => r,
         Role::Secondary(f) => return secondary_health(&state, f),
@@ -357,7 +357,7 @@ fn warnings(st: &common::replication::MasterStatus) -> Vec<String> {
 #[utoipa::path(get, path = "/status", tag = "every node",
     responses((status = 200, description = "Members, states, lag, commit id", body = Object)))]
 async fn status(state: web::Data<State>) -> HttpResponse {
-    let role = state.node.role();
+    let role = state.node.settled_role().await;
     let replicator = match &role {
         Role::Primary(r) => r,
         Role::Secondary(f) => return secondary_status(&state, f),
@@ -468,7 +468,7 @@ fn last_rollback(node: &Node) -> serde_json::Value {
         (status = 404, description = "No such message yet, or asked of a secondary (only the master knows)", body = doc::Error),
     ))]
 async fn message_status(path: web::Path<String>, state: web::Data<State>) -> HttpResponse {
-    let role = state.node.role();
+    let role = state.node.settled_role().await;
     let replicator = match &role {
         Role::Primary(r) => r,
         Role::Secondary(f) => {
@@ -527,7 +527,7 @@ async fn message_status(path: web::Path<String>, state: web::Data<State>) -> Htt
         (status = 503, description = "Not the master (its address in `primary`)", body = doc::Error),
     ))]
 async fn remove_member(path: web::Path<String>, state: web::Data<State>) -> HttpResponse {
-    let role = state.node.role();
+    let role = state.node.settled_role().await;
     let replicator = match &role {
         Role::Primary(r) => r,
         Role::Secondary(_) => return not_primary(&state.node, "does not change the membership"),
@@ -563,7 +563,7 @@ async fn remove_member(path: web::Path<String>, state: web::Data<State>) -> Http
         (status = 503, description = "Not the master (its address in `primary`)", body = doc::Error),
     ))]
 async fn readmit_member(state: web::Data<State>, payload: web::Payload) -> HttpResponse {
-    let role = state.node.role();
+    let role = state.node.settled_role().await;
     let replicator = match &role {
         Role::Primary(r) => r,
         Role::Secondary(_) => return not_primary(&state.node, "does not change the membership"),
@@ -591,7 +591,7 @@ async fn readmit_member(state: web::Data<State>, payload: web::Payload) -> HttpR
 #[utoipa::path(get, path = "/metrics", tag = "every node",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics_page(state: web::Data<State>) -> HttpResponse {
-    let role = state.node.role();
+    let role = state.node.settled_role().await;
     let replicator = match &role {
         Role::Primary(r) => r,
         Role::Secondary(f) => return secondary_metrics(&state, f),
@@ -749,7 +749,7 @@ fn secondary_metrics(state: &State, f: &follower::Handle) -> HttpResponse {
 async fn hello(state: web::Data<State>) -> HttpResponse {
     let node = &state.node;
     let membership = node.store.membership();
-    let (writable, commit_id, primary) = match node.role() {
+    let (writable, commit_id, primary) = match node.settled_role().await {
         Role::Primary(r) => match r.send(GetStatus).await {
             Ok((st, _)) => (
                 st.has_quorum,
@@ -763,7 +763,7 @@ async fn hello(state: web::Data<State>) -> HttpResponse {
             (false, commit_id, node.master_http())
         }
     };
-    let is_primary = matches!(node.role(), Role::Primary(_));
+    let is_primary = matches!(node.settled_role().await, Role::Primary(_));
     let mut hosts: Vec<String> = membership
         .hosts
         .iter()
@@ -813,7 +813,7 @@ async fn step_down(state: web::Data<State>, payload: web::Payload) -> HttpRespon
         Ok(r) => r,
         Err(e) => return error_response(&e),
     };
-    if let Role::Secondary(_) = state.node.role() {
+    if let Role::Secondary(_) = state.node.settled_role().await {
         return not_primary(&state.node, "has nothing to step down from");
     }
     let (tx, rx) = tokio::sync::oneshot::channel();

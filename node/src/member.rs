@@ -27,6 +27,9 @@ use tokio_util::codec::Framed;
 /// How long a vote request may take (connect, ask, answer).
 const VOTE_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// The longest a request waits for a starting node's first role.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What the driver is told.
 pub enum Event {
     /// A master of `term` accepted this node (the follower's handshake); frames on the
@@ -81,6 +84,10 @@ pub struct Node {
     /// The election's term, readable without the lock (the follower thread checks it).
     term: AtomicU64,
     role: RwLock<Role>,
+    /// False until the driver has made its first decision (a `master-node` starting a
+    /// set elects itself first): requests meanwhile wait for it rather than meet the
+    /// follower every node starts as.
+    settled: tokio::sync::watch::Sender<bool>,
     events: mpsc::UnboundedSender<Event>,
     /// When the follower thread last heard from its master, in ms since `started`.
     heard_ms: AtomicU64,
@@ -141,6 +148,7 @@ impl Node {
             election: Mutex::new(election),
             term,
             role,
+            settled: tokio::sync::watch::Sender::new(false),
             events,
             heard_ms: AtomicU64::new(0),
             hint: Mutex::new(None),
@@ -163,6 +171,14 @@ impl Node {
     /// What the node is now, for the HTTP API.
     pub fn role(&self) -> Role {
         self.role.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The role, once the node has settled its first one (waiting at most
+    /// [`SETTLE_TIMEOUT`] for that).
+    pub async fn settled_role(&self) -> Role {
+        let mut rx = self.settled.subscribe();
+        let _ = tokio::time::timeout(SETTLE_TIMEOUT, rx.wait_for(|s| *s)).await;
+        self.role()
     }
 
     fn set_role(&self, role: Role) {
@@ -341,6 +357,7 @@ pub async fn drive(
         }
     }
     d.apply().await;
+    node.settled.send_replace(true);
     loop {
         let deadline = node.election().poll_timeout();
         let sleep = async {

@@ -228,7 +228,8 @@ impl<S: LogStore> SecondaryCore<S> {
         self.phase = Phase::AwaitingWelcome;
         self.buffer.clear();
         self.last_heard = Some(now);
-        self.known_term = known_term;
+        // Never lower: `advance_term` may have raised it meanwhile.
+        self.known_term = self.known_term.max(known_term);
         self.term = 0;
         self.outputs
             .push(SecondaryOutput::Send(SecondaryFrame::Hello {
@@ -237,7 +238,7 @@ impl<S: LogStore> SecondaryCore<S> {
                 next_expected: self.next_expected,
                 log_id: self.store.log_id(),
                 last_term: self.last_term,
-                term: known_term,
+                term: self.known_term,
                 history: self.store.history(),
                 comm: self.identity.comm.clone(),
                 http: self.identity.http.clone(),

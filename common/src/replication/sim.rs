@@ -887,3 +887,45 @@ fn a_secondary_cuts_what_the_master_lost_then_asks_from_the_cut() {
         "live again: the rollback is over"
     );
 }
+
+#[test]
+fn after_a_newer_term_nothing_of_the_old_master_is_stored_or_acknowledged() {
+    let store = Arc::new(MemStore::new());
+    let mut s = SecondaryCore::new("s1", store.clone());
+    let now = Instant::now();
+    s.connected(now, 0);
+    s.handle_frame(now, welcome(5, 0, None));
+    s.take_outputs();
+    let add = |id: u64| MasterFrame::AddMessages {
+        entries: vec![crate::protocol::Entry {
+            term: 1,
+            id,
+            message: format!("m{id}"),
+            request_id: None,
+        }],
+        commit_id: 0,
+        urgent: true,
+        term: 1,
+    };
+    s.handle_frame(now, add(1));
+    assert!(s.take_outputs().iter().any(|o| matches!(
+        o,
+        SecondaryOutput::Send(SecondaryFrame::Ack { upto: 1, .. })
+    )));
+    // The node votes in term 2: the term-1 master's connection is over.
+    s.advance_term(2);
+    assert!(matches!(
+        &s.take_outputs()[..],
+        [
+            SecondaryOutput::Send(SecondaryFrame::Error(e)),
+            SecondaryOutput::Close
+        ] if e.code == crate::protocol::ErrorCode::StaleTerm
+    ));
+    // A frame of term 1 still in flight is neither stored nor acknowledged.
+    s.handle_frame(now, add(2));
+    assert_eq!(s.take_outputs(), vec![]);
+    assert_eq!(store.last_id(), 1);
+    // Advancing to a term not newer changes nothing.
+    s.advance_term(2);
+    assert_eq!(s.take_outputs(), vec![]);
+}
