@@ -283,8 +283,18 @@ struct Refusal {
 #[derive(Debug)]
 struct Waiter {
     token: Token,
-    need: usize,
+    concern: WriteConcern,
     deadline: Option<Instant>,
+}
+
+impl Waiter {
+    /// Members needed now, for a set of `members` (master included). "majority" is of
+    /// the set as it is when the acknowledgements are counted, not when the write came
+    /// in: a member that joined meanwhile counts (found by the set simulation: a
+    /// majority of five answered after a sixth had joined was not one of six).
+    fn need(&self, members: usize) -> usize {
+        self.concern.required(members)
+    }
 }
 
 /// A secondary as the master sees it.
@@ -679,7 +689,7 @@ impl<S: LogStore> MasterCore<S> {
             }
             self.waiters.entry(id).or_default().push(Waiter {
                 token,
-                need,
+                concern: req.write_concern,
                 deadline,
             });
         }
@@ -1146,7 +1156,7 @@ impl<S: LogStore> MasterCore<S> {
         self.waiters
             .range(..=self.durable_id)
             .flat_map(|(_, ws)| ws)
-            .filter(|w| w.need > 1)
+            .filter(|w| w.need(self.members.len() + 1) > 1)
             .take(limit)
             .count()
     }
@@ -1156,7 +1166,7 @@ impl<S: LogStore> MasterCore<S> {
     fn awaited(&self, upto: u64) -> bool {
         self.waiters
             .range(..=upto)
-            .any(|(_, ws)| ws.iter().any(|w| w.need > 1))
+            .any(|(_, ws)| ws.iter().any(|w| w.need(self.members.len() + 1) > 1))
     }
 
     /// Keep a just-appended entry for the frames that will carry it.
@@ -1575,12 +1585,13 @@ impl<S: LogStore> MasterCore<S> {
         // the master always does.
         let start = self.term_start();
         let acks = |id: u64| held.iter().filter(|&&at| at >= id.max(start)).count();
+        let members = self.members.len() + 1;
         let ready: Vec<u64> = self
             .waiters
             .range(..=self.durable_id)
             .filter(|(id, ws)| {
                 let a = acks(**id);
-                ws.iter().any(|w| w.need <= a)
+                ws.iter().any(|w| w.need(members) <= a)
             })
             .map(|(id, _)| *id)
             .collect();
@@ -1592,7 +1603,7 @@ impl<S: LogStore> MasterCore<S> {
                 continue;
             };
             ws.retain(|w| {
-                if w.need > a {
+                if w.need(members) > a {
                     return true;
                 }
                 outputs.push(MasterOutput::Reply {

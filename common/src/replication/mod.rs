@@ -40,7 +40,7 @@ pub type ConnId = u64;
 pub enum WriteConcern {
     /// This many members.
     Count(u32),
-    /// More than half of the members known when the write is accepted.
+    /// More than half of the members when the acknowledgements are counted.
     Majority,
 }
 
