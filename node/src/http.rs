@@ -524,7 +524,7 @@ async fn message_status(path: web::Path<String>, state: web::Data<State>) -> Htt
     responses(
         (status = 200, description = "Removed", body = Object),
         (status = 404, description = "No such member", body = doc::Error),
-        (status = 503, description = "Not the master (its address in `primary`)", body = doc::Error),
+        (status = 503, description = "Not the master (its address in `primary`), or a change of the members still in progress (`membership_change_in_progress`: try again shortly)", body = doc::Error),
     ))]
 async fn remove_member(path: web::Path<String>, state: web::Data<State>) -> HttpResponse {
     let role = state.node.settled_role().await;
@@ -547,6 +547,9 @@ async fn remove_member(path: web::Path<String>, state: web::Data<State>) -> Http
             "not_found",
             format!("no member named {name:?}"),
         )),
+        Ok(Err(e @ common::replication::MembershipError::InProgress)) => error_response(
+            &ApiError::new(503, "membership_change_in_progress", e.to_string()),
+        ),
         Ok(Err(e)) => error_response(&ApiError::new(500, "storage_error", e.to_string())),
         Err(_) => shutting_down(),
     }

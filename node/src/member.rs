@@ -282,6 +282,18 @@ impl Node {
         }
     }
 
+    /// The election's voters are the member list this node holds now: a master
+    /// changes it itself (joins, removals), a secondary takes it from its master. The
+    /// set simulation found two masters in one term when a master's own election kept
+    /// the list it had before its changes.
+    fn sync_voters(&self) {
+        let members = self.store.membership().members;
+        let mut e = self.election();
+        if e.voters().len() != members.len() || members.iter().any(|m| !e.voters().contains(m)) {
+            e.set_voters(members);
+        }
+    }
+
     /// Tell the replication core of a newer term: it stores and acknowledges nothing
     /// of an older master from now on (`SecondaryCore::advance_term`).
     pub fn advance_follower_term(&self, term: u64) {
@@ -383,6 +395,7 @@ impl Driver {
     fn handle(&mut self, ev: Event) {
         let now = Instant::now();
         let node = self.node.clone();
+        node.sync_voters();
         match ev {
             Event::Following {
                 term,
@@ -464,6 +477,7 @@ impl Driver {
     fn tick(&mut self) {
         let now = Instant::now();
         let node = self.node.clone();
+        node.sync_voters();
         if let Some(heard) = node.last_heard()
             && let Role::Secondary(f) = node.role()
         {

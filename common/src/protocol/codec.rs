@@ -247,7 +247,10 @@ mod tests {
                 upto: 3,
                 buffered: vec![5, 6],
             },
-            SecondaryFrame::Heartbeat { upto: 3 },
+            SecondaryFrame::Heartbeat {
+                upto: 3,
+                config_version: 0,
+            },
         ];
         let mut enc = SecondarySide::new();
         let mut buf = BytesMut::new();

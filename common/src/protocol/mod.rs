@@ -88,8 +88,14 @@ pub enum SecondaryFrame {
     /// Acknowledgement: the secondary holds every id up to `upto`, and also the ids in
     /// `buffered`, which it keeps back until the gap before them is filled.
     Ack { upto: u64, buffered: Vec<u64> },
-    /// Liveness signal with the same `upto` as an ack.
-    Heartbeat { upto: u64 },
+    /// Liveness signal with the same `upto` as an ack, and the version of the member
+    /// list the secondary holds (the master changes the voting members one at a time,
+    /// each once a majority holds the last change).
+    Heartbeat {
+        upto: u64,
+        #[serde(default)]
+        config_version: u64,
+    },
     /// Something went wrong; the sender closes the connection after it.
     Error(ErrorFrame),
 }

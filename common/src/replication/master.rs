@@ -162,6 +162,17 @@ pub enum WriteOutcome {
     TimedOut(Receipt),
 }
 
+/// Why the voting members cannot change now.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error(
+        "a change of the members is still in progress: the last one is not yet held by a majority; try again shortly"
+    )]
+    InProgress,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
 /// What the core asks its shell to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MasterOutput {
@@ -242,6 +253,11 @@ struct Member {
     /// It acknowledged on this connection, so it holds this term's start and counts
     /// toward write concerns and the commit id (see `election`).
     confirmed: bool,
+    /// The member-list version its `Welcome` carried on this connection, and the
+    /// newest version it is known to hold (its `GetMessages` proves it took the
+    /// Welcome; heartbeats say the rest).
+    welcome_version: u64,
+    config_version: u64,
     /// The longest it holds back a frame on purpose (its `--delay-ms`).
     delay: Duration,
 }
@@ -266,6 +282,8 @@ impl Member {
             caught_up_at: None,
             confirmed: false,
             delay: Duration::ZERO,
+            welcome_version: 0,
+            config_version: 0,
         }
     }
 }
@@ -389,6 +407,11 @@ pub struct MasterCore<S> {
     /// Every member's addresses and priority (this one included), and their version.
     hosts: Vec<MemberInfo>,
     config_version: u64,
+    /// The member-list version of the last change of the voting members: the next
+    /// change waits until a majority holds it (Raft's one-server-at-a-time rule).
+    voters_version: u64,
+    /// Set while a handshake adds a member, until its version is known.
+    voters_changed: bool,
     /// Check-quorum: when this master first checked (members get one quorum timeout
     /// to connect), and whether a lost majority was reported.
     led_since: Option<Instant>,
@@ -473,6 +496,8 @@ impl<S: LogStore> MasterCore<S> {
             history,
             hosts,
             config_version,
+            voters_version: config_version,
+            voters_changed: false,
             led_since: None,
             quorum_lost: false,
             handing_over: false,
@@ -767,11 +792,19 @@ impl<S: LogStore> MasterCore<S> {
                     return;
                 }
                 let m = &mut self.members[idx];
+                m.config_version = m.config_version.max(m.welcome_version);
                 m.phase = Phase::CatchingUp;
                 m.inflight.clear();
                 m.next_send = start_id;
                 m.catch_up_from = Some(start_id);
+                // Sent after it took the Welcome: it holds this master's history (and
+                // so this term's start, once it holds the entries before it).
+                let newly = !m.confirmed;
+                m.confirmed = true;
                 self.pump(idx, now);
+                if newly {
+                    self.check_waiters();
+                }
             }
             SecondaryFrame::Ready => match self.members[idx].phase {
                 Phase::AwaitingReady | Phase::Live => {
@@ -798,8 +831,12 @@ impl<S: LogStore> MasterCore<S> {
                 }
                 self.pump(idx, now);
             }
-            SecondaryFrame::Heartbeat { upto } => {
+            SecondaryFrame::Heartbeat {
+                upto,
+                config_version,
+            } => {
                 let m = &mut self.members[idx];
+                m.config_version = m.config_version.max(config_version);
                 if let Some(sent) = m.heartbeat_sent.take() {
                     m.rtt = Some(now.saturating_duration_since(sent));
                 }
@@ -932,6 +969,15 @@ impl<S: LogStore> MasterCore<S> {
         self.refused.retain(|r| r.name != name);
         let idx = match self.members.iter().position(|m| m.name == name) {
             Some(idx) => idx,
+            None if !self.voters_settled() => {
+                // It tries again by itself (the secondary reconnects).
+                self.refuse(
+                    conn,
+                    ErrorCode::Other,
+                    MembershipError::InProgress.to_string(),
+                );
+                return;
+            }
             None => {
                 let mut names: Vec<String> = self.members.iter().map(|m| m.name.clone()).collect();
                 names.push(name.clone());
@@ -946,6 +992,7 @@ impl<S: LogStore> MasterCore<S> {
                 }
                 tracing::info!(peer = %name, members = names.len() + 1, "a new member joined");
                 self.members.push(Member::new(name.clone()));
+                self.voters_changed = true;
                 self.members.len() - 1
             }
         };
@@ -976,6 +1023,10 @@ impl<S: LogStore> MasterCore<S> {
         if let Err(e) = self.update_host(info, Some(conn)) {
             self.outputs.push(MasterOutput::StorageFailed(e));
         }
+        if std::mem::take(&mut self.voters_changed) {
+            self.voters_version = self.config_version;
+        }
+        self.members[idx].welcome_version = self.config_version;
         self.outputs.push(MasterOutput::Send {
             conn,
             frame: MasterFrame::Welcome {
@@ -1486,10 +1537,13 @@ impl<S: LogStore> MasterCore<S> {
     /// Remove member `name` for good: it is forgotten, its connection closed, it no
     /// longer counts toward write concerns or the quorum, and it is refused when it
     /// connects again until [`Self::readmit`]. Returns false if unknown.
-    pub fn remove_member(&mut self, name: &str) -> Result<bool, StorageError> {
+    pub fn remove_member(&mut self, name: &str) -> Result<bool, MembershipError> {
         let Some(idx) = self.members.iter().position(|m| m.name == name) else {
             return Ok(false);
         };
+        if !self.voters_settled() {
+            return Err(MembershipError::InProgress);
+        }
         let old_removed = self.removed.clone();
         self.removed.push(name.to_string());
         let kept: Vec<String> = self
@@ -1500,7 +1554,7 @@ impl<S: LogStore> MasterCore<S> {
             .collect();
         if let Err(e) = self.save_membership(kept, self.removed.clone()) {
             self.removed = old_removed;
-            return Err(e);
+            return Err(e.into());
         }
         if let Some(conn) = self.members[idx].conn {
             let msg = format!(
@@ -1521,7 +1575,26 @@ impl<S: LogStore> MasterCore<S> {
         tracing::info!(peer = %name, members = self.members.len() + 1, "member removed");
         // The other members learn it (a new master must refuse it too).
         self.save_hosts(None)?;
+        self.voters_version = self.config_version;
         Ok(true)
+    }
+
+    /// Whether the voting members may change now: this master's term start is
+    /// committed, and a majority of the members (this one included) holds the last
+    /// change. Changing them one at a time, each after the last is on a majority, keeps
+    /// every majority of the old list and every majority of the new one overlapping
+    /// (Raft's single-server changes, with Ongaro's fix of 2015: a new leader first
+    /// commits in its own term). Without it the set simulation found two masters in one
+    /// term after two removals made by different masters.
+    pub fn voters_settled(&self) -> bool {
+        let holding = 1 + self
+            .members
+            .iter()
+            .filter(|m| m.config_version >= self.voters_version)
+            .count();
+        let start_committed = self.term_start() == 0 || self.commit_id() >= self.term_start();
+        let members = self.members.len() + 1;
+        start_committed && holding > members / 2
     }
 
     /// Let a removed name join again (it becomes a member when it next connects).

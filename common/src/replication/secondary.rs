@@ -117,6 +117,9 @@ pub struct SecondaryCore<S> {
     truncated: u64,
     /// Rolled back on this connection and not live yet.
     rolling_back: bool,
+    /// The version of the member list this connection's master last sent: an older
+    /// one arriving late (frames may overtake each other) is ignored.
+    members_version: u64,
     last_error: Option<String>,
     outputs: Vec<SecondaryOutput>,
     identity: Identity,
@@ -170,6 +173,7 @@ impl<S: LogStore> SecondaryCore<S> {
             duplicates: 0,
             truncated: 0,
             rolling_back: false,
+            members_version: 0,
             last_error: None,
             outputs: Vec::new(),
             identity: Identity {
@@ -370,6 +374,10 @@ impl<S: LogStore> SecondaryCore<S> {
                     removed,
                 },
             ) => {
+                if config_version <= self.members_version {
+                    return; // overtaken by a newer list (found by the set simulation)
+                }
+                self.members_version = config_version;
                 if let Err(e) = self.save_members(members, removed, config_version) {
                     return self.fail(ErrorCode::Other, format!("storage failure: {e}"));
                 }
@@ -428,6 +436,7 @@ impl<S: LogStore> SecondaryCore<S> {
                 self.outputs
                     .push(SecondaryOutput::Send(SecondaryFrame::Heartbeat {
                         upto: self.last_id(),
+                        config_version: self.store.membership().config_version,
                     }));
             }
         }
@@ -515,6 +524,7 @@ impl<S: LogStore> SecondaryCore<S> {
         if let Err(e) = self.store.set_history(&history) {
             return self.fail(ErrorCode::Other, format!("storage failure: {e}"));
         }
+        self.members_version = version;
         let ours = self.store.membership();
         let changed =
             ours.hosts != members || ours.removed != removed || ours.config_version != version;

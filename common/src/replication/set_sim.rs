@@ -3,8 +3,8 @@
 //! its own log, switching roles as elections decide, on a simulated network with
 //! virtual time. Faults: partitions (also one-way), crashes and restarts (a master loses
 //! what it had not synced), pauses longer than the election timeout, lost, duplicated
-//! and reordered frames, `stepDown`s with priorities, a member joining mid-run, and
-//! clients writing all along with w=1 and w=majority.
+//! and reordered frames, `stepDown`s with priorities, a member joining mid-run,
+//! removals and re-admissions, and clients writing all along with w=1 and w=majority.
 //!
 //! After every step it checks:
 //! - at most one master per term, and never one of priority 0;
@@ -19,12 +19,11 @@
 //! sockets and threads. A failing seed prints itself and is kept as a test (see the
 //! end of this file); `SIM_SEED=n cargo test -p common --lib set_sim::one_seed --
 //! --ignored --nocapture` replays one, `SIM_TRACE=<id>` adds its elections and when
-//! entry `id` commits. CI runs 384 seeds (three per fault mix); any number:
+//! entry `id` commits. CI runs 512 seeds (two per fault mix); any number:
 //! `SIM_SEEDS=100000 cargo test -p common --release --lib set_sim::every -- --nocapture`.
 //!
-//! Not simulated yet: removing a member (`DELETE /members`) and re-admitting it, and a
-//! secondary losing unsynced entries (its acknowledgements follow its syncs, so only
-//! its vote's log position could shrink).
+//! Not simulated yet: a secondary losing unsynced entries (its acknowledgements follow
+//! its syncs, so only its vote's log position could shrink).
 
 use super::election::{ElectionConfig, ElectionCore, ElectionOutput, LogPosition};
 use super::*;
@@ -53,6 +52,8 @@ struct Mix {
     /// One more member, with an empty log, joins through a random member at a random
     /// moment of the faults (the member list changes during elections).
     joins: bool,
+    /// The master removes a member (`DELETE /members/{name}`) and re-admits it later.
+    removals: bool,
 }
 
 impl Mix {
@@ -65,6 +66,7 @@ impl Mix {
             lossy: b & 16 != 0,
             handovers: b & 32 != 0,
             joins: b & 64 != 0,
+            removals: b & 128 != 0,
         }
     }
 
@@ -77,6 +79,7 @@ impl Mix {
             self.lossy,
             self.handovers,
             self.joins,
+            self.removals,
         ]
         .iter()
         .enumerate()
@@ -115,7 +118,7 @@ struct Member {
     next_dial: Instant,
     rotate: usize,
     /// As master: connection id -> the member at the other end.
-    conns: HashMap<ConnId, usize>,
+    conns: BTreeMap<ConnId, usize>,
     /// Highest id checked against the committed log.
     verified: u64,
 }
@@ -244,7 +247,7 @@ impl Sim {
                     hint: None,
                     next_dial: now,
                     rotate: i,
-                    conns: HashMap::new(),
+                    conns: BTreeMap::new(),
                     verified: 0,
                 }
             })
@@ -282,7 +285,7 @@ impl Sim {
                 hint: None,
                 next_dial: now,
                 rotate: n,
-                conns: HashMap::new(),
+                conns: BTreeMap::new(),
                 verified: 0,
             });
             join = Some((n, rng.random_range(100..2500u64)));
@@ -389,6 +392,16 @@ impl Sim {
 
     // ---- the glue: what node/src/member.rs does ----
 
+    /// The election's voters are the member list this member holds now (a master
+    /// changes it itself; a secondary takes it from its master), as `node` does.
+    fn sync_voters(&mut self, i: usize) {
+        let members = self.members[i].store.membership().members;
+        let e = &mut self.members[i].election;
+        if e.voters().len() != members.len() || members.iter().any(|m| !e.voters().contains(m)) {
+            e.set_voters(members);
+        }
+    }
+
     fn apply_election(&mut self, i: usize) {
         loop {
             let outputs = self.members[i].election.take_outputs();
@@ -432,6 +445,21 @@ impl Sim {
         if let Some(other) = self.leaders.get(&term)
             && *other != self.members[i].name
         {
+            if trace() {
+                for m in &self.members {
+                    eprintln!(
+                        "{}: up {} term {} last {} members {:?} removed {:?} v{} voters {:?}",
+                        m.name,
+                        m.up,
+                        m.election.term(),
+                        m.store.last_id(),
+                        m.store.membership().members,
+                        m.store.membership().removed,
+                        m.store.membership().config_version,
+                        m.election.voters()
+                    );
+                }
+            }
             let name = self.members[i].name.clone();
             self.fail(format!("two masters in term {term}: {other} and {name}"));
         }
@@ -496,7 +524,9 @@ impl Sim {
     /// Stop being master (if it was): close every replication connection; follow.
     fn follow(&mut self, i: usize) {
         if matches!(self.members[i].role, Role::Leader(_)) {
-            let conns: Vec<(ConnId, usize)> = self.members[i].conns.drain().collect();
+            let conns: Vec<(ConnId, usize)> = std::mem::take(&mut self.members[i].conns)
+                .into_iter()
+                .collect();
             for (c, j) in conns {
                 self.send(i, j, Msg::Closed(c), false);
             }
@@ -541,9 +571,18 @@ impl Sim {
                 }
                 SecondaryOutput::MembersChanged => {
                     let members = self.members[i].store.membership().members;
+                    if trace() {
+                        eprintln!(
+                            "{:?} {} now holds v{} {members:?}",
+                            self.elapsed(),
+                            self.members[i].name,
+                            self.members[i].store.membership().config_version
+                        );
+                    }
                     self.members[i].election.set_voters(members);
                 }
                 SecondaryOutput::StandNow => {
+                    self.sync_voters(i);
                     let pos = self.log_position(i);
                     let now = self.now;
                     self.members[i]
@@ -751,6 +790,7 @@ impl Sim {
                 }
             }
             Msg::Vote(from, req) => {
+                self.sync_voters(i);
                 let pos = self.log_position(i);
                 let resp = self.members[i].election.handle_vote_request(now, &req, pos);
                 if trace() {
@@ -768,6 +808,7 @@ impl Sim {
                 self.send(i, from, Msg::VoteReply(i, resp), false);
             }
             Msg::VoteReply(from, resp) => {
+                self.sync_voters(i);
                 let pos = self.log_position(i);
                 let name = self.members[from].name.clone();
                 self.members[i]
@@ -834,6 +875,7 @@ impl Sim {
             && at <= now
         {
             if self.eligible(i) {
+                self.sync_voters(i);
                 let pos = self.log_position(i);
                 self.members[i].election.handle_timeout(now, pos);
             } else {
@@ -897,7 +939,7 @@ impl Sim {
         }
         let m = &mut self.members[i];
         let link = m.link.take();
-        let conns: Vec<(ConnId, usize)> = m.conns.drain().collect();
+        let conns: Vec<(ConnId, usize)> = std::mem::take(&mut m.conns).into_iter().collect();
         // The kernel closes its sockets: the peers hear of it.
         if let Some((c, j)) = link {
             self.send(i, j, Msg::Closed(c), false);
@@ -1046,6 +1088,51 @@ impl Sim {
                 self.apply_election(i);
             }
         }
+        if self.mix.removals && self.rng.random_bool(0.003) {
+            // DELETE /members/{name} or POST /members on whoever is master.
+            let leader = (0..n).find(|&i| {
+                self.members[i].up
+                    && self.members[i].paused_until.is_none()
+                    && matches!(self.members[i].role, Role::Leader(_))
+            });
+            if let Some(i) = leader {
+                let now = self.now;
+                let remove = self.rng.random_bool(0.5);
+                let pick = self.rng.random_range(0..n);
+                let at = self.elapsed();
+                if let Role::Leader(core) = &mut self.members[i].role {
+                    let st = core.status(now);
+                    if remove {
+                        if let Some(m) = st.members.get(pick % st.members.len().max(1)) {
+                            // Refused while the last change is not on a majority.
+                            if trace() {
+                                eprintln!(
+                                    "{:?} master n{i} removes {} (settled {}) v{} members {:?}",
+                                    at,
+                                    m.name,
+                                    core.voters_settled(),
+                                    st.config_version,
+                                    st.members
+                                        .iter()
+                                        .map(|m| (m.name.clone(), m.connected))
+                                        .collect::<Vec<_>>()
+                                );
+                            }
+                            match core.remove_member(&m.name.clone()) {
+                                Ok(_) | Err(MembershipError::InProgress) => {}
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                    } else if let Some(name) = st.removed.first() {
+                        if trace() {
+                            eprintln!("master n{i} readmits {name}");
+                        }
+                        core.readmit(&name.clone()).unwrap();
+                    }
+                }
+                self.apply_leader(i);
+            }
+        }
         if self.mix.pauses && self.rng.random_bool(0.002) {
             let i = self.rng.random_range(0..n);
             let ms = self.rng.random_range(500..=4000);
@@ -1143,6 +1230,14 @@ impl Sim {
                 .filter(|&i| matches!(self.members[i].role, Role::Leader(_)))
                 .collect();
             let [l] = leaders[..] else { continue };
+            // Everyone back in: the operator re-admits whoever was removed.
+            let now = self.now;
+            if let Role::Leader(core) = &mut self.members[l].role {
+                for name in core.status(now).removed {
+                    core.readmit(&name).unwrap();
+                }
+            }
+            self.apply_leader(l);
             let log = self.members[l].store.read(1, usize::MAX).unwrap();
             let commit = match &self.members[l].role {
                 Role::Leader(c) => c.commit_id(),
@@ -1226,7 +1321,7 @@ pub struct Report {
 
 /// Run seed `seed`: members (3 or 5) and the fault mix follow from it.
 pub fn replay(seed: u64) -> Report {
-    run(seed, seed % 128)
+    run(seed, seed % 256)
 }
 
 /// Run seed `seed` with the fault mix of `mix_bits` (see [`Mix::from_bits`]).
@@ -1252,11 +1347,11 @@ fn run(seed: u64, mix_bits: u64) -> Report {
 
 #[test]
 fn every_fault_mix_keeps_majority_writes_and_converges() {
-    // 128 mixes (every combination of the seven fault kinds), three seeds each.
+    // 256 mixes (every combination of the eight fault kinds), two seeds each.
     let seeds: u64 = std::env::var("SIM_SEEDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(384);
+        .unwrap_or(512);
     let mut total = Report {
         steps: 0,
         acked_majority: 0,
@@ -1288,7 +1383,7 @@ fn one_seed() {
     let mix = std::env::var("SIM_MIX")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(seed % 128);
+        .unwrap_or(seed % 256);
     eprintln!("{:?}", run(seed, mix));
 }
 
@@ -1309,4 +1404,47 @@ fn seed_426_no_acknowledgement_of_an_older_master_after_a_vote() {
 #[test]
 fn seed_203_a_majority_is_of_the_members_when_acknowledged() {
     run(203, 75);
+}
+
+/// Found by this simulation once members could be removed: removals applied before
+/// the members held the previous change left majorities of different lists that did not
+/// overlap (two masters in one term; here, a master elected without a committed
+/// entry). The voting members now change one at a time, each once a majority holds the
+/// last change (`MasterCore::voters_settled`). (First found as seed 141; after the
+/// simulation's own nondeterminism was fixed, seed 440 is the one that fails without it.)
+#[test]
+fn seed_440_members_change_one_at_a_time() {
+    run(440, 184);
+}
+
+/// Open: a liveness failure with removals. A master removed a member that then won an
+/// election with a vote from a member that had not heard of the removal; the member
+/// lists diverged for good (a member refuses a candidate its own list does not name),
+/// and after healing no one could gather a majority of its own list. Safety holds;
+/// the set needs an operator. Kept here until the member lists converge by themselves
+/// (for instance, ordered by term as entries are, or voting as Raft does without
+/// asking whether the candidate is a member).
+#[test]
+#[ignore = "known liveness failure with member removals, see docs/failover.md"]
+fn seed_6141_member_lists_that_never_converge() {
+    run(6141, 253);
+}
+
+/// Found by this simulation: a master's own election kept the voters it had before
+/// the joins and removals it made itself, and won the next term with a majority of a
+/// list the set no longer had, while another member won it with the real one. The
+/// election's voters now follow the stored member list before every decision.
+#[test]
+fn seed_476_the_elections_voters_follow_the_member_list() {
+    run(476, 220);
+}
+
+/// Found by this simulation: a member list held back on a one-way partition arrived
+/// after the newer one and replaced it; the master had already counted the member as
+/// holding the newer list, shrank the set to itself, and committed alone while the
+/// others elected a master with the older list. A secondary now ignores a list older
+/// than the last one its master sent.
+#[test]
+fn seed_2947_an_overtaken_member_list_is_ignored() {
+    run(2947, 131);
 }

@@ -495,11 +495,11 @@ impl Handler<Holders> for Replicator {
 
 /// Remove a member for good. Ok(false): no such member.
 #[derive(Message)]
-#[rtype(result = "Result<bool, common::storage::StorageError>")]
+#[rtype(result = "Result<bool, common::replication::MembershipError>")]
 pub struct RemoveMember(pub String);
 
 impl Handler<RemoveMember> for Replicator {
-    type Result = Result<bool, common::storage::StorageError>;
+    type Result = Result<bool, common::replication::MembershipError>;
     fn handle(&mut self, msg: RemoveMember, ctx: &mut Context<Self>) -> Self::Result {
         let removed = self.core.remove_member(&msg.0);
         self.drain(ctx);

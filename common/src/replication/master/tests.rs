@@ -430,7 +430,14 @@ fn batches_are_urgent_only_while_a_write_waits_for_a_secondary() {
 
     // A resend is urgent: its ack is overdue.
     let at = c.poll_timeout().expect("a resend is scheduled");
-    c.handle_frame(at, 1, SecondaryFrame::Heartbeat { upto: 4 });
+    c.handle_frame(
+        at,
+        1,
+        SecondaryFrame::Heartbeat {
+            upto: 4,
+            config_version: 0,
+        },
+    );
     c.handle_timeout(at);
     assert_eq!(urgency(&c.take_outputs()), vec![(5, true)]);
 }
@@ -449,7 +456,14 @@ fn resends_back_off_exponentially_and_never_give_up() {
         gaps.push((next - now).as_millis());
         now = next;
         // The member is alive (heartbeats) but its acks are lost.
-        c.handle_frame(now, 1, SecondaryFrame::Heartbeat { upto: 0 });
+        c.handle_frame(
+            now,
+            1,
+            SecondaryFrame::Heartbeat {
+                upto: 0,
+                config_version: 0,
+            },
+        );
         c.handle_timeout(now);
         assert_eq!(sent_ids(c.take_outputs()), vec![1]);
     }
@@ -637,7 +651,14 @@ fn bad_handshakes_are_refused_with_an_error_frame() {
 fn protocol_violations_after_handshake_close_the_connection() {
     let (mut c, now) = core();
     join(&mut c, now, 1, "s1");
-    c.handle_frame(now, 1, SecondaryFrame::Heartbeat { upto: 99 });
+    c.handle_frame(
+        now,
+        1,
+        SecondaryFrame::Heartbeat {
+            upto: 99,
+            config_version: 0,
+        },
+    );
     assert!(refused(&c.take_outputs(), 1, ErrorCode::LogMismatch));
     c.connection_opened(2);
     c.handle_frame(now, 2, hello("s2", 1, 0));
@@ -719,7 +740,14 @@ fn quorum_follows_member_health() {
     );
     assert!(!c.status(at(6)).has_quorum);
     // One of them speaks: writes resume by themselves.
-    c.handle_frame(at(7), 1, SecondaryFrame::Heartbeat { upto: 0 });
+    c.handle_frame(
+        at(7),
+        1,
+        SecondaryFrame::Heartbeat {
+            upto: 0,
+            config_version: 0,
+        },
+    );
     assert!(c.submit(at(7), write("c", 1), 3).is_ok());
 }
 
@@ -740,7 +768,14 @@ fn resends_to_an_unhealthy_member_wait_then_resume_at_once() {
     assert_eq!(sent_ids(c.take_outputs()), Vec::<u64>::new());
     assert!(c.poll_timeout().unwrap() >= late + Duration::from_millis(800));
     // Heard from again: everything in flight goes out at once.
-    c.handle_frame(late, 1, SecondaryFrame::Heartbeat { upto: 0 });
+    c.handle_frame(
+        late,
+        1,
+        SecondaryFrame::Heartbeat {
+            upto: 0,
+            config_version: 0,
+        },
+    );
     assert_eq!(c.poll_timeout(), Some(late));
     c.handle_timeout(late);
     assert_eq!(sent_ids(c.take_outputs()), vec![1]);
@@ -825,7 +860,15 @@ fn a_removed_member_stays_out_until_readmitted_even_after_a_restart() {
     );
     assert!(store.membership().removed.is_empty());
     assert!(c.status(now).refused.is_empty());
-    join(&mut c, now, 5, "s2");
+    // A new member joins only once a majority holds the last change of the members:
+    // after this restart, s1 must be back first.
+    c.connection_opened(5);
+    c.handle_frame(now, 5, hello("s2", 1, c.log_id()));
+    assert!(refused(&c.take_outputs(), 5, ErrorCode::Other));
+    c.connection_opened(6);
+    c.handle_frame(now, 6, hello("s1", 1, c.log_id()));
+    c.handle_frame(now, 6, SecondaryFrame::GetMessages { start_id: 1 });
+    join(&mut c, now, 7, "s2");
     let st = c.status(now);
     assert_eq!(st.member_count, 3);
     assert!(st.members.iter().any(|m| m.name == "s2" && m.connected));
@@ -1003,7 +1046,8 @@ fn hello_at(name: &str, holds: u64, term: u64, priority: u32) -> SecondaryFrame 
 
 /// Raft's "Figure 8" without a no-op: entries of an older term held by a majority
 /// count as committed only once that majority also holds this term's start, that is,
-/// once each member acknowledged on a connection of this term.
+/// once each member took this master's history on a connection of this term (its
+/// `GetMessages`, sent after the `Welcome`, or any acknowledgement says so).
 #[test]
 fn older_entries_commit_only_with_this_terms_start_on_a_majority() {
     let store = store_of_a_first_run(2);
@@ -1019,18 +1063,17 @@ fn older_entries_commit_only_with_this_terms_start_on_a_majority() {
     for (conn, name) in [(1, "s1"), (2, "s2")] {
         c.connection_opened(conn);
         c.handle_frame(now, conn, hello_at(name, 2, 1, 1));
-        c.handle_frame(now, conn, SecondaryFrame::GetMessages { start_id: 3 });
     }
     c.take_outputs();
-    // All three hold ids 1 and 2, but no secondary acknowledged in term 3 yet.
+    // All three hold ids 1 and 2, but no secondary took this term's history yet.
     assert_eq!(c.commit_id(), 0);
     let w = c.submit(now, write("new", 2), 9).unwrap();
     assert_eq!(w, 3);
     durable(&mut c, now);
     c.take_outputs();
-    // s1's first acknowledgement in this term: it holds the term start, and so 1 and 2
-    // are committed with it; 3 follows once s1 holds it.
-    c.handle_frame(now, 1, SecondaryFrame::Heartbeat { upto: 2 });
+    // s1 took the Welcome (its GetMessages says so): it holds the term start, and so
+    // 1 and 2 are committed with it; 3 follows once s1 holds it.
+    c.handle_frame(now, 1, SecondaryFrame::GetMessages { start_id: 3 });
     assert_eq!(c.commit_id(), 2);
     c.handle_frame(now, 1, ack(3));
     assert_eq!(c.commit_id(), 3);
@@ -1076,7 +1119,14 @@ fn a_master_that_hears_no_majority_for_the_quorum_timeout_reports_it_once() {
     // s1 keeps answering: a majority (m, s1) is heard from.
     for ms in (0..=3000).step_by(250) {
         let t = t0 + Duration::from_millis(ms);
-        c.handle_frame(t, 1, SecondaryFrame::Heartbeat { upto: 0 });
+        c.handle_frame(
+            t,
+            1,
+            SecondaryFrame::Heartbeat {
+                upto: 0,
+                config_version: 0,
+            },
+        );
         c.tick_heartbeat(t);
         assert_eq!(lost(c.take_outputs()), 0, "at {ms} ms");
     }
@@ -1139,7 +1189,14 @@ fn a_caught_up_member_of_higher_priority_is_handed_over_to() {
     durable(&mut c, now);
     c.take_outputs();
     // Behind: no takeover yet.
-    c.handle_frame(now, 1, SecondaryFrame::Heartbeat { upto: 0 });
+    c.handle_frame(
+        now,
+        1,
+        SecondaryFrame::Heartbeat {
+            upto: 0,
+            config_version: 0,
+        },
+    );
     c.tick_heartbeat(now);
     assert!(
         !c.take_outputs()
