@@ -6,6 +6,8 @@
 # containers, network and volumes (by its own project name), also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/hello.sh
+. scripts/lib/hello.sh
 if ! docker info >/dev/null 2>&1; then
   echo "docker smoke: skipped (no Docker engine reachable)"
   exit 0
@@ -53,16 +55,7 @@ done
 # master, started again, follows the new one and ends with the same log.
 docker kill -s KILL "$(dc ps -q master)" >/dev/null
 deadline=$((SECONDS + 60))
-new=
-until [ -n "$new" ]; do
-  for port in $((base + 1)) $((base + 2)); do
-    if curl -fsS -m 2 "http://127.0.0.1:$port/hello" 2>/dev/null | grep -q '"isWritablePrimary":true'; then
-      new=$port
-    fi
-  done
-  [ $SECONDS -gt $deadline ] && fail "no new master after the master's container was killed"
-  [ -z "$new" ] && sleep 0.2
-done
+new=$(writable_primary 60 $((base + 1)) $((base + 2))) || fail "no new master after the master's container was killed"
 resp=$(curl -sS -m 30 -X POST "http://127.0.0.1:$new/newMessage" -d '{"message":"three","writeConcern":2}')
 echo "$resp" | grep -q '"id":3' || fail "w=2 write on the new master: $resp"
 dc start master >/dev/null 2>&1

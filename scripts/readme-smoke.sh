@@ -7,6 +7,8 @@
 # started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/hello.sh
+. scripts/lib/hello.sh
 
 base=$((20000 + RANDOM % 12000)) # below the ephemeral range (32768-): no client holds it
 data=$(mktemp -d)
@@ -76,16 +78,7 @@ done
 m=$(pgrep -g "$script" -f 'master-node --name master ') || fail "no master process"
 kill -KILL "$m"
 deadline=$((SECONDS + 60))
-new=
-until [ -n "$new" ]; do
-  for port in $((base + 1)) $((base + 2)); do
-    if curl -fsS -m 2 "http://127.0.0.1:$port/hello" 2>/dev/null | grep -q '"isWritablePrimary":true'; then
-      new=$port
-    fi
-  done
-  [ $SECONDS -gt $deadline ] && fail "no new master after kill -9 of the master"
-  [ -z "$new" ] && sleep 0.2
-done
+new=$(writable_primary 60 $((base + 1)) $((base + 2))) || fail "no new master after kill -9 of the master"
 resp=$(curl -sS -m 30 -X POST "http://127.0.0.1:$new/newMessage" -d '{"message":"after-failover","writeConcern":2}')
 echo "$resp" | grep -q '"id":3' || fail "w=2 write on the new master: $resp"
 until grep -q "node master (pid $m) exited" "$log"; do
