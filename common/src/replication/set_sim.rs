@@ -441,25 +441,32 @@ impl Sim {
             .expect("a member")
     }
 
+    /// With `SIM_TRACE`, every member's term, log and member list (before a failure).
+    fn dump(&self) {
+        if !trace() {
+            return;
+        }
+        for m in &self.members {
+            let ms = m.store.membership();
+            eprintln!(
+                "{}: up {} term {} last {} members {:?} removed {:?} v{} voters {:?}",
+                m.name,
+                m.up,
+                m.election.term(),
+                m.store.last_id(),
+                ms.members,
+                ms.removed,
+                ms.config_version,
+                m.election.voters()
+            );
+        }
+    }
+
     fn lead(&mut self, i: usize, term: u64) {
         if let Some(other) = self.leaders.get(&term)
             && *other != self.members[i].name
         {
-            if trace() {
-                for m in &self.members {
-                    eprintln!(
-                        "{}: up {} term {} last {} members {:?} removed {:?} v{} voters {:?}",
-                        m.name,
-                        m.up,
-                        m.election.term(),
-                        m.store.last_id(),
-                        m.store.membership().members,
-                        m.store.membership().removed,
-                        m.store.membership().config_version,
-                        m.election.voters()
-                    );
-                }
-            }
+            self.dump();
             let name = self.members[i].name.clone();
             self.fail(format!("two masters in term {term}: {other} and {name}"));
         }
@@ -500,20 +507,7 @@ impl Sim {
         // Every committed entry is in the new master's log (leader completeness).
         let last = self.members[i].store.last_id();
         if let Some((&id, _)) = self.committed.range(last + 1..).next() {
-            if trace() {
-                for m in &self.members {
-                    eprintln!(
-                        "{}: up {} term {} last {} members {:?} v{} voters {:?}",
-                        m.name,
-                        m.up,
-                        m.election.term(),
-                        m.store.last_id(),
-                        m.store.membership().members,
-                        m.store.membership().config_version,
-                        m.election.voters()
-                    );
-                }
-            }
+            self.dump();
             let name = self.members[i].name.clone();
             self.fail(format!(
                 "{name} became master of term {term} without committed entry {id} (its log ends at {last})"
@@ -553,7 +547,6 @@ impl Sim {
             return;
         };
         let outputs = core.take_outputs();
-        let term = core.master_term();
         for o in outputs {
             match o {
                 SecondaryOutput::Send(frame) => {
@@ -592,7 +585,6 @@ impl Sim {
                 SecondaryOutput::RolledBack(r) => self.rolled_back += r.count,
             }
         }
-        let _ = term;
         self.apply_election(i);
     }
 
@@ -607,7 +599,6 @@ impl Sim {
             let outputs = core.take_outputs();
             let needs_sync = core.needs_sync();
             let term = core.term();
-            let commit = core.commit_id();
             if outputs.is_empty() {
                 if needs_sync && !self.members[i].syncing {
                     self.members[i].syncing = true;
@@ -624,7 +615,6 @@ impl Sim {
                         },
                     );
                 }
-                let _ = commit;
                 return;
             }
             for o in outputs {
