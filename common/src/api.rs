@@ -314,6 +314,25 @@ pub fn parse_step_down(body: &[u8]) -> Result<StepDown, ApiError> {
     Ok(out)
 }
 
+/// Parse `GET /checksum`'s query: `upTo=N`, the last id the checksum covers (0: the
+/// empty prefix). Without `upTo` it covers the whole log (`None` here). Unknown
+/// parameters are ignored.
+pub fn parse_checksum_query(query: &str) -> Result<Option<u64>, ApiError> {
+    let mut up_to = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key == "upTo" {
+            up_to = Some(value.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("\"upTo\" must be a message id (an integer >= 0), got {value:?}"),
+                )
+            })?);
+        }
+    }
+    Ok(up_to)
+}
+
 /// Parse a raw query string. Unknown parameters are ignored.
 pub fn parse_messages_query(query: &str) -> Result<MessagesQuery, ApiError> {
     let mut q = MessagesQuery {
@@ -484,6 +503,23 @@ pub mod doc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checksum_query_takes_a_whole_number_or_nothing() {
+        assert_eq!(parse_checksum_query("upTo=7").unwrap(), Some(7));
+        assert_eq!(parse_checksum_query("upTo=0&x=1").unwrap(), Some(0));
+        assert_eq!(parse_checksum_query("").unwrap(), None);
+        for bad in [
+            "upTo=",
+            "upTo=-1",
+            "upTo=x",
+            "upTo=1.0",
+            "upTo=18446744073709551616",
+        ] {
+            let e = parse_checksum_query(bad).unwrap_err();
+            assert_eq!((e.status, e.code), (400, "invalid_query"), "{bad}");
+        }
+    }
 
     #[test]
     fn a_stream_resumes_after_last_event_id_which_wins_over_from() {

@@ -131,6 +131,7 @@ pub fn server(
             ))
             .service(endpoint("/members", "POST", web::post().to(readmit_member)))
             .service(endpoint("/hello", "GET", web::get().to(hello)))
+            .service(endpoint("/checksum", "GET", web::get().to(checksum)))
             .service(endpoint("/stepDown", "POST", web::post().to(step_down)));
     })?;
     Ok(server)
@@ -857,6 +858,7 @@ async fn step_down(state: web::Data<State>, payload: web::Payload) -> HttpRespon
         remove_member,
         readmit_member,
         hello,
+        checksum,
         step_down,
         metrics_page,
         openapi_json
@@ -872,9 +874,52 @@ async fn step_down(state: web::Data<State>, payload: web::Payload) -> HttpRespon
 )]
 pub struct ApiDoc;
 
+/// The checksum of this node's entries 1..N (`docs/api.md`, "Checksums").
+#[utoipa::path(get, path = "/checksum", tag = "every node",
+    params(("upTo" = Option<u64>, Query, description = "Last id covered (default: the whole log; 0: the empty prefix)")),
+    responses(
+        (status = 200, description = "`{\"upTo\", \"checksum\"}`: equal on two nodes exactly when they hold the same entries 1..upTo", body = Object),
+        (status = 400, description = "`upTo` is not a whole number", body = doc::Error),
+        (status = 404, description = "This node does not hold entry `upTo` yet", body = doc::Error),
+    ))]
+async fn checksum(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    let up_to = match api::parse_checksum_query(req.query_string()) {
+        Ok(n) => n.unwrap_or_else(|| state.store.written_id()),
+        Err(e) => return error_response(&e),
+    };
+    let store = state.store.clone();
+    // At most a block of entries read from the disk: off the event loop.
+    let sum = match web::block(move || store.checksum(up_to)).await {
+        Ok(Ok(sum)) => sum,
+        Ok(Err(e)) => {
+            return error_response(&ApiError::new(
+                500,
+                "storage_error",
+                format!("reading the log failed: {e}"),
+            ));
+        }
+        Err(_) => return shutting_down(),
+    };
+    match sum {
+        Some(sum) => HttpResponse::Ok().json(json!({
+            "upTo": up_to,
+            "checksum": common::storage::checksum::hex(&sum),
+        })),
+        None => error_response(&ApiError::new(
+            404,
+            "not_found",
+            format!(
+                "this node does not hold entry {up_to} yet (its log ends at {})",
+                state.store.written_id()
+            ),
+        )),
+    }
+}
+
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "every node",
     responses((status = 200, description = "The OpenAPI document of this node's API", body = Object)))]
 async fn openapi_json() -> HttpResponse {
     HttpResponse::Ok().json(ApiDoc::openapi())
 }
+

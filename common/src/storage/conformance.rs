@@ -27,6 +27,67 @@ pub fn run_all<S: LogStore>(make: impl Fn() -> S) {
     flush_makes_appends_readable(&make());
     truncation(&make());
     terms(&make());
+    checksums(&make());
+}
+
+/// The checksum of `1..=up_to` of `log`, folded from the start.
+fn expected_sum(log: &[Entry], up_to: u64) -> super::checksum::Sum {
+    super::checksum::fold_entries(super::checksum::EMPTY, &log[..up_to as usize])
+}
+
+fn checksums<S: LogStore>(s: &S) {
+    use super::checksum::{BLOCK, EMPTY};
+    assert_eq!(s.checksum(0).unwrap(), Some(EMPTY));
+    assert_eq!(s.checksum(1).unwrap(), None);
+    let mut log: Vec<Entry> = (1..=2 * BLOCK + 10).map(entry).collect();
+    // Appended in uneven pieces that straddle the blocks.
+    for piece in log.chunks(333) {
+        s.append(piece).unwrap();
+    }
+    if s.written_id() < 5 {
+        assert_eq!(s.checksum(5).unwrap(), None, "not written yet");
+    }
+    s.flush().unwrap();
+    for up_to in [1, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK + 10] {
+        assert_eq!(
+            s.checksum(up_to).unwrap(),
+            Some(expected_sum(&log, up_to)),
+            "{up_to}"
+        );
+    }
+    assert_eq!(s.checksum(2 * BLOCK + 11).unwrap(), None);
+    // Cut inside the second block, with entries appended but not written; another
+    // history goes on from the cut.
+    s.append(&[entry(2 * BLOCK + 11)]).unwrap();
+    let after = BLOCK + 100;
+    s.truncate(after).unwrap();
+    log.truncate(after as usize);
+    assert_eq!(s.checksum(after).unwrap(), Some(expected_sum(&log, after)));
+    assert_eq!(s.checksum(after + 1).unwrap(), None);
+    let more: Vec<Entry> = (after + 1..=after + BLOCK)
+        .map(|id| Entry {
+            term: 7,
+            ..entry(id)
+        })
+        .collect();
+    s.append(&more).unwrap();
+    log.extend(more);
+    s.sync().unwrap();
+    for up_to in [after, after + 1, 2 * BLOCK, after + BLOCK] {
+        assert_eq!(
+            s.checksum(up_to).unwrap(),
+            Some(expected_sum(&log, up_to)),
+            "{up_to}"
+        );
+    }
+    assert_ne!(
+        s.checksum(after + 1).unwrap(),
+        Some(expected_sum(
+            &(1..=after + 1).map(entry).collect::<Vec<_>>(),
+            after + 1
+        )),
+        "another term at the same id is another prefix"
+    );
 }
 
 fn flush_makes_appends_readable<S: LogStore>(s: &S) {
@@ -145,6 +206,12 @@ pub fn run_reopen<S: LogStore>(dir: &std::path::Path, open: impl Fn(&std::path::
     let s = open(dir);
     assert_eq!(s.last_id(), 91);
     assert_eq!(s.read(90, 10).unwrap(), vec![entry(90), entry(91)]);
+    // Checksums are the log's, whatever the store kept of them before it closed.
+    let mut want: Vec<Entry> = (1..=91).map(entry).collect();
+    want[41].request_id = Some("order-42".into());
+    for up_to in [0, 42, 90, 91] {
+        assert_eq!(s.checksum(up_to).unwrap(), Some(expected_sum(&want, up_to)));
+    }
 }
 
 fn empty_store<S: LogStore>(s: &S) {

@@ -32,6 +32,7 @@
 //! with [`Durability::Interval`] `sync` only marks what was written (to the page cache)
 //! and [`super::spawn_flusher`] runs `fdatasync` on a timer.
 
+use super::checksum::{PrefixHash, Sum};
 use super::grow::{Grower, STEP_MIN};
 use super::{Durability, LogStore, Membership, StorageError};
 use crate::protocol::Entry;
@@ -82,6 +83,11 @@ struct Index {
     durable_id: u64,
     /// The highest id known to be on the disk (fdatasync'd); at most `durable_id`.
     disk_id: u64,
+    /// Prefix checksums of every record, written or not (`GET /checksum`).
+    hash: PrefixHash,
+    /// Counts truncations, so a checksum computed outside the lock knows the entries
+    /// it read are still the log's.
+    cuts: u64,
 }
 
 /// What opening a store found.
@@ -261,6 +267,39 @@ impl FileStore {
         Ok(())
     }
 
+    /// The `count` records in the file's bytes `start..stop`, checked and decoded.
+    fn read_records(
+        &self,
+        start: u64,
+        stop: u64,
+        count: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let mut buf = vec![0u8; (stop - start) as usize];
+        self.log
+            .read_exact_at(&mut buf, start)
+            .map_err(|e| io("read log", e))?;
+        let mut out = Vec::with_capacity(count);
+        let mut p = 0;
+        while p < buf.len() {
+            let len = u32::from_le_bytes(buf[p..p + 4].try_into().expect("4 bytes")) as usize;
+            let crc = u32::from_le_bytes(buf[p + 4..p + 8].try_into().expect("4 bytes"));
+            let body = buf.get(p + HEADER..p + HEADER + len).ok_or_else(|| {
+                StorageError::Io(format!("record at byte {} is cut short", start + p as u64))
+            })?;
+            if crc32fast::hash(body) != crc {
+                return Err(StorageError::Io(format!(
+                    "checksum mismatch at byte {} (the log file changed under us)",
+                    start + p as u64
+                )));
+            }
+            out.push(decode_body(body).map_err(|e| {
+                StorageError::Io(format!("record at byte {}: {e}", start + p as u64))
+            })?);
+            p += HEADER + len;
+        }
+        Ok(out)
+    }
+
     /// Entries appended but not yet fdatasync'd.
     pub fn unsynced(&self) -> u64 {
         let idx = self.index.read().unwrap_or_else(|e| e.into_inner());
@@ -358,6 +397,8 @@ fn recover(log: &File, path: &Path) -> Result<(Index, Recovery), StorageError> {
             written_id: 0,
             durable_id: 0,
             disk_id: 0,
+            hash: PrefixHash::default(),
+            cuts: 0,
         };
         let recovery = Recovery {
             entries: 0,
@@ -378,6 +419,7 @@ fn recover(log: &File, path: &Path) -> Result<(Index, Recovery), StorageError> {
         )));
     }
     let mut offsets = Vec::new();
+    let mut hash = PrefixHash::default();
     let mut pos = MAGIC.len() as u64;
     let mut body = Vec::new();
     let cut_reason = loop {
@@ -409,8 +451,9 @@ fn recover(log: &File, path: &Path) -> Result<(Index, Recovery), StorageError> {
                 "record at byte {pos} has id {id}, expected {expected}"
             ));
         }
-        if let Err(e) = decode_body(&body) {
-            break Some(format!("record {id}: {e}"));
+        match decode_body(&body) {
+            Ok(e) => hash.push(e.id, e.term, e.message.as_bytes()),
+            Err(e) => break Some(format!("record {id}: {e}")),
         }
         offsets.push(pos);
         pos += (HEADER + rec_len) as u64;
@@ -440,6 +483,8 @@ fn recover(log: &File, path: &Path) -> Result<(Index, Recovery), StorageError> {
             written_id: entries,
             durable_id: entries,
             disk_id: entries,
+            hash,
+            cuts: 0,
         },
         Recovery {
             entries,
@@ -542,9 +587,9 @@ impl LogStore for FileStore {
             return Ok(());
         }
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let (first, end) = {
+        let (first, end, tip) = {
             let idx = self.index.read().unwrap_or_else(|e| e.into_inner());
-            (idx.offsets.len() as u64 + 1, idx.end)
+            (idx.offsets.len() as u64 + 1, idx.end, idx.hash.tip())
         };
         for (expected, e) in (first..).zip(entries) {
             if e.id != expected {
@@ -563,7 +608,11 @@ impl LogStore for FileStore {
             w.pending_at = end;
         }
         encode(entries, &mut w.pending);
+        // Hashed outside the index's lock (readers go on meanwhile); only appends and
+        // truncations, serialised by the writer's lock, change it.
+        let hashed = PrefixHash::extend(tip, entries);
         let mut idx = self.index.write().unwrap_or_else(|e| e.into_inner());
+        idx.hash.apply(hashed);
         let mut pos = end;
         for e in entries {
             idx.offsets.push(pos);
@@ -610,11 +659,22 @@ impl LogStore for FileStore {
 
     fn truncate(&self, after: u64) -> Result<(), StorageError> {
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut idx = self.index.write().unwrap_or_else(|e| e.into_inner());
-        if after >= idx.offsets.len() as u64 {
+        if after >= self.last_id() {
             return Ok(());
         }
+        // Every record in the file, so the checksums can be refolded from it below.
+        self.write_pending(&mut w)?;
+        let mut idx = self.index.write().unwrap_or_else(|e| e.into_inner());
         let cut = idx.offsets[after as usize];
+        // The checksums up to the cut: from the block before it, refolded from the
+        // records that stay (read before anything is cut).
+        let mut hash = idx.hash.clone();
+        if let Some((from, _)) = hash.cut(after)
+            && from < after
+        {
+            let start = idx.offsets[from as usize];
+            hash.refold(&self.read_records(start, cut, (after - from) as usize)?);
+        }
         if cut >= w.pending_at {
             let keep = (cut - w.pending_at) as usize;
             w.pending.truncate(keep);
@@ -636,6 +696,8 @@ impl LogStore for FileStore {
             w.pending_at = cut;
         }
         idx.offsets.truncate(after as usize);
+        idx.hash = hash;
+        idx.cuts += 1;
         idx.end = cut;
         idx.written_id = idx.written_id.min(after);
         idx.durable_id = idx.durable_id.min(after);
@@ -678,30 +740,32 @@ impl LogStore for FileStore {
                 (last - from + 1) as usize,
             )
         };
-        let mut buf = vec![0u8; (stop - start) as usize];
-        self.log
-            .read_exact_at(&mut buf, start)
-            .map_err(|e| io("read log", e))?;
-        let mut out = Vec::with_capacity(count);
-        let mut p = 0;
-        while p < buf.len() {
-            let len = u32::from_le_bytes(buf[p..p + 4].try_into().expect("4 bytes")) as usize;
-            let crc = u32::from_le_bytes(buf[p + 4..p + 8].try_into().expect("4 bytes"));
-            let body = buf.get(p + HEADER..p + HEADER + len).ok_or_else(|| {
-                StorageError::Io(format!("record at byte {} is cut short", start + p as u64))
-            })?;
-            if crc32fast::hash(body) != crc {
-                return Err(StorageError::Io(format!(
-                    "checksum mismatch at byte {} (the log file changed under us)",
-                    start + p as u64
-                )));
+        self.read_records(start, stop, count)
+    }
+
+    fn checksum(&self, up_to: u64) -> Result<Option<Sum>, StorageError> {
+        loop {
+            let (from, start, cuts) = {
+                let idx = self.index.read().unwrap_or_else(|e| e.into_inner());
+                if up_to > idx.written_id {
+                    return Ok(None);
+                }
+                let Some((from, start)) = idx.hash.start_for(up_to) else {
+                    return Ok(None);
+                };
+                (from, start, idx.cuts)
+            };
+            // At most a block's worth, read without holding the index.
+            let entries = match up_to - from {
+                0 => Vec::new(),
+                n => self.read(from + 1, n as usize)?,
+            };
+            let unchanged = self.index.read().unwrap_or_else(|e| e.into_inner()).cuts == cuts;
+            if unchanged && entries.len() as u64 == up_to - from {
+                return Ok(Some(super::checksum::fold_entries(start, &entries)));
             }
-            out.push(decode_body(body).map_err(|e| {
-                StorageError::Io(format!("record at byte {}: {e}", start + p as u64))
-            })?);
-            p += HEADER + len;
+            // A truncation came in between: look again.
         }
-        Ok(out)
     }
 
     fn log_id(&self) -> u64 {
@@ -1157,6 +1221,52 @@ mod tests {
         let s = FileStore::open(d.path()).unwrap();
         assert_eq!(s.read(1, 10).unwrap(), vec![entry(1), entry(2)]);
         assert!(super::super::spawn_flusher(&std::sync::Arc::new(s)).is_none());
+    }
+
+    /// What prefix checksums cost on a long log (docs/api.md, "Checksums"):
+    /// `cargo test -p common --release --lib checksums_of_a_million -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement: 1M entries"]
+    fn checksums_of_a_million_entries() {
+        use std::time::Instant;
+        let dir = tempfile::tempdir().unwrap();
+        let n = 1_000_000u64;
+        let s = FileStore::open(dir.path()).unwrap();
+        let entries: Vec<Entry> = (1..=n)
+            .map(|id| Entry {
+                message: format!("message number {id} of a long log, about 64 bytes."),
+                ..entry(id)
+            })
+            .collect();
+        let t = Instant::now();
+        for chunk in entries.chunks(64) {
+            s.append(chunk).unwrap();
+        }
+        s.sync().unwrap();
+        let append = t.elapsed();
+        drop(s);
+        let t = Instant::now();
+        let s = FileStore::open(dir.path()).unwrap();
+        let open = t.elapsed();
+        let mut worst = std::time::Duration::ZERO;
+        let t = Instant::now();
+        let asks = 1000u64;
+        for i in 0..asks {
+            let up_to = n - (i * 7919) % n; // spread over the log, mostly mid-block
+            let one = Instant::now();
+            assert!(s.checksum(up_to).unwrap().is_some());
+            worst = worst.max(one.elapsed());
+        }
+        let each = t.elapsed() / asks as u32;
+        let direct = Instant::now();
+        let whole = super::super::checksum::fold_entries(super::super::checksum::EMPTY, &entries);
+        let fold = direct.elapsed();
+        assert_eq!(s.checksum(n).unwrap(), Some(whole));
+        println!(
+            "1M entries: append in 64s {append:?} (with checksums), reopen {open:?}, \
+             checksum of any prefix {each:?} on average, {worst:?} at worst; \
+             folding all 1M from the start {fold:?}"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! through the same handle. [`FileStore`] is the durable implementation the nodes use;
 //! [`MemStore`] serves tests and the simulated network. Both pass [`conformance`].
 
+pub mod checksum;
 pub mod conformance;
 mod file;
 mod grow;
@@ -235,6 +236,26 @@ pub trait LogStore: Send + Sync {
             file: None,
             from_id: after + 1,
         }))
+    }
+
+    /// The checksum of the entries `1..=up_to` ([`checksum`]), or None if this store
+    /// has not written that far. This default folds the whole prefix; a store that
+    /// keeps [`checksum::PrefixHash`] values reads less than a block.
+    fn checksum(&self, up_to: u64) -> Result<Option<checksum::Sum>, StorageError> {
+        if up_to > self.written_id() {
+            return Ok(None);
+        }
+        let mut sum = checksum::EMPTY;
+        let mut next = 1;
+        while next <= up_to {
+            let batch = self.read(next, (up_to - next + 1).min(10_000) as usize)?;
+            let Some(last) = batch.last().map(|e| e.id) else {
+                return Ok(None);
+            };
+            sum = checksum::fold_entries(sum, &batch);
+            next = last + 1;
+        }
+        Ok(Some(sum))
     }
 
     /// Who belongs to the set, as last saved.

@@ -214,6 +214,8 @@ async fn writes_only_the_old_master_held_are_rolled_back_when_it_returns() -> an
         assert_eq!(st, 201, "w=1 while the secondaries are paused: {body}");
         lost.push((body["id"].as_u64().unwrap(), msg));
     }
+    let (st, before) = http.get(&master.url("/checksum?upTo=2")).await?;
+    assert_eq!(st, 200, "{before}");
     master.kill9();
     for n in &nodes {
         n.signal(libc::SIGCONT);
@@ -235,6 +237,13 @@ async fn writes_only_the_old_master_held_are_rolled_back_when_it_returns() -> an
         lost,
         "the old master's w=1 writes are in its rollback file"
     );
+    // Its checksums are the set's again: the rollback refolded them from the cut.
+    let (_, want) = http.get(&new.url("/checksum?upTo=2")).await?;
+    assert_ne!(want, before, "id 2 holds another entry now");
+    for n in all {
+        let (st, got) = http.get(&n.url("/checksum?upTo=2")).await?;
+        assert_eq!((st, &got), (200, &want), "{}", n.name);
+    }
     // ROLLBACK until it has caught up again (its own frames are held back too), then
     // SECONDARY.
     let st = wait_for("the old master to be SECONDARY", LONG, || async {

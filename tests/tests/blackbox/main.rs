@@ -2,6 +2,7 @@
 //! through HTTP and raw TCP only, as a user (or a misbehaving peer) would.
 
 mod bad_input;
+mod checksum;
 mod durability;
 mod failover;
 mod health;
