@@ -109,6 +109,57 @@ pub struct MemberArgs {
     pub election_timeout_ms: u64,
 }
 
+/// Who may do what: both binaries.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SecurityArgs {
+    /// File holding the admin token: `DELETE /members/*`, `POST /members`,
+    /// `POST /stepDown` and `/admin/*` then need `Authorization: Bearer <token>`.
+    /// Without it they are served to loopback clients only.
+    #[arg(long, value_name = "F", value_parser = AdminToken::from_file)]
+    pub admin_token_file: Option<AdminToken>,
+}
+
+/// The admin token, read from `--admin-token-file`. Its `Debug` does not show it.
+#[derive(Clone)]
+pub struct AdminToken(std::sync::Arc<str>);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<hidden>)")
+    }
+}
+
+impl AdminToken {
+    /// Read the token file: its first line, without surrounding white space, of 1 to
+    /// 4096 visible ASCII characters (it travels in an HTTP header).
+    pub fn from_file(path: &str) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the admin token file {path}: {e}"))?;
+        Self::new(text.lines().next().unwrap_or_default().trim())
+            .map_err(|e| format!("admin token file {path}: {e}"))
+    }
+
+    pub fn new(token: &str) -> Result<Self, String> {
+        if token.is_empty() || token.len() > 4096 {
+            return Err("the token must be 1 to 4096 characters".into());
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the token must be visible ASCII characters, without spaces".into());
+        }
+        Ok(Self(token.into()))
+    }
+
+    /// Whether `given` is the token, in time that does not depend on where they
+    /// differ (both are hashed first, so not on their lengths either).
+    pub fn matches(&self, given: &[u8]) -> bool {
+        use sha2::{Digest, Sha256};
+        use subtle::ConstantTimeEq;
+        let a = Sha256::digest(self.0.as_bytes());
+        let b = Sha256::digest(given);
+        a.ct_eq(&b).into()
+    }
+}
+
 /// How a node runs when it is the master: both binaries (any member may be elected).
 #[derive(clap::Args, Clone, Debug)]
 pub struct MasterArgs {

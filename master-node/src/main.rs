@@ -37,6 +37,8 @@ struct Cli {
     #[command(flatten)]
     member: common::config::MemberArgs,
     #[command(flatten)]
+    security: common::config::SecurityArgs,
+    #[command(flatten)]
     master: common::config::MasterArgs,
     #[command(flatten)]
     durability: common::config::DurabilityArgs,
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         durability: cli.durability.durability(),
         max_message_bytes: cli.master.max_message_bytes,
         priority: cli.member.priority,
+        admin_token: cli.security.admin_token_file,
         election_timeout: Duration::from_millis(cli.member.election_timeout_ms),
         master: node::primary::Settings::from(&cli.master),
         start: node::Start::Master,

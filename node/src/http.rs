@@ -67,6 +67,7 @@ struct State {
     started: Instant,
     durability: common::storage::Durability,
     write_metrics: common::metrics::WriteMetrics,
+    admin_token: Option<common::config::AdminToken>,
 }
 
 /// Build the HTTP server on an already bound listener: one worker thread, which starts
@@ -78,6 +79,7 @@ pub fn server(
     metrics: common::metrics::PrometheusHandle,
 ) -> anyhow::Result<Server> {
     let (max_message_bytes, durability) = (cfg.max_message_bytes, cfg.durability);
+    let admin_token = cfg.admin_token.clone();
     let started = Instant::now();
     let node = engine.node.clone();
     let store = node.store.clone();
@@ -97,6 +99,7 @@ pub fn server(
             started,
             durability,
             write_metrics: common::metrics::WriteMetrics::new(),
+            admin_token: admin_token.clone(),
         });
         let stream = common::stream::Source {
             store: store.clone(),
@@ -203,6 +206,55 @@ async fn write(
         Err(_) => shutting_down(),
     };
     (response, Some(asked))
+}
+
+/// Whether this request may do an admin operation (None) or its refusal. With
+/// `--admin-token-file` it must carry
+/// `Authorization: Bearer <token>` (401 `unauthorized` otherwise, from any address);
+/// without, it must come from a loopback address (403 `forbidden` otherwise), as Redis's
+/// protected mode serves only loopback clients until a password is set.
+fn admin_refusal(req: &HttpRequest, state: &State) -> Option<HttpResponse> {
+    admin_check(req, state.admin_token.as_ref()).err()
+}
+
+/// The check itself: `Err` holds the refusal.
+#[allow(clippy::result_large_err)] // built once per admin request, on the refusal path
+fn admin_check(
+    req: &HttpRequest,
+    admin_token: Option<&common::config::AdminToken>,
+) -> Result<(), HttpResponse> {
+    match admin_token {
+        Some(token) => {
+            let given = req
+                .headers()
+                .get(actix_web::http::header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            if given.is_some_and(|g| token.matches(g)) {
+                return Ok(());
+            }
+            let why = match given {
+                None => "this operation needs an `Authorization: Bearer <admin token>` header",
+                Some(_) => "wrong admin token",
+            };
+            let mut resp = error_response(&ApiError::new(401, "unauthorized", why));
+            resp.headers_mut().insert(
+                actix_web::http::header::WWW_AUTHENTICATE,
+                actix_web::http::header::HeaderValue::from_static("Bearer"),
+            );
+            Err(resp)
+        }
+        None => match req.peer_addr() {
+            Some(a) if a.ip().is_loopback() => Ok(()),
+            peer => Err(error_response(&ApiError::new(
+                403,
+                "forbidden",
+                format!(
+                    "admin operations are served to loopback clients only (this request came from {}); start the node with --admin-token-file to allow others with the token",
+                    peer.map_or_else(|| "an unknown address".to_string(), |a| a.ip().to_string())
+                ),
+            ))),
+        },
+    }
 }
 
 /// 503 `not_writable` from a secondary asked to do what only the master does: the
@@ -525,9 +577,18 @@ async fn message_status(path: web::Path<String>, state: web::Data<State>) -> Htt
     responses(
         (status = 200, description = "Removed", body = Object),
         (status = 404, description = "No such member", body = doc::Error),
+        (status = 401, description = "With --admin-token-file: no or a wrong `Authorization: Bearer` token", body = doc::Error),
+        (status = 403, description = "Without --admin-token-file: the client is not on loopback", body = doc::Error),
         (status = 503, description = "Not the master (its address in `primary`), or a change of the members still in progress (`membership_change_in_progress`: try again shortly)", body = doc::Error),
     ))]
-async fn remove_member(path: web::Path<String>, state: web::Data<State>) -> HttpResponse {
+async fn remove_member(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<State>,
+) -> HttpResponse {
+    if let Some(refused) = admin_refusal(&req, &state) {
+        return refused;
+    }
     let role = state.node.settled_role().await;
     let replicator = match &role {
         Role::Primary(r) => r,
@@ -564,9 +625,18 @@ async fn remove_member(path: web::Path<String>, state: web::Data<State>) -> Http
     responses(
         (status = 200, description = "Re-admitted, or was not removed (`readmitted` false)", body = Object),
         (status = 400, description = "Malformed body", body = doc::Error),
+        (status = 401, description = "With --admin-token-file: no or a wrong `Authorization: Bearer` token", body = doc::Error),
+        (status = 403, description = "Without --admin-token-file: the client is not on loopback", body = doc::Error),
         (status = 503, description = "Not the master (its address in `primary`)", body = doc::Error),
     ))]
-async fn readmit_member(state: web::Data<State>, payload: web::Payload) -> HttpResponse {
+async fn readmit_member(
+    req: HttpRequest,
+    state: web::Data<State>,
+    payload: web::Payload,
+) -> HttpResponse {
+    if let Some(refused) = admin_refusal(&req, &state) {
+        return refused;
+    }
     let role = state.node.settled_role().await;
     let replicator = match &role {
         Role::Primary(r) => r,
@@ -806,10 +876,19 @@ async fn hello(state: web::Data<State>) -> HttpResponse {
     responses(
         (status = 200, description = "Another member is master now", body = Object),
         (status = 400, description = "Malformed body", body = doc::Error),
+        (status = 401, description = "With --admin-token-file: no or a wrong `Authorization: Bearer` token", body = doc::Error),
+        (status = 403, description = "Without --admin-token-file: the client is not on loopback", body = doc::Error),
         (status = 503, description = "Not the master (its address in `primary`)", body = doc::Error),
         (status = 504, description = "No other member became master within `timeoutMs`; this one is a secondary", body = doc::Error),
     ))]
-async fn step_down(state: web::Data<State>, payload: web::Payload) -> HttpResponse {
+async fn step_down(
+    http: HttpRequest,
+    state: web::Data<State>,
+    payload: web::Payload,
+) -> HttpResponse {
+    if let Some(refused) = admin_refusal(&http, &state) {
+        return refused;
+    }
     let req = match read_body(payload, 64 * 1024)
         .await
         .and_then(|b| api::parse_step_down(&b))
@@ -923,3 +1002,68 @@ async fn openapi_json() -> HttpResponse {
     HttpResponse::Ok().json(ApiDoc::openapi())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    fn status(req: TestRequest, token: Option<&str>) -> u16 {
+        let token = token.map(|t| common::config::AdminToken::new(t).unwrap());
+        match admin_check(&req.to_http_request(), token.as_ref()) {
+            Ok(()) => 200,
+            Err(resp) => resp.status().as_u16(),
+        }
+    }
+
+    #[test]
+    fn admin_needs_loopback_without_a_token_and_the_token_with_one() {
+        let from =
+            |ip: &str| TestRequest::default().peer_addr(format!("{ip}:5000").parse().unwrap());
+        // No token: loopback only (IPv4 and IPv6).
+        assert_eq!(status(from("127.0.0.1"), None), 200);
+        assert_eq!(
+            status(
+                TestRequest::default().peer_addr("[::1]:5000".parse().unwrap()),
+                None
+            ),
+            200
+        );
+        assert_eq!(status(from("10.1.2.3"), None), 403);
+        assert_eq!(status(TestRequest::default(), None), 403, "unknown peer");
+        // A token: needed from everywhere, loopback included.
+        let bearer = |ip: &str, v: &str| from(ip).insert_header(("authorization", v));
+        assert_eq!(status(from("127.0.0.1"), Some("s3cret-token")), 401);
+        assert_eq!(
+            status(
+                bearer("10.1.2.3", "Bearer s3cret-token"),
+                Some("s3cret-token")
+            ),
+            200
+        );
+        assert_eq!(
+            status(
+                bearer("127.0.0.1", "Bearer s3cret-tokeN"),
+                Some("s3cret-token")
+            ),
+            401
+        );
+        assert_eq!(
+            status(
+                bearer("127.0.0.1", "Bearer s3cret-token2"),
+                Some("s3cret-token")
+            ),
+            401
+        );
+        assert_eq!(
+            status(
+                bearer("127.0.0.1", "Basic s3cret-token"),
+                Some("s3cret-token")
+            ),
+            401
+        );
+        assert_eq!(
+            status(bearer("127.0.0.1", "s3cret-token"), Some("s3cret-token")),
+            401
+        );
+    }
+}

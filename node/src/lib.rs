@@ -56,6 +56,8 @@ pub struct Config {
     /// `--election-timeout-ms`: silence from the master before an election
     /// (randomised up to twice this).
     pub election_timeout: Duration,
+    /// `--admin-token-file`: what admin operations need (None: loopback clients only).
+    pub admin_token: Option<common::config::AdminToken>,
     /// How this node runs as the master.
     pub master: primary::Settings,
     /// How the node first joins.

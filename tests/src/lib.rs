@@ -284,6 +284,15 @@ impl Http {
         Self { client }
     }
 
+    /// A client that sends `Authorization: Bearer <token>` on every request.
+    pub fn with_bearer(token: &str) -> Self {
+        let client = awc::Client::builder()
+            .timeout(Duration::from_secs(180))
+            .add_default_header(("authorization", format!("Bearer {token}")))
+            .finish();
+        Self { client }
+    }
+
     /// Send `req` (with `body`, if any) and read the whole answer.
     async fn send(
         &self,

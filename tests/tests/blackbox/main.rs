@@ -1,6 +1,7 @@
 //! Black-box tests: the real binaries on loopback ports they pick at run time, driven
 //! through HTTP and raw TCP only, as a user (or a misbehaving peer) would.
 
+mod admin;
 mod bad_input;
 mod checksum;
 mod durability;
