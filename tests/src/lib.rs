@@ -17,10 +17,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Where the node binaries are.
+/// Where the binaries are (the nodes' and the `chorus` client's).
 pub fn bin(name: &str) -> PathBuf {
     let var = match name {
         "master-node" => "CHORUS_MASTER_BIN",
+        "chorus" => "CHORUS_CLI_BIN",
         _ => "CHORUS_SECONDARY_BIN",
     };
     if let Ok(p) = std::env::var(var) {
@@ -551,21 +552,14 @@ pub fn spawn_write(
     actix_rt::spawn(async move { http.post(&url, &body).await })
 }
 
-/// One item of a Server-Sent Events stream.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SseItem {
-    /// An event: its `id:` field (if any) and its `data:` lines joined.
-    Event { id: Option<String>, data: String },
-    /// A comment line (`: ...`), as a keep-alive sends.
-    Comment,
-}
+pub use chorus_client::sse::SseItem;
 
 /// A client's side of `GET /messages/stream`, read incrementally.
 pub struct EventStream {
     body: std::pin::Pin<
         Box<dyn futures::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>>>,
     >,
-    buf: String,
+    parser: chorus_client::sse::SseParser,
     items: std::collections::VecDeque<SseItem>,
 }
 
@@ -599,7 +593,7 @@ impl EventStream {
         }
         Ok(EventStream {
             body: Box::pin(resp),
-            buf: String::new(),
+            parser: Default::default(),
             items: Default::default(),
         })
     }
@@ -619,28 +613,7 @@ impl EventStream {
                 Ok(None) => return Ok(None),
                 Ok(Some(c)) => c.map_err(|e| anyhow!("stream body: {e}"))?,
             };
-            self.buf.push_str(std::str::from_utf8(&chunk)?);
-            while let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let (mut id, mut data, mut comment) = (None, Vec::new(), false);
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id:") {
-                        id = Some(v.trim_start().to_string());
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
-                    } else if line.starts_with(':') {
-                        comment = true;
-                    }
-                }
-                if !data.is_empty() {
-                    self.items.push_back(SseItem::Event {
-                        id,
-                        data: data.join("\n"),
-                    });
-                } else if comment {
-                    self.items.push_back(SseItem::Comment);
-                }
-            }
+            self.items.extend(self.parser.feed(&chunk));
         }
     }
 

@@ -4,6 +4,7 @@
 mod admin;
 mod bad_input;
 mod checksum;
+mod client;
 mod durability;
 mod failover;
 mod health;
