@@ -135,6 +135,7 @@ pub fn server(
             .service(endpoint("/members", "POST", web::post().to(readmit_member)))
             .service(endpoint("/hello", "GET", web::get().to(hello)))
             .service(endpoint("/checksum", "GET", web::get().to(checksum)))
+            .service(endpoint("/", "GET", web::get().to(chat_page)))
             .service(endpoint("/stepDown", "POST", web::post().to(step_down)));
     })?;
     Ok(server)
@@ -242,6 +243,15 @@ fn admin_check(
                 actix_web::http::header::HeaderValue::from_static("Bearer"),
             );
             Err(resp)
+        }
+        // A web page may send requests to loopback addresses from the user's browser;
+        // browsers name the page's origin on such requests, so those are refused.
+        None if req.headers().contains_key(actix_web::http::header::ORIGIN) => {
+            Err(error_response(&ApiError::new(
+                403,
+                "forbidden",
+                "admin operations are not served to web pages (this request has an Origin header); start the node with --admin-token-file to allow them with the token",
+            )))
         }
         None => match req.peer_addr() {
             Some(a) if a.ip().is_loopback() => Ok(()),
@@ -938,6 +948,7 @@ async fn step_down(
         readmit_member,
         hello,
         checksum,
+        chat_page,
         step_down,
         metrics_page,
         openapi_json
@@ -995,6 +1006,19 @@ async fn checksum(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     }
 }
 
+/// The chat page (`node/src/chat.html`, embedded in the binary).
+const CHAT_PAGE: &str = include_str!("chat.html");
+
+/// The anonymous real-time chat: one page, no build step (docs/chat.md).
+#[utoipa::path(get, path = "/", tag = "every node",
+    responses((status = 200, description = "The chat page (HTML)", content_type = "text/html")))]
+async fn chat_page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("cache-control", "no-cache"))
+        .body(CHAT_PAGE)
+}
+
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "every node",
     responses((status = 200, description = "The OpenAPI document of this node's API", body = Object)))]
@@ -1030,6 +1054,8 @@ mod tests {
         );
         assert_eq!(status(from("10.1.2.3"), None), 403);
         assert_eq!(status(TestRequest::default(), None), 403, "unknown peer");
+        let page = from("127.0.0.1").insert_header(("origin", "http://evil.example"));
+        assert_eq!(status(page, None), 403, "a web page on this machine");
         // A token: needed from everywhere, loopback included.
         let bearer = |ip: &str, v: &str| from(ip).insert_header(("authorization", v));
         assert_eq!(status(from("127.0.0.1"), Some("s3cret-token")), 401);

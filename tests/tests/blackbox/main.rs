@@ -3,6 +3,7 @@
 
 mod admin;
 mod bad_input;
+mod chat;
 mod checksum;
 mod client;
 mod durability;
