@@ -16,6 +16,7 @@ Examples:
   chorus --hosts 127.0.0.1:8081 read --from 1 --limit 10 --read-concern majority
   chorus --hosts 127.0.0.1:8081 read --follow --read-concern majority
   chorus --hosts 127.0.0.1:8080 status
+  chorus --hosts 127.0.0.1:8080 verify
   chorus --hosts 127.0.0.1:8080 --json status | jq .members
 
 Any member's HTTP address will do as a seed: the client asks each for the set's
@@ -81,6 +82,14 @@ enum Command {
     },
     /// Show the set like MongoDB's rs.status(): members, states, lag, term.
     Status,
+    /// Check that every member holds the same log: compares their checksums of the
+    /// entries 1..N (GET /checksum), N being the shortest member's last id unless
+    /// given. Exit 1 if they differ or a member does not answer.
+    Verify {
+        /// Compare the entries 1..N.
+        #[arg(long, value_name = "N")]
+        up_to: Option<u64>,
+    },
 }
 
 fn write_concern(s: &str) -> Result<Value, String> {
@@ -185,6 +194,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Command::Status => status(&client, cli.json).await,
+        Command::Verify { up_to } => verify(&client, up_to, cli.json).await,
     }
 }
 
@@ -419,5 +429,87 @@ fn print_table(r: &Value) {
     }
     for w in r["warnings"].as_array().into_iter().flatten() {
         println!("warning: {}", text(w));
+    }
+}
+
+/// Every member's checksum of the same prefix.
+async fn verify(client: &Client, up_to: Option<u64>, json_out: bool) -> Result<(), Error> {
+    client.wait_checked(Duration::from_secs(3)).await;
+    let topology = client.topology();
+    let servers: Vec<_> = topology.servers().cloned().collect();
+    if servers.is_empty() {
+        return Err(Error::NoServer {
+            wanted: "member",
+            waited: Duration::from_secs(3),
+            topology: topology.describe(),
+        });
+    }
+    // How far each member's log reaches, from its /hello (asked afresh).
+    let mut lasts = Vec::new();
+    for s in &servers {
+        let last = client
+            .get_json(&s.addr, "/hello")
+            .await
+            .ok()
+            .and_then(|h| h["lastWrite"]["id"].as_u64());
+        lasts.push(last);
+    }
+    let n = up_to.unwrap_or_else(|| lasts.iter().flatten().copied().min().unwrap_or(0));
+    let mut rows = Vec::new();
+    let mut sums = Vec::new();
+    for (s, last) in servers.iter().zip(&lasts) {
+        let sum = client
+            .get_json(&s.addr, &format!("/checksum?upTo={n}"))
+            .await
+            .map(|v| v["checksum"].as_str().unwrap_or_default().to_string());
+        let (checksum, error) = match &sum {
+            Ok(c) => (Some(c.clone()), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        sums.push(checksum.clone());
+        rows.push(json!({
+            "name": s.name,
+            "address": s.addr,
+            "lastId": last,
+            "checksum": checksum,
+            "error": error,
+        }));
+    }
+    let agree = sums.iter().all(|c| c.is_some() && *c == sums[0]);
+    if json_out {
+        println!("{}", json!({"upTo": n, "agree": agree, "members": rows}));
+    } else {
+        println!(
+            "entries 1..{n}: {}",
+            if agree {
+                "every member holds the same"
+            } else {
+                "MEMBERS DIFFER"
+            }
+        );
+        for r in &rows {
+            let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+            let sum = r["checksum"].as_str().map_or_else(
+                || format!("({})", text(&r["error"])),
+                |c| c.get(..16).unwrap_or(c).to_string(),
+            );
+            println!(
+                "  {:<8} {:<22} last id {:<8} {sum}",
+                text(&r["name"]),
+                text(&r["address"]),
+                text(&r["lastId"])
+            );
+        }
+    }
+    if agree {
+        Ok(())
+    } else {
+        Err(Error::Refused {
+            server: "the set".into(),
+            status: 409,
+            code: "members_differ".into(),
+            message: format!("the members do not all hold the same entries 1..{n}"),
+            body: json!({"upTo": n}),
+        })
     }
 }

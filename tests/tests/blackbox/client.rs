@@ -129,6 +129,24 @@ async fn the_cli_writes_reads_and_shows_the_set_from_any_seed() -> anyhow::Resul
         "{out}"
     );
 
+    // verify: every member holds the same entries.
+    let (code, out, err) = chorus(&["--hosts", &hosts, "--json", "verify"])?;
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out)?;
+    assert_eq!(
+        (v["upTo"].as_u64(), v["agree"].as_bool()),
+        (Some(2), Some(true)),
+        "{v}"
+    );
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
+    let (code, out, _) = chorus(&["--hosts", &hosts, "verify", "--up-to", "1"])?;
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("entries 1..1: every member holds the same"),
+        "{out}"
+    );
+    let (code, _, err) = chorus(&["--hosts", &hosts, "verify", "--up-to", "99"])?;
+    assert_eq!(code, 1, "nobody holds 99: {err}");
     // Bad usage: 2, with a message; a failed operation: 1.
     for bad in [
         &["write", "x"][..],
