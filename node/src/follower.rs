@@ -225,7 +225,8 @@ fn follow(node: &Arc<Node>, core: &SharedCore, shared: &Shared) {
                 lock(core).set_dialed(&host);
                 let followed = {
                     let _span = tracing::info_span!("link", master = %master).entered();
-                    Session::new(stream, node, core).run()
+                    let peer = node.member_at(&master);
+                    Session::new(stream, node, core, peer).run()
                 };
                 *shared.conn() = None;
                 lock(core).disconnected();
@@ -312,10 +313,18 @@ struct Session<'a> {
     schedule: SyncSchedule,
     /// The read timeout set on the socket (None: block).
     timeout: Option<Duration>,
+    /// The master's member name, for fault rules: from the member list when
+    /// connecting, from the Welcome once accepted (None: rules pass its frames).
+    peer: Option<String>,
 }
 
 impl<'a> Session<'a> {
-    fn new(stream: TcpStream, node: &'a Arc<Node>, core: &'a SharedCore) -> Self {
+    fn new(
+        stream: TcpStream,
+        node: &'a Arc<Node>,
+        core: &'a SharedCore,
+        peer: Option<String>,
+    ) -> Self {
         let cfg = &node.cfg;
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
@@ -348,6 +357,7 @@ impl<'a> Session<'a> {
             held: Vec::new(),
             schedule: SyncSchedule::default(),
             timeout: None,
+            peer,
         }
     }
 
@@ -393,6 +403,24 @@ impl<'a> Session<'a> {
                     Ok(Some(f)) => frames.push(f),
                     Ok(None) => break,
                     Err(e) => return self.refuse(e),
+                }
+            }
+            if !frames.is_empty() && self.node.faults.active() {
+                // Fault rules (`PUT /admin/faults`): dropped frames never arrived (they
+                // do not count as hearing the master); delayed ones arrive that late.
+                use crate::faults::{Dir, Verdict};
+                let (faults, peer) = (&self.node.faults, self.peer.as_deref());
+                let mut wait = Duration::ZERO;
+                frames.retain(|_| match faults.judge(peer, Dir::In) {
+                    Verdict::Drop => false,
+                    Verdict::Delay(d) => {
+                        wait = wait.max(d);
+                        true
+                    }
+                    Verdict::Pass => true,
+                });
+                if !wait.is_zero() {
+                    std::thread::sleep(wait);
                 }
             }
             if frames.is_empty() {
@@ -567,11 +595,17 @@ impl<'a> Session<'a> {
                         tracing::debug!(upto, "dropping an ack (--drop-rate)");
                         continue;
                     }
-                    self.send(frame)?;
+                    use crate::faults::{Dir, Verdict};
+                    match self.node.faults.judge(self.peer.as_deref(), Dir::Out) {
+                        Verdict::Pass => self.send(frame)?,
+                        Verdict::Drop => {}
+                        Verdict::Delay(d) => self.send_later(frame, d)?,
+                    }
                 }
                 SecondaryOutput::Close => close = true,
                 SecondaryOutput::Following { term, master } => {
                     tracing::info!(%master, term, "following");
+                    self.peer = Some(master.clone());
                     self.followed = true;
                     self.term = term;
                     self.slack = lock(self.core).master_delay()
@@ -605,6 +639,22 @@ impl<'a> Session<'a> {
         if !self.out.is_empty() {
             self.stream.write_all(&self.out)?;
             self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Send one frame after `d` (a fault rule's delay), through the delayer thread,
+    /// started for this connection if it has none yet.
+    fn send_later(&mut self, frame: SecondaryFrame, d: Duration) -> io::Result<()> {
+        if self.delayer.is_none() {
+            self.delayer = Some(Delayer::start(self.stream.try_clone()?));
+        }
+        let mut bytes = BytesMut::new();
+        self.codec
+            .encode(frame, &mut bytes)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        if let Some(delayer) = &self.delayer {
+            delayer.send(Instant::now() + d, bytes);
         }
         Ok(())
     }

@@ -136,6 +136,19 @@ pub fn server(
             .service(endpoint("/hello", "GET", web::get().to(hello)))
             .service(endpoint("/checksum", "GET", web::get().to(checksum)))
             .service(endpoint("/", "GET", web::get().to(chat_page)))
+            .service(
+                web::resource("/admin/faults")
+                    .route(web::get().to(get_faults))
+                    .route(web::put().to(put_faults))
+                    .route(web::delete().to(delete_faults))
+                    .default_service(web::to(|req: HttpRequest| async move {
+                        common::web::error_response(&ApiError::method_not_allowed(
+                            req.method().as_str(),
+                            req.path(),
+                            "GET, PUT or DELETE",
+                        ))
+                    })),
+            )
             .service(endpoint("/stepDown", "POST", web::post().to(step_down)));
     })?;
     Ok(server)
@@ -949,6 +962,9 @@ async fn step_down(
         hello,
         checksum,
         chat_page,
+        get_faults,
+        put_faults,
+        delete_faults,
         step_down,
         metrics_page,
         openapi_json
@@ -1004,6 +1020,76 @@ async fn checksum(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
             ),
         )),
     }
+}
+
+/// The fault rules in force on this node (`docs/faults.md`).
+#[utoipa::path(get, path = "/admin/faults", tag = "admin",
+    responses(
+        (status = 200, description = "`{\"seed\", \"rules\": [{\"peer\", \"drop\", \"delayMs\", \"partition\"}]}`", body = Object),
+        (status = 401, description = "With --admin-token-file: no or a wrong `Authorization: Bearer` token", body = doc::Error),
+        (status = 403, description = "Without --admin-token-file: the client is not on loopback", body = doc::Error),
+    ))]
+async fn get_faults(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    if let Some(refused) = admin_refusal(&req, &state) {
+        return refused;
+    }
+    HttpResponse::Ok().json(state.node.faults.get())
+}
+
+/// Replace this node's fault rules: drop, delay or cut its traffic with named peers,
+/// both directions, until `DELETE /admin/faults`.
+#[utoipa::path(put, path = "/admin/faults", tag = "admin",
+    request_body = Object,
+    responses(
+        (status = 200, description = "The rules now in force", body = Object),
+        (status = 400, description = "Malformed JSON or an invalid rule", body = doc::Error),
+        (status = 401, description = "With --admin-token-file: no or a wrong `Authorization: Bearer` token", body = doc::Error),
+        (status = 403, description = "Without --admin-token-file: the client is not on loopback", body = doc::Error),
+    ))]
+async fn put_faults(
+    req: HttpRequest,
+    state: web::Data<State>,
+    payload: web::Payload,
+) -> HttpResponse {
+    if let Some(refused) = admin_refusal(&req, &state) {
+        return refused;
+    }
+    let body = match read_body(payload, 64 * 1024).await {
+        Ok(b) => b,
+        Err(e) => return error_response(&e),
+    };
+    if let Err(e) = serde_json::from_slice::<serde_json::Value>(&body) {
+        return error_response(&ApiError::bad_request(
+            "invalid_json",
+            format!("malformed JSON: {e}"),
+        ));
+    }
+    match crate::faults::FaultSet::parse(&body) {
+        Ok(set) => {
+            tracing::warn!(seed = set.seed, rules = ?set.rules, "fault rules set");
+            state.node.faults.set(set);
+            HttpResponse::Ok().json(state.node.faults.get())
+        }
+        Err(e) => error_response(&ApiError::bad_request("invalid_request", e)),
+    }
+}
+
+/// Clear this node's fault rules.
+#[utoipa::path(delete, path = "/admin/faults", tag = "admin",
+    responses(
+        (status = 200, description = "No rules any more: `{\"seed\": 0, \"rules\": []}`", body = Object),
+        (status = 401, description = "With --admin-token-file: no or a wrong `Authorization: Bearer` token", body = doc::Error),
+        (status = 403, description = "Without --admin-token-file: the client is not on loopback", body = doc::Error),
+    ))]
+async fn delete_faults(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    if let Some(refused) = admin_refusal(&req, &state) {
+        return refused;
+    }
+    if state.node.faults.active() {
+        tracing::warn!("fault rules cleared");
+    }
+    state.node.faults.set(crate::faults::FaultSet::default());
+    HttpResponse::Ok().json(state.node.faults.get())
 }
 
 /// The chat page (`node/src/chat.html`, embedded in the binary).

@@ -17,7 +17,10 @@
 //!   [`common::replication::SecondaryCore`] and writes what it answers, applying
 //!   `--delay-ms` and `--drop-rate`.
 //! - [`http`]: one actix-web API for every role; each handler asks the node's role.
+//! - [`faults`]: drops, delays and partitions per peer at run time
+//!   (`PUT /admin/faults`), on the same paths as the frames.
 
+pub mod faults;
 pub mod follower;
 pub mod http;
 pub mod member;

@@ -97,6 +97,8 @@ pub struct Node {
     next_seed: AtomicU64,
     last_rollback: Mutex<Option<LastRollback>>,
     http_port: u16,
+    /// `PUT /admin/faults`: drops, delays and partitions per peer.
+    pub faults: crate::faults::Faults,
 }
 
 /// Whether this member may stand: once it belongs to a set (its log has an identity
@@ -155,6 +157,7 @@ impl Node {
             next_seed: AtomicU64::new(0),
             last_rollback: Mutex::new(None),
             http_port,
+            faults: crate::faults::Faults::new(),
         });
         (node, rx)
     }
@@ -263,6 +266,16 @@ impl Node {
                     .filter(|h| !h.is_empty())
             }),
         }
+    }
+
+    /// The member whose comm address is `comm`, as the stored member list says.
+    pub fn member_at(&self, comm: &str) -> Option<String> {
+        self.store
+            .membership()
+            .hosts
+            .into_iter()
+            .find(|h| h.comm == comm)
+            .map(|h| h.name)
     }
 
     fn host_of(&self, name: &str) -> Option<MemberInfo> {
@@ -615,8 +628,21 @@ impl Driver {
             let req = req.clone();
             let node = node.clone();
             actix_web::rt::spawn(async move {
+                use crate::faults::{Dir, Verdict};
+                match node.faults.judge(Some(&name), Dir::Out) {
+                    Verdict::Drop => return,
+                    Verdict::Delay(d) => tokio::time::sleep(d).await,
+                    Verdict::Pass => {}
+                }
                 match tokio::time::timeout(VOTE_TIMEOUT, ask(&comm, req)).await {
-                    Ok(Ok(resp)) => node.send(Event::Vote(name, resp)),
+                    Ok(Ok(resp)) => match node.faults.judge(Some(&name), Dir::In) {
+                        Verdict::Drop => {}
+                        Verdict::Delay(d) => {
+                            tokio::time::sleep(d).await;
+                            node.send(Event::Vote(name, resp));
+                        }
+                        Verdict::Pass => node.send(Event::Vote(name, resp)),
+                    },
                     Ok(Err(e)) => tracing::debug!(voter = %name, error = %e, "no vote"),
                     Err(_) => tracing::debug!(voter = %name, "vote request timed out"),
                 }

@@ -338,6 +338,16 @@ impl Http {
             .await
     }
 
+    pub async fn put_raw(&self, url: &str, body: impl Into<bytes::Bytes>) -> Result<(u16, Value)> {
+        let req = self.client.put(url);
+        self.send_json(&format!("PUT {url}"), req, Some(body.into()))
+            .await
+    }
+
+    pub async fn put(&self, url: &str, body: &Value) -> Result<(u16, Value)> {
+        self.put_raw(url, body.to_string()).await
+    }
+
     pub async fn post(&self, url: &str, body: &Value) -> Result<(u16, Value)> {
         self.post_raw(url, body.to_string()).await
     }

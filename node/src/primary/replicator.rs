@@ -19,6 +19,8 @@ use tokio::sync::oneshot;
 pub enum ToSession {
     /// Write this frame.
     Frame(MasterFrame),
+    /// Write this frame after a while (a fault rule's delay).
+    Delayed(MasterFrame, std::time::Duration),
     /// Close the connection once everything before this is written.
     Close,
 }
@@ -32,6 +34,8 @@ pub struct Register {
     pub session: Recipient<ToSession>,
     /// Where to write frames directly (None: through the session, which delays them).
     pub outbox: Option<Arc<super::session::Outbox>>,
+    /// The member's name, from its Hello (None before one: fault rules pass it).
+    pub member: Option<String>,
 }
 
 /// A connection's ways out: its session, and its outbox when frames may skip the
@@ -40,6 +44,7 @@ struct Conn {
     session: Recipient<ToSession>,
     outbox: Option<Arc<super::session::Outbox>>,
     peer: String,
+    member: Option<String>,
 }
 
 /// A frame arrived on a session's connection.
@@ -233,6 +238,18 @@ impl Replicator {
         for out in self.core.take_outputs() {
             match out {
                 MasterOutput::Send { conn, frame } => match self.sessions.get(&conn) {
+                    // Fault rules (`PUT /admin/faults`), when any are set.
+                    Some(c) if self.node.faults.active() => {
+                        use crate::faults::{Dir, Verdict};
+                        match self.node.faults.judge(c.member.as_deref(), Dir::Out) {
+                            Verdict::Drop => {}
+                            Verdict::Delay(d) => c.session.do_send(ToSession::Delayed(frame, d)),
+                            Verdict::Pass => match &c.outbox {
+                                Some(out) => out.send(frame),
+                                None => c.session.do_send(ToSession::Frame(frame)),
+                            },
+                        }
+                    }
                     Some(Conn {
                         outbox: Some(out), ..
                     }) => out.send(frame),
@@ -373,6 +390,7 @@ impl Handler<Register> for Replicator {
                 session: msg.session,
                 outbox: msg.outbox,
                 peer: msg.peer,
+                member: msg.member,
             },
         );
         self.core.connection_opened(msg.conn);

@@ -187,13 +187,30 @@ async fn serve_connection(
         }
     };
     if let SecondaryFrame::RequestVote(req) = first {
+        use crate::faults::{Dir, Verdict};
+        let candidate = req.candidate.clone();
+        match node.faults.judge(Some(&candidate), Dir::In) {
+            Verdict::Drop => return,
+            Verdict::Delay(d) => tokio::time::sleep(d).await,
+            Verdict::Pass => {}
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         node.send(Event::VoteRequest(req, tx));
         if let Ok(resp) = rx.await {
+            match node.faults.judge(Some(&candidate), Dir::Out) {
+                Verdict::Drop => return,
+                Verdict::Delay(d) => tokio::time::sleep(d).await,
+                Verdict::Pass => {}
+            }
             write_one(&mut write, MasterFrame::Vote(resp)).await;
         }
         return;
     }
+    // The member this connection belongs to, by the name its Hello gives.
+    let member = match &first {
+        SecondaryFrame::Hello { name, .. } => Some(name.clone()),
+        _ => None,
+    };
     let replicator = match node.role() {
         Role::Primary(r) if r.connected() => r,
         _ => {
@@ -218,6 +235,7 @@ async fn serve_connection(
         }
     };
     let delay = node.cfg.delay;
+    let session_node = node.clone();
     Session::create(move |ctx| {
         Session::add_stream(frames, ctx);
         let outbox = Arc::new(Outbox::new(write));
@@ -225,6 +243,8 @@ async fn serve_connection(
         Session {
             conn,
             peer: peer.to_string(),
+            member,
+            node: session_node,
             replicator,
             outbox,
             delay,
@@ -246,6 +266,9 @@ async fn write_one(write: &mut OwnedWriteHalf, frame: MasterFrame) {
 pub struct Session {
     conn: ConnId,
     peer: String,
+    /// The member's name, from its Hello (for fault rules).
+    member: Option<String>,
+    node: Arc<Node>,
     replicator: Addr<Replicator>,
     outbox: Arc<Outbox>,
     delay: DelaySpec,
@@ -257,6 +280,23 @@ pub struct Session {
 }
 
 impl Session {
+    /// Hand a frame from the peer to the replicator, unless a fault rule drops it or
+    /// holds it back.
+    fn inbound(&mut self, frame: SecondaryFrame, ctx: &mut Context<Self>) {
+        use crate::faults::{Dir, Verdict};
+        let msg = Inbound {
+            conn: self.conn,
+            frame,
+        };
+        match self.node.faults.judge(self.member.as_deref(), Dir::In) {
+            Verdict::Pass => self.replicator.do_send(msg),
+            Verdict::Drop => {}
+            Verdict::Delay(d) => {
+                ctx.run_later(d, move |act, _| act.replicator.do_send(msg));
+            }
+        }
+    }
+
     /// Write now, or after the artificial delay. Delays are drawn per frame, so frames
     /// may overtake each other, as on a network that reorders.
     fn write(&mut self, frame: MasterFrame, ctx: &mut Context<Self>) {
@@ -289,12 +329,10 @@ impl Actor for Session {
             session: ctx.address().recipient(),
             // Frames the master holds back (`--delay-ms`) go through the session.
             outbox: self.delay.is_zero().then(|| self.outbox.clone()),
+            member: self.member.clone(),
         });
         if let Some(frame) = self.first.take() {
-            self.replicator.do_send(Inbound {
-                conn: self.conn,
-                frame,
-            });
+            self.inbound(frame, ctx);
         }
     }
 
@@ -304,12 +342,9 @@ impl Actor for Session {
 }
 
 impl StreamHandler<Result<SecondaryFrame, CodecError>> for Session {
-    fn handle(&mut self, item: Result<SecondaryFrame, CodecError>, _: &mut Context<Self>) {
+    fn handle(&mut self, item: Result<SecondaryFrame, CodecError>, ctx: &mut Context<Self>) {
         match item {
-            Ok(frame) => self.replicator.do_send(Inbound {
-                conn: self.conn,
-                frame,
-            }),
+            Ok(frame) => self.inbound(frame, ctx),
             Err(e) => {
                 tracing::warn!(conn = self.conn, peer = %self.peer, error = %e, "bad input on the comm port; closing");
                 let code = match e {
@@ -343,6 +378,9 @@ impl Handler<ToSession> for Session {
     fn handle(&mut self, msg: ToSession, ctx: &mut Context<Self>) {
         match msg {
             ToSession::Frame(frame) => self.write(frame, ctx),
+            ToSession::Delayed(frame, d) => {
+                ctx.run_later(d, move |act, _| act.outbox.send(frame));
+            }
             ToSession::Close => self.close(ctx),
         }
     }

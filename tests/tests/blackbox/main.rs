@@ -8,6 +8,7 @@ mod checksum;
 mod client;
 mod durability;
 mod failover;
+mod faults;
 mod health;
 mod membership;
 mod metrics;
