@@ -20,7 +20,9 @@
 //! end of this file); `SIM_SEED=n cargo test -p common --lib set_sim::one_seed --
 //! --ignored --nocapture` replays one, `SIM_TRACE=<id>` adds its elections and when
 //! entry `id` commits. CI runs 512 seeds (two per fault mix); any number:
-//! `SIM_SEEDS=100000 cargo test -p common --release --lib set_sim::every -- --nocapture`.
+//! `SIM_SEEDS=100000 cargo test -p common --release --lib set_sim::every -- --nocapture`;
+//! for a given time on every core, reporting failing seeds instead of stopping at the
+//! first: `scripts/sim-soak.sh SECONDS`.
 //!
 //! Not simulated yet: a secondary losing unsynced entries (its acknowledgements follow
 //! its syncs, so only its vote's log position could shrink).
@@ -1359,6 +1361,93 @@ fn every_fault_mix_keeps_majority_writes_and_converges() {
     }
     eprintln!("{seeds} seeds: {total:?}");
     assert!(total.acked_majority > 0 && total.terms > seeds as usize);
+}
+
+/// The long run: as many seeds as fit in `SIM_SECONDS` (default 60) of wall time on
+/// `SIM_THREADS` threads (default: every core), from seed `SIM_FIRST` (default
+/// 1,000,000, past the seeds CI runs) on; reports seeds, virtual steps, fault mixes
+/// covered and every failing seed with its mix and first line of failure, and fails
+/// if there is one. `scripts/sim-soak.sh SECONDS` runs it in release.
+#[test]
+#[ignore = "a long run: scripts/sim-soak.sh"]
+fn soak() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let seconds = env("SIM_SECONDS", 60);
+    let threads = env(
+        "SIM_THREADS",
+        std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+    );
+    let first = env("SIM_FIRST", 1_000_000);
+    let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let next = AtomicU64::new(first);
+    let (seeds, steps, majority_writes) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let mixes = Mutex::new(std::collections::BTreeSet::new());
+    let failing = Mutex::new(Vec::new());
+    // Failures are collected, not printed as they happen.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                while std::time::Instant::now() < deadline {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    let outcome = std::panic::catch_unwind(|| replay(seed));
+                    seeds.fetch_add(1, Ordering::Relaxed);
+                    mixes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(seed % 256);
+                    match outcome {
+                        Ok(r) => {
+                            steps.fetch_add(r.steps, Ordering::Relaxed);
+                            majority_writes.fetch_add(r.acked_majority as u64, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            let why = e
+                                .downcast_ref::<String>()
+                                .map(String::as_str)
+                                .or_else(|| e.downcast_ref::<&str>().copied())
+                                .unwrap_or("panic")
+                                .lines()
+                                .next()
+                                .unwrap_or_default()
+                                .to_string();
+                            failing.lock().unwrap_or_else(|e| e.into_inner()).push((
+                                seed,
+                                seed % 256,
+                                why,
+                            ));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    std::panic::set_hook(hook);
+    let failing = failing.into_inner().unwrap_or_else(|e| e.into_inner());
+    let n = seeds.load(Ordering::Relaxed);
+    eprintln!(
+        "soak: {n} seeds ({first}..{}) in {:.0} s on {threads} threads; {} virtual steps ({:.1} h of simulated time); {} majority-acknowledged writes checked; {} of 256 fault mixes; {} failing",
+        first + n,
+        started.elapsed().as_secs_f64(),
+        steps.load(Ordering::Relaxed),
+        steps.load(Ordering::Relaxed) as f64 * TICK.as_secs_f64() / 3600.0,
+        majority_writes.load(Ordering::Relaxed),
+        mixes.lock().map_or(0, |m| m.len()),
+        failing.len()
+    );
+    for (seed, mix, why) in &failing {
+        eprintln!("  FAILING seed {seed} (mix {mix}): {why}");
+    }
+    assert!(failing.is_empty(), "{} failing seeds", failing.len());
 }
 
 /// `SIM_SEED=n cargo test -p common --lib set_sim::one_seed -- --ignored --nocapture`
