@@ -2,6 +2,7 @@
 //! any seed, retryable writes across a kill -9 of the master, `read --follow` without
 //! gap or repeat across the failover, `status` like rs.status(), exit codes.
 
+use chorus_client::topology::ServerType;
 use chorus_client::{Client, Options, Read, ReadPreference, Write};
 use chorus_tests::*;
 use serde_json::{Value, json};
@@ -299,6 +300,19 @@ async fn a_write_refused_by_a_former_master_is_retried_once_on_the_new_one() -> 
         ..Options::default()
     };
     let client = Client::new(&seeds, opts);
+    // Every monitor's one check done, before anything asks for another: from here on
+    // the client's view changes only when an operation fails.
+    wait_for("the client's first view of the set", LONG, || async {
+        let t = client.topology();
+        let kinds: Vec<_> = t.servers().map(|s| s.kind).collect();
+        let primaries = kinds.iter().filter(|k| **k == ServerType::Primary).count();
+        let secondaries = kinds
+            .iter()
+            .filter(|k| **k == ServerType::Secondary)
+            .count();
+        Ok((primaries == 1 && secondaries == 2).then_some(()))
+    })
+    .await?;
     let first = client
         .write(&Write {
             message: "before".into(),
@@ -327,6 +341,9 @@ async fn a_write_refused_by_a_former_master_is_retried_once_on_the_new_one() -> 
     assert_eq!(w.id, 2);
     assert_eq!(w.request_id, "retry-me");
     assert_ne!(w.server, addr(&master));
-    assert_eq!(http.messages(&nodes[0]).await?.len(), 2, "stored once");
+    // Stored once: every member ends with the two messages.
+    let all = [&master, &nodes[0], &nodes[1]];
+    let log = wait_converged(&http, &master, &all, 2, LONG).await?;
+    assert_eq!(log[1].1, "after");
     Ok(())
 }
