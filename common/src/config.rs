@@ -117,6 +117,11 @@ pub struct SecurityArgs {
     /// Without it they are served to loopback clients only.
     #[arg(long, value_name = "F", value_parser = AdminToken::from_file)]
     pub admin_token_file: Option<AdminToken>,
+    /// File holding the set's shared key (at least 16 bytes, readable by its owner
+    /// only): every replication and election connection then proves on both ends that
+    /// it knows the key before anything else is sent. Every member needs the same file.
+    #[arg(long, value_name = "F", value_parser = crate::protocol::auth::ClusterKey::from_file)]
+    pub cluster_key_file: Option<crate::protocol::auth::ClusterKey>,
 }
 
 /// The admin token, read from `--admin-token-file`. Its `Debug` does not show it.

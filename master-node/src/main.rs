@@ -60,6 +60,7 @@ fn main() -> ExitCode {
         max_message_bytes: cli.master.max_message_bytes,
         priority: cli.member.priority,
         admin_token: cli.security.admin_token_file,
+        cluster_key: cli.security.cluster_key_file,
         election_timeout: Duration::from_millis(cli.member.election_timeout_ms),
         master: node::primary::Settings::from(&cli.master),
         start: node::Start::Master,

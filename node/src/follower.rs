@@ -223,6 +223,16 @@ fn follow(node: &Arc<Node>, core: &SharedCore, shared: &Shared) {
                     .trim_end_matches(']')
                     .to_string();
                 lock(core).set_dialed(&host);
+                if let Some(key) = &node.cfg.cluster_key {
+                    let mut stream = &stream;
+                    if let Err(e) = authenticate(&mut stream, key) {
+                        *shared.conn() = None;
+                        tracing::warn!(%master, error = %e, "authentication with a member failed");
+                        let _ = stream.shutdown(Shutdown::Both);
+                        shared.sleep(MAX_BACKOFF);
+                        continue;
+                    }
+                }
                 let followed = {
                     let _span = tracing::info_span!("link", master = %master).entered();
                     let peer = node.member_at(&master);
@@ -250,6 +260,65 @@ fn follow(node: &Arc<Node>, core: &SharedCore, shared: &Shared) {
         let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
         shared.sleep(backoff + Duration::from_millis(jitter));
         backoff = (backoff * 2).min(MAX_HUNT_BACKOFF);
+    }
+}
+
+/// How long the authentication of a connection may take.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// With `--cluster-key-file`: prove to the member just dialled that this node knows
+/// the key, and check that it does too (`common::protocol::auth`), before the Hello.
+fn authenticate(
+    stream: &mut &TcpStream,
+    key: &common::protocol::auth::ClusterKey,
+) -> io::Result<()> {
+    use common::protocol::auth;
+    let fail = |why: String| io::Error::new(io::ErrorKind::PermissionDenied, why);
+    stream.set_read_timeout(Some(AUTH_TIMEOUT))?;
+    stream.set_write_timeout(Some(AUTH_TIMEOUT))?;
+    let mut codec = Codec::new();
+    let client = auth::nonce();
+    let mut out = BytesMut::new();
+    codec
+        .encode(
+            SecondaryFrame::AuthHello {
+                nonce: client.clone(),
+            },
+            &mut out,
+        )
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    stream.write_all(&out)?;
+    let mut buf = BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    let frame = loop {
+        match codec.decode(&mut buf) {
+            Ok(Some(f)) => break f,
+            Ok(None) => {}
+            Err(e) => return Err(fail(format!("bad frame: {e}"))),
+        }
+        match stream.read(&mut chunk)? {
+            0 => return Err(fail("closed during authentication".into())),
+            n => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    match frame {
+        MasterFrame::AuthChallenge { nonce, proof }
+            if key.check_server(&client, &nonce, &proof) =>
+        {
+            out.clear();
+            let proof = key.client_proof(&client, &nonce);
+            codec
+                .encode(SecondaryFrame::AuthProof { proof }, &mut out)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            stream.write_all(&out)?;
+            stream.set_read_timeout(None)?;
+            Ok(())
+        }
+        MasterFrame::AuthChallenge { .. } => Err(fail(
+            "the member does not know the cluster key (its proof does not match)".into(),
+        )),
+        MasterFrame::Error(e) => Err(fail(format!("refused: {e}"))),
+        _ => Err(fail("unexpected answer to AuthHello".into())),
     }
 }
 

@@ -61,6 +61,8 @@ pub struct Config {
     pub election_timeout: Duration,
     /// `--admin-token-file`: what admin operations need (None: loopback clients only).
     pub admin_token: Option<common::config::AdminToken>,
+    /// `--cluster-key-file`: what every replication and election connection proves.
+    pub cluster_key: Option<common::protocol::auth::ClusterKey>,
     /// How this node runs as the master.
     pub master: primary::Settings,
     /// How the node first joins.

@@ -634,7 +634,8 @@ impl Driver {
                     Verdict::Delay(d) => tokio::time::sleep(d).await,
                     Verdict::Pass => {}
                 }
-                match tokio::time::timeout(VOTE_TIMEOUT, ask(&comm, req)).await {
+                let key = node.cfg.cluster_key.clone();
+                match tokio::time::timeout(VOTE_TIMEOUT, ask(&comm, req, key.as_ref())).await {
                     Ok(Ok(resp)) => match node.faults.judge(Some(&name), Dir::In) {
                         Verdict::Drop => {}
                         Verdict::Delay(d) => {
@@ -724,10 +725,38 @@ impl Driver {
 }
 
 /// Ask the member at `comm` for a vote.
-async fn ask(comm: &str, req: VoteRequest) -> anyhow::Result<VoteResponse> {
+async fn ask(
+    comm: &str,
+    req: VoteRequest,
+    key: Option<&common::protocol::auth::ClusterKey>,
+) -> anyhow::Result<VoteResponse> {
     let stream = tokio::net::TcpStream::connect(comm).await?;
     let _ = stream.set_nodelay(true);
     let mut framed = Framed::new(stream, FrameCodec::<MasterFrame, SecondaryFrame>::new());
+    if let Some(key) = key {
+        // Both sides prove they know the cluster key first (common::protocol::auth).
+        let client = common::protocol::auth::nonce();
+        framed
+            .send(SecondaryFrame::AuthHello {
+                nonce: client.clone(),
+            })
+            .await?;
+        match framed.next().await {
+            Some(Ok(MasterFrame::AuthChallenge { nonce, proof }))
+                if key.check_server(&client, &nonce, &proof) =>
+            {
+                let proof = key.client_proof(&client, &nonce);
+                framed.send(SecondaryFrame::AuthProof { proof }).await?;
+            }
+            Some(Ok(MasterFrame::AuthChallenge { .. })) => {
+                anyhow::bail!("the voter does not know the cluster key")
+            }
+            Some(Ok(MasterFrame::Error(e))) => anyhow::bail!("refused: {e}"),
+            Some(Ok(_)) => anyhow::bail!("unexpected answer to AuthHello"),
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("closed during authentication"),
+        }
+    }
     framed.send(SecondaryFrame::RequestVote(req)).await?;
     match framed.next().await {
         Some(Ok(MasterFrame::Vote(resp))) => Ok(resp),

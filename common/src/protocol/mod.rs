@@ -6,6 +6,7 @@
 //! [`MasterFrame::Welcome`] or an [`ErrorFrame`] and closes. `docs/protocol.md` walks
 //! through a whole session.
 
+pub mod auth;
 pub mod codec;
 
 use crate::replication::election::{History, VoteRequest, VoteResponse};
@@ -81,6 +82,11 @@ pub enum SecondaryFrame {
     },
     /// The first frame of an election connection: a candidate asks for a vote.
     RequestVote(VoteRequest),
+    /// With `--cluster-key-file`, the first frame of every connection: the connecting
+    /// side's random nonce ([`auth`]).
+    AuthHello { nonce: Vec<u8> },
+    /// The connecting side's proof that it knows the key, for both nonces.
+    AuthProof { proof: Vec<u8> },
     /// Ask for every message from `start_id` on (`getMessages(startMsgId)`).
     GetMessages { start_id: u64 },
     /// The secondary has caught up and registers for live traffic.
@@ -155,6 +161,9 @@ pub enum MasterFrame {
     TimeoutNow { term: u64 },
     /// The answer to a [`SecondaryFrame::RequestVote`].
     Vote(VoteResponse),
+    /// The answer to [`SecondaryFrame::AuthHello`]: the listening side's nonce and its
+    /// proof that it knows the key.
+    AuthChallenge { nonce: Vec<u8>, proof: Vec<u8> },
     /// A batch of the answer to [`SecondaryFrame::GetMessages`]. `last` marks the batch
     /// that reaches the master's last id at the time it was sent: after it, the
     /// secondary sends [`SecondaryFrame::Ready`] once it holds everything up to it.
@@ -264,6 +273,8 @@ pub enum ErrorCode {
     NotMaster,
     /// The peer's term is older than this node's.
     StaleTerm,
+    /// The peer did not prove it knows the cluster key (`--cluster-key-file`).
+    Unauthorized,
     /// Anything else (for forward compatibility, an unknown code decodes as this).
     #[serde(other)]
     Other,

@@ -782,6 +782,13 @@ impl<S: LogStore> MasterCore<S> {
                     "a vote request belongs on a connection of its own",
                 );
             }
+            SecondaryFrame::AuthHello { .. } | SecondaryFrame::AuthProof { .. } => {
+                self.refuse(
+                    conn,
+                    ErrorCode::UnexpectedFrame,
+                    "authentication comes before the Hello",
+                );
+            }
             SecondaryFrame::GetMessages { start_id } => {
                 if start_id == 0 || start_id > self.written_id + 1 {
                     let msg = format!(

@@ -392,6 +392,10 @@ impl<S: LogStore> SecondaryCore<S> {
                 ErrorCode::UnexpectedFrame,
                 "a vote on a replication connection".into(),
             ),
+            (_, MasterFrame::AuthChallenge { .. }) => self.fail(
+                ErrorCode::UnexpectedFrame,
+                "authentication comes before the Welcome".into(),
+            ),
             (_, MasterFrame::Messages { entries, last, .. }) => {
                 if let (
                     Phase::CatchingUp {
@@ -725,5 +729,6 @@ fn frame_name(f: &MasterFrame) -> &'static str {
         MasterFrame::Members { .. } => "Members",
         MasterFrame::TimeoutNow { .. } => "TimeoutNow",
         MasterFrame::Vote(_) => "Vote",
+        MasterFrame::AuthChallenge { .. } => "AuthChallenge",
     }
 }

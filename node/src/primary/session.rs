@@ -165,6 +165,13 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
     let mut frames = FramedRead::new(read, Codec::new());
+    if let Err(why) = authenticate(&node, &mut frames, &mut write).await {
+        tracing::warn!(%peer, %why, "refused a peer on the comm port: unauthorized");
+        let mut e = ErrorFrame::new(ErrorCode::Unauthorized, why);
+        e.term = node.term();
+        write_one(&mut write, MasterFrame::Error(e)).await;
+        return;
+    }
     let first = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, frames.next()).await {
         Ok(Some(Ok(frame))) => frame,
         Ok(Some(Err(e))) => {
@@ -186,6 +193,15 @@ async fn serve_connection(
             return;
         }
     };
+    if let SecondaryFrame::AuthHello { .. } = first {
+        tracing::warn!(%peer, "refused a peer that authenticates: this node has no cluster key");
+        let e = ErrorFrame::new(
+            ErrorCode::Unauthorized,
+            "this node runs without --cluster-key-file; the members' settings differ",
+        );
+        write_one(&mut write, MasterFrame::Error(e)).await;
+        return;
+    }
     if let SecondaryFrame::RequestVote(req) = first {
         use crate::faults::{Dir, Verdict};
         let candidate = req.candidate.clone();
@@ -252,6 +268,69 @@ async fn serve_connection(
             first: Some(first),
         }
     });
+}
+
+/// With `--cluster-key-file`: the challenge-response that opens every connection
+/// (`common::protocol::auth`); Err says why the peer is refused. (Without a key, a
+/// peer that opens with authentication is refused once its first frame is read.)
+async fn authenticate(
+    node: &Node,
+    frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, Codec>,
+    write: &mut OwnedWriteHalf,
+) -> Result<(), String> {
+    use common::protocol::auth;
+    let Some(key) = &node.cfg.cluster_key else {
+        return Ok(());
+    };
+    let mut next = async || match tokio::time::timeout(FIRST_FRAME_TIMEOUT, frames.next()).await {
+        Ok(Some(Ok(f))) => Ok(f),
+        Ok(Some(Err(e))) => Err(format!("bad frame: {e}")),
+        Ok(None) => Err("closed during authentication".to_string()),
+        Err(_) => Err("no authentication in time".to_string()),
+    };
+    let client = match next().await? {
+        SecondaryFrame::AuthHello { nonce } => nonce,
+        other => {
+            return Err(format!(
+                "this set needs the cluster key; the first frame was {} instead of AuthHello",
+                frame_name(&other)
+            ));
+        }
+    };
+    let server = auth::nonce();
+    let challenge = MasterFrame::AuthChallenge {
+        proof: key.server_proof(&client, &server),
+        nonce: server.clone(),
+    };
+    let mut buf = BytesMut::new();
+    Codec::new()
+        .encode(challenge, &mut buf)
+        .map_err(|e| e.to_string())?;
+    tokio::time::timeout(FIRST_FRAME_TIMEOUT, write.write_all(&buf))
+        .await
+        .map_err(|_| "write timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    match next().await? {
+        SecondaryFrame::AuthProof { proof } if key.check_client(&client, &server, &proof) => Ok(()),
+        SecondaryFrame::AuthProof { .. } => {
+            Err("wrong cluster key (the proof does not match)".into())
+        }
+        other => Err(format!("expected AuthProof, got {}", frame_name(&other))),
+    }
+}
+
+fn frame_name(f: &SecondaryFrame) -> &'static str {
+    match f {
+        SecondaryFrame::Hello { .. } => "Hello",
+        SecondaryFrame::RequestVote(_) => "RequestVote",
+        SecondaryFrame::AuthHello { .. } => "AuthHello",
+        SecondaryFrame::AuthProof { .. } => "AuthProof",
+        SecondaryFrame::GetMessages { .. } => "GetMessages",
+        SecondaryFrame::Ready => "Ready",
+        SecondaryFrame::Ack { .. } => "Ack",
+        SecondaryFrame::Heartbeat { .. } => "Heartbeat",
+        SecondaryFrame::Error(_) => "Error",
+    }
 }
 
 /// Write one frame and close (a refusal, a vote).

@@ -6,6 +6,7 @@ mod bad_input;
 mod chat;
 mod checksum;
 mod client;
+mod cluster_key;
 mod durability;
 mod failover;
 mod faults;
