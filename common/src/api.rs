@@ -424,6 +424,17 @@ pub fn messages_json_chunk(entries: &[Entry], first: bool) -> Vec<u8> {
 
 /// Types that describe the HTTP API in its OpenAPI document (`GET /openapi.json`).
 pub mod doc {
+    /// What an admin operation answers a request that may not do it (docs/security.md).
+    #[derive(utoipa::IntoResponses)]
+    pub enum AdminRefusal {
+        /// With --admin-token-file: no or a wrong `Authorization: Bearer` token
+        #[response(status = 401)]
+        Unauthorized(Error),
+        /// Without --admin-token-file: the client is not on loopback, or the request comes from a web page (an `Origin` header)
+        #[response(status = 403)]
+        Forbidden(Error),
+    }
+
     use serde::Serialize;
     use utoipa::ToSchema;
 

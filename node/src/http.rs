@@ -600,8 +600,7 @@ async fn message_status(path: web::Path<String>, state: web::Data<State>) -> Htt
     responses(
         (status = 200, description = "Removed", body = Object),
         (status = 404, description = "No such member", body = doc::Error),
-        (status = 401, description = "With --admin-token-file: no or a wrong `Authorization: Bearer` token", body = doc::Error),
-        (status = 403, description = "Without --admin-token-file: the client is not on loopback", body = doc::Error),
+        doc::AdminRefusal,
         (status = 503, description = "Not the master (its address in `primary`), or a change of the members still in progress (`membership_change_in_progress`: try again shortly)", body = doc::Error),
     ))]
 async fn remove_member(
@@ -648,8 +647,7 @@ async fn remove_member(
     responses(
         (status = 200, description = "Re-admitted, or was not removed (`readmitted` false)", body = Object),
         (status = 400, description = "Malformed body", body = doc::Error),
-        (status = 401, description = "With --admin-token-file: no or a wrong `Authorization: Bearer` token", body = doc::Error),
-        (status = 403, description = "Without --admin-token-file: the client is not on loopback", body = doc::Error),
+        doc::AdminRefusal,
         (status = 503, description = "Not the master (its address in `primary`)", body = doc::Error),
     ))]
 async fn readmit_member(
@@ -899,8 +897,7 @@ async fn hello(state: web::Data<State>) -> HttpResponse {
     responses(
         (status = 200, description = "Another member is master now", body = Object),
         (status = 400, description = "Malformed body", body = doc::Error),
-        (status = 401, description = "With --admin-token-file: no or a wrong `Authorization: Bearer` token", body = doc::Error),
-        (status = 403, description = "Without --admin-token-file: the client is not on loopback", body = doc::Error),
+        doc::AdminRefusal,
         (status = 503, description = "Not the master (its address in `primary`)", body = doc::Error),
         (status = 504, description = "No other member became master within `timeoutMs`; this one is a secondary", body = doc::Error),
     ))]
@@ -1026,8 +1023,7 @@ async fn checksum(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
 #[utoipa::path(get, path = "/admin/faults", tag = "admin",
     responses(
         (status = 200, description = "`{\"seed\", \"rules\": [{\"peer\", \"drop\", \"delayMs\", \"partition\"}]}`", body = Object),
-        (status = 401, description = "With --admin-token-file: no or a wrong `Authorization: Bearer` token", body = doc::Error),
-        (status = 403, description = "Without --admin-token-file: the client is not on loopback", body = doc::Error),
+        doc::AdminRefusal,
     ))]
 async fn get_faults(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     if let Some(refused) = admin_refusal(&req, &state) {
@@ -1043,8 +1039,7 @@ async fn get_faults(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     responses(
         (status = 200, description = "The rules now in force", body = Object),
         (status = 400, description = "Malformed JSON or an invalid rule", body = doc::Error),
-        (status = 401, description = "With --admin-token-file: no or a wrong `Authorization: Bearer` token", body = doc::Error),
-        (status = 403, description = "Without --admin-token-file: the client is not on loopback", body = doc::Error),
+        doc::AdminRefusal,
     ))]
 async fn put_faults(
     req: HttpRequest,
@@ -1078,8 +1073,7 @@ async fn put_faults(
 #[utoipa::path(delete, path = "/admin/faults", tag = "admin",
     responses(
         (status = 200, description = "No rules any more: `{\"seed\": 0, \"rules\": []}`", body = Object),
-        (status = 401, description = "With --admin-token-file: no or a wrong `Authorization: Bearer` token", body = doc::Error),
-        (status = 403, description = "Without --admin-token-file: the client is not on loopback", body = doc::Error),
+        doc::AdminRefusal,
     ))]
 async fn delete_faults(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     if let Some(refused) = admin_refusal(&req, &state) {

@@ -649,3 +649,21 @@ impl EventStream {
         }
     }
 }
+
+/// The `Hello` of a new secondary called `name` with an empty log, speaking `version`
+/// of the protocol: what a raw peer on the comm port opens with.
+pub fn fresh_hello(name: &str, version: u32) -> common::protocol::SecondaryFrame {
+    common::protocol::SecondaryFrame::Hello {
+        version,
+        name: name.into(),
+        next_expected: 1,
+        log_id: 0,
+        last_term: 0,
+        term: 0,
+        history: Default::default(),
+        comm: None,
+        http: None,
+        priority: 1,
+        delay_ms: 0,
+    }
+}

@@ -206,19 +206,7 @@ async fn the_comm_port_survives_bad_peers() -> anyhow::Result<()> {
     // A newer peer, and one of version 1 (which would not cut what a crashed master
     // lost: see docs/protocol.md).
     for version in [PROTOCOL_VERSION + 1, 1] {
-        let other_version = encode(SecondaryFrame::Hello {
-            version,
-            name: "other".into(),
-            next_expected: 1,
-            log_id: 0,
-            last_term: 0,
-            term: 0,
-            history: Default::default(),
-            comm: None,
-            http: None,
-            priority: 1,
-            delay_ms: 0,
-        });
+        let other_version = encode(fresh_hello("other", version));
         assert_eq!(
             error_code(&poke(comm, &other_version, false)?),
             Some(ErrorCode::VersionMismatch)
@@ -229,19 +217,7 @@ async fn the_comm_port_survives_bad_peers() -> anyhow::Result<()> {
         Some(ErrorCode::HandshakeRequired)
     );
     // Truncated: half a frame, then the peer hangs up. The master just closes.
-    let hello = encode(SecondaryFrame::Hello {
-        version: PROTOCOL_VERSION,
-        name: "half".into(),
-        next_expected: 1,
-        log_id: 0,
-        last_term: 0,
-        term: 0,
-        history: Default::default(),
-        comm: None,
-        http: None,
-        priority: 1,
-        delay_ms: 0,
-    });
+    let hello = encode(fresh_hello("half", PROTOCOL_VERSION));
     assert!(poke(comm, &hello[..hello.len() / 2], true)?.is_empty());
 
     // The master is still up and replicating.

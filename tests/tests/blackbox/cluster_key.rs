@@ -130,19 +130,7 @@ async fn a_keyed_set_works_and_refuses_whoever_lacks_the_key() -> anyhow::Result
 
     // A peer without the key: its Hello is answered `unauthorized`.
     let mut p = Peer::connect(comm)?;
-    p.send(SecondaryFrame::Hello {
-        version: PROTOCOL_VERSION,
-        name: "s8".into(),
-        next_expected: 1,
-        log_id: 0,
-        last_term: 0,
-        term: 0,
-        history: Default::default(),
-        comm: None,
-        http: None,
-        priority: 1,
-        delay_ms: 0,
-    })?;
+    p.send(fresh_hello("s8", PROTOCOL_VERSION))?;
     assert!(unauthorized(p.recv()?), "a Hello without the key");
 
     // The key proves itself: a correct proof passes, the listening side's proof checks.
