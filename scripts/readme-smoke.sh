@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks that the README's first command works: scripts/cluster.sh starts three nodes
-# that replicate; a node killed by hand leaves the others running, and the command the
+# that replicate and serve the chat page, and the chorus CLI finds their master; a node killed by hand leaves the others running, and the command the
 # script prints starts it again on its data (it catches up); kill -9 of the master makes
 # another node master, and the old master restarted with its printed command follows it;
 # one SIGINT stops every node the script started. Bounded in time; cleans up what it
@@ -51,6 +51,12 @@ for port in $((base + 1)) $((base + 2)); do
   got=$(curl -fsS -m 5 "http://127.0.0.1:$port/messages")
   [ "$got" = '[{"id":1,"message":"smoke"}]' ] || fail "$port has $got"
 done
+# The README's next lines: the chat page on any member, and the chorus CLI finding
+# the master from a secondary.
+curl -fsS -m 5 "http://127.0.0.1:$((base + 2))/" | grep -q 'id="messages"' || fail "no chat page on s2"
+cli=target/${CHORUS_PROFILE:-debug}/chorus
+status=$("$cli" --hosts "127.0.0.1:$((base + 1))" status) || fail "chorus status: $status"
+echo "$status" | grep -q ' PRIMARY ' || fail "chorus status names no master: $status"
 
 # kill -9 one secondary: the script says which and how to restart it; the rest go on.
 s1=$(pgrep -g "$script" -f 'secondary-node --name s1 ') || fail "no s1 process"
