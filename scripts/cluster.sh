@@ -10,6 +10,9 @@
 #   CHORUS_PROFILE     debug (default) or release
 #   CHORUS_BIN         a directory with master-node and secondary-node already built
 #                      (then nothing is built)
+#   CHORUS_CLUSTER_KEY_FILE  the set's shared key (default DATA_DIR/cluster.key, made
+#                      on the first start, readable by you only): every replication
+#                      and election connection proves it knows it (docs/security.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,14 +32,18 @@ fi
 bin=$(cd "$bin" && pwd)
 mkdir -p "$data"
 data=$(cd "$data" && pwd)
+key=${CHORUS_CLUSTER_KEY_FILE:-$data/cluster.key}
+if [ ! -e "$key" ]; then
+  (umask 077 && head -c 48 /dev/urandom | base64 >"$key")
+fi
 
 # Each node's command line, absolute paths, so that it can be pasted anywhere.
 declare -A cmd
 cmd[master]="$(printf '%q ' "$bin/master-node" --name master --http-port "$http" \
-  --comm-port "$comm" --data-dir "$data/master")${CHORUS_MASTER_ARGS:-}"
+  --comm-port "$comm" --data-dir "$data/master" --cluster-key-file "$key")${CHORUS_MASTER_ARGS:-}"
 for i in 1 2; do
   cmd[s$i]="$(printf '%q ' "$bin/secondary-node" --name "s$i" --http-port $((http + i)) \
-    --master-comm-port "$comm" --data-dir "$data/s$i")${CHORUS_SECONDARY_ARGS:-}"
+    --master-comm-port "$comm" --data-dir "$data/s$i" --cluster-key-file "$key")${CHORUS_SECONDARY_ARGS:-}"
 done
 
 declare -A running # pid -> name
@@ -61,6 +68,7 @@ chorus is running: master http://127.0.0.1:$http (comm port $comm),
 secondaries s1 http://127.0.0.1:$((http + 1)) and s2 http://127.0.0.1:$((http + 2)).
 The nodes log to this terminal, one line per event, each starting with the node's name.
 Each node keeps its message log in $data/NAME (rm -rf it to start a fresh set).
+Members prove they know the key in $key on every connection.
 If a node stops, the others keep running. Ctrl-C stops them all.
 MSG
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks that the README's first command works: scripts/cluster.sh starts three nodes
-# that replicate and serve the chat page, and the chorus CLI finds their master; a node killed by hand leaves the others running, and the command the
+# that replicate (proving a key the script made) and serve the chat page, and the
+# chorus CLI finds their master; a node killed by hand leaves the others running, and the command the
 # script prints starts it again on its data (it catches up); kill -9 of the master makes
 # another node master, and the old master restarted with its printed command follows it;
 # one SIGINT stops every node the script started. Bounded in time; cleans up what it
@@ -51,6 +52,9 @@ for port in $((base + 1)) $((base + 2)); do
   got=$(curl -fsS -m 5 "http://127.0.0.1:$port/messages")
   [ "$got" = '[{"id":1,"message":"smoke"}]' ] || fail "$port has $got"
 done
+# The script made the set's key, private, and every node uses it.
+[ "$(stat -c %a "$data/cluster.key")" = 600 ] || fail "the cluster key is not private"
+[ "$(pgrep -g "$script" -f -- '--cluster-key-file' | wc -l)" = 3 ] || fail "not every node uses the key"
 # The README's next lines: the chat page on any member, and the chorus CLI finding
 # the master from a secondary.
 curl -fsS -m 5 "http://127.0.0.1:$((base + 2))/" | grep -q 'id="messages"' || fail "no chat page on s2"
