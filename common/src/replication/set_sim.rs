@@ -1509,6 +1509,32 @@ fn seed_6141_member_lists_that_never_converge() {
     run(6141, 253);
 }
 
+/// The same liveness failure, as the first long run (`scripts/sim-soak.sh 300`) found
+/// it: nine seeds of 40,504, every one with removals in its mix, every one ending with
+/// all members followers of one term and no master. Kept until member lists converge
+/// by themselves; each must then pass.
+#[test]
+#[ignore = "known liveness failure with member removals, see docs/failover.md"]
+fn soak_seeds_with_member_lists_that_never_converge() {
+    let seeds = [
+        (1005203, 147),
+        (1012137, 169),
+        (1013673, 169),
+        (1014757, 229),
+        (1023931, 187),
+        (1024477, 221),
+        (1025246, 222),
+        (1032171, 235),
+        (1036796, 252),
+    ];
+    let failing: Vec<u64> = seeds
+        .iter()
+        .filter(|(seed, mix)| std::panic::catch_unwind(|| run(*seed, *mix)).is_err())
+        .map(|(seed, _)| *seed)
+        .collect();
+    assert!(failing.is_empty(), "still failing: {failing:?}");
+}
+
 /// Found by this simulation: a master's own election kept the voters it had before
 /// the joins and removals it made itself, and won the next term with a majority of a
 /// list the set no longer had, while another member won it with the real one. The
