@@ -188,6 +188,9 @@ async fn the_comm_port_survives_bad_peers() -> anyhow::Result<()> {
     let master = Node::master(&dir, "m", &[])?;
     let comm = master.comm.unwrap();
     let s1 = Node::secondary(&dir, "s1", comm, &[])?;
+    // A version mismatch is only reported by the master once it has settled its role
+    // (before that it answers as a member that knows no master yet).
+    wait_member_live(&http, &master, "s1").await?;
 
     let mut garbage = vec![0, 0, 0, 16];
     garbage.extend_from_slice(b"\xc1\xff\x00garbage garbage");
