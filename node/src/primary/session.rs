@@ -227,6 +227,22 @@ async fn serve_connection(
         SecondaryFrame::Hello { name, .. } => Some(name.clone()),
         _ => None,
     };
+    // Another protocol version is told so whatever this node's role (a member that is
+    // not the master, or not settled yet, would otherwise answer NotMaster).
+    if let SecondaryFrame::Hello { version, .. } = &first
+        && *version != common::protocol::PROTOCOL_VERSION
+    {
+        let msg = format!(
+            "this node speaks protocol version {}, the peer sent version {version}",
+            common::protocol::PROTOCOL_VERSION
+        );
+        write_one(
+            &mut write,
+            MasterFrame::Error(ErrorFrame::new(ErrorCode::VersionMismatch, msg)),
+        )
+        .await;
+        return;
+    }
     let replicator = match node.role() {
         Role::Primary(r) if r.connected() => r,
         _ => {

@@ -188,8 +188,6 @@ async fn the_comm_port_survives_bad_peers() -> anyhow::Result<()> {
     let master = Node::master(&dir, "m", &[])?;
     let comm = master.comm.unwrap();
     let s1 = Node::secondary(&dir, "s1", comm, &[])?;
-    // A version mismatch is only reported by the master once it has settled its role
-    // (before that it answers as a member that knows no master yet).
     wait_member_live(&http, &master, "s1").await?;
 
     let mut garbage = vec![0, 0, 0, 16];
@@ -212,6 +210,12 @@ async fn the_comm_port_survives_bad_peers() -> anyhow::Result<()> {
         let other_version = encode(fresh_hello("other", version));
         assert_eq!(
             error_code(&poke(comm, &other_version, false)?),
+            Some(ErrorCode::VersionMismatch)
+        );
+        // A member that is not the master says so too, rather than NotMaster.
+        let s1_comm = s1.comm.expect("a secondary listens too");
+        assert_eq!(
+            error_code(&poke(s1_comm, &other_version, false)?),
             Some(ErrorCode::VersionMismatch)
         );
     }
