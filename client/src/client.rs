@@ -422,12 +422,13 @@ impl Client {
                 return Err(Error::refused(&addr, resp.status().as_u16(), v));
             }
             let mut parser = SseParser::new();
-            let why = loop {
+            // Why the stream ended, and whether that says the server failed.
+            let (why, server_failed) = loop {
                 let chunk =
                     match tokio::time::timeout(self.inner.opts.stream_silence, resp.next()).await {
-                        Err(_) => break "the stream went silent".to_string(),
-                        Ok(None) => break "the server ended the stream".to_string(),
-                        Ok(Some(Err(e))) => break e.to_string(),
+                        Err(_) => break ("the stream went silent".to_string(), true),
+                        Ok(None) => break ("the server ended the stream".to_string(), true),
+                        Ok(Some(Err(e))) => break (e.to_string(), true),
                         Ok(Some(Ok(c))) => c,
                     };
                 for item in parser.feed(&chunk) {
@@ -458,11 +459,11 @@ impl Client {
                         .server(&addr)
                         .is_none_or(|s| s.kind != ServerType::Primary)
                 {
-                    break "no longer the master".to_string();
+                    break ("no longer the master".to_string(), false);
                 }
             };
             tracing::debug!(server = %addr, %why, next, "resuming the stream elsewhere");
-            if why != "no longer the master" {
+            if server_failed {
                 self.failed(&addr, &why);
             }
         }

@@ -301,25 +301,14 @@ fn authenticate(
             n => buf.extend_from_slice(&chunk[..n]),
         }
     };
-    match frame {
-        MasterFrame::AuthChallenge { nonce, proof }
-            if key.check_server(&client, &nonce, &proof) =>
-        {
-            out.clear();
-            let proof = key.client_proof(&client, &nonce);
-            codec
-                .encode(SecondaryFrame::AuthProof { proof }, &mut out)
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            stream.write_all(&out)?;
-            stream.set_read_timeout(None)?;
-            Ok(())
-        }
-        MasterFrame::AuthChallenge { .. } => Err(fail(
-            "the member does not know the cluster key (its proof does not match)".into(),
-        )),
-        MasterFrame::Error(e) => Err(fail(format!("refused: {e}"))),
-        _ => Err(fail("unexpected answer to AuthHello".into())),
-    }
+    let proof = auth::answer(key, &client, frame).map_err(fail)?;
+    out.clear();
+    codec
+        .encode(proof, &mut out)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    stream.write_all(&out)?;
+    stream.set_read_timeout(None)?;
+    Ok(())
 }
 
 /// Resolve `master` (again on every attempt: a container's address may change) and

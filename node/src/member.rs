@@ -741,21 +741,13 @@ async fn ask(
                 nonce: client.clone(),
             })
             .await?;
-        match framed.next().await {
-            Some(Ok(MasterFrame::AuthChallenge { nonce, proof }))
-                if key.check_server(&client, &nonce, &proof) =>
-            {
-                let proof = key.client_proof(&client, &nonce);
-                framed.send(SecondaryFrame::AuthProof { proof }).await?;
-            }
-            Some(Ok(MasterFrame::AuthChallenge { .. })) => {
-                anyhow::bail!("the voter does not know the cluster key")
-            }
-            Some(Ok(MasterFrame::Error(e))) => anyhow::bail!("refused: {e}"),
-            Some(Ok(_)) => anyhow::bail!("unexpected answer to AuthHello"),
-            Some(Err(e)) => return Err(e.into()),
+        let reply = match framed.next().await {
+            Some(frame) => frame?,
             None => anyhow::bail!("closed during authentication"),
-        }
+        };
+        let proof =
+            common::protocol::auth::answer(key, &client, reply).map_err(anyhow::Error::msg)?;
+        framed.send(proof).await?;
     }
     framed.send(SecondaryFrame::RequestVote(req)).await?;
     match framed.next().await {

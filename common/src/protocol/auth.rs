@@ -121,6 +121,29 @@ impl ClusterKey {
     }
 }
 
+/// The connecting side's step after its `AuthHello { nonce: client }`: given the
+/// listening side's answer, the `AuthProof` to send, or why the connection fails.
+pub fn answer(
+    key: &ClusterKey,
+    client: &[u8],
+    answer: super::MasterFrame,
+) -> Result<super::SecondaryFrame, String> {
+    match answer {
+        super::MasterFrame::AuthChallenge { nonce, proof }
+            if key.check_server(client, &nonce, &proof) =>
+        {
+            Ok(super::SecondaryFrame::AuthProof {
+                proof: key.client_proof(client, &nonce),
+            })
+        }
+        super::MasterFrame::AuthChallenge { .. } => {
+            Err("the member does not know the cluster key (its proof does not match)".into())
+        }
+        super::MasterFrame::Error(e) => Err(format!("refused: {e}")),
+        other => Err(format!("expected AuthChallenge, got {}", other.name())),
+    }
+}
+
 fn nonces_ok(client: &[u8], server: &[u8]) -> bool {
     client.len() == NONCE_LEN && server.len() == NONCE_LEN && client != server
 }

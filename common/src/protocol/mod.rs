@@ -280,6 +280,41 @@ pub enum ErrorCode {
     Other,
 }
 
+impl SecondaryFrame {
+    /// The frame's kind, for error messages and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SecondaryFrame::Hello { .. } => "Hello",
+            SecondaryFrame::RequestVote(_) => "RequestVote",
+            SecondaryFrame::AuthHello { .. } => "AuthHello",
+            SecondaryFrame::AuthProof { .. } => "AuthProof",
+            SecondaryFrame::GetMessages { .. } => "GetMessages",
+            SecondaryFrame::Ready => "Ready",
+            SecondaryFrame::Ack { .. } => "Ack",
+            SecondaryFrame::Heartbeat { .. } => "Heartbeat",
+            SecondaryFrame::Error(_) => "Error",
+        }
+    }
+}
+
+impl MasterFrame {
+    /// The frame's kind, for error messages and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MasterFrame::Welcome { .. } => "Welcome",
+            MasterFrame::Messages { .. } => "Messages",
+            MasterFrame::AddMessages { .. } => "AddMessages",
+            MasterFrame::ReadyAck => "ReadyAck",
+            MasterFrame::Heartbeat { .. } => "Heartbeat",
+            MasterFrame::Error(_) => "Error",
+            MasterFrame::Members { .. } => "Members",
+            MasterFrame::TimeoutNow { .. } => "TimeoutNow",
+            MasterFrame::Vote(_) => "Vote",
+            MasterFrame::AuthChallenge { .. } => "AuthChallenge",
+        }
+    }
+}
+
 /// Encode a frame body (without the length prefix).
 pub fn encode_body<T: Serialize>(frame: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     rmp_serde::to_vec_named(frame)

@@ -354,7 +354,7 @@ impl<S: LogStore> SecondaryCore<S> {
             (Phase::AwaitingWelcome, MasterFrame::Heartbeat { .. }) => {}
             (Phase::AwaitingWelcome, other) => self.fail(
                 ErrorCode::HandshakeRequired,
-                format!("expected Welcome, got {}", frame_name(&other)),
+                format!("expected Welcome, got {}", other.name()),
             ),
             (_, MasterFrame::Welcome { .. }) => {
                 self.fail(ErrorCode::UnexpectedFrame, "Welcome sent twice".into())
@@ -715,20 +715,5 @@ fn frame_term(frame: &MasterFrame) -> Option<u64> {
         | MasterFrame::AddMessages { term, .. }
         | MasterFrame::Heartbeat { term, .. } => Some(*term).filter(|t| *t != 0),
         _ => None,
-    }
-}
-
-fn frame_name(f: &MasterFrame) -> &'static str {
-    match f {
-        MasterFrame::Welcome { .. } => "Welcome",
-        MasterFrame::Messages { .. } => "Messages",
-        MasterFrame::AddMessages { .. } => "AddMessages",
-        MasterFrame::ReadyAck => "ReadyAck",
-        MasterFrame::Heartbeat { .. } => "Heartbeat",
-        MasterFrame::Error(_) => "Error",
-        MasterFrame::Members { .. } => "Members",
-        MasterFrame::TimeoutNow { .. } => "TimeoutNow",
-        MasterFrame::Vote(_) => "Vote",
-        MasterFrame::AuthChallenge { .. } => "AuthChallenge",
     }
 }

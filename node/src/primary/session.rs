@@ -309,7 +309,7 @@ async fn authenticate(
         other => {
             return Err(format!(
                 "this set needs the cluster key; the first frame was {} instead of AuthHello",
-                frame_name(&other)
+                other.name()
             ));
         }
     };
@@ -331,21 +331,7 @@ async fn authenticate(
         SecondaryFrame::AuthProof { .. } => {
             Err("wrong cluster key (the proof does not match)".into())
         }
-        other => Err(format!("expected AuthProof, got {}", frame_name(&other))),
-    }
-}
-
-fn frame_name(f: &SecondaryFrame) -> &'static str {
-    match f {
-        SecondaryFrame::Hello { .. } => "Hello",
-        SecondaryFrame::RequestVote(_) => "RequestVote",
-        SecondaryFrame::AuthHello { .. } => "AuthHello",
-        SecondaryFrame::AuthProof { .. } => "AuthProof",
-        SecondaryFrame::GetMessages { .. } => "GetMessages",
-        SecondaryFrame::Ready => "Ready",
-        SecondaryFrame::Ack { .. } => "Ack",
-        SecondaryFrame::Heartbeat { .. } => "Heartbeat",
-        SecondaryFrame::Error(_) => "Error",
+        other => Err(format!("expected AuthProof, got {}", other.name())),
     }
 }
 
