@@ -496,6 +496,7 @@ async fn status(state: web::Data<State>) -> HttpResponse {
         "durability": state.durability.mode(),
         "syncIntervalMs": state.durability.sync_interval_ms(),
         "configVersion": state.store.membership().config_version,
+        "configTerm": state.store.membership().config_term,
         "electionCandidateMetrics": candidate_metrics(&state.node),
         "lastRollback": last_rollback(&state.node),
     }))
@@ -793,6 +794,7 @@ fn secondary_status(state: &State, f: &follower::Handle) -> HttpResponse {
         "state": own_state,
         "term": term,
         "configVersion": membership.config_version,
+        "configTerm": membership.config_term,
         "members": members,
         "lastRollback": last_rollback(&state.node),
         "rollingBack": st.rolling_back,
@@ -884,6 +886,7 @@ async fn hello(state: web::Data<State>) -> HttpResponse {
         "hosts": hosts,
         "term": term,
         "configVersion": membership.config_version,
+        "configTerm": membership.config_term,
         "lastWrite": {"id": last_id, "term": node.store.history().term_of(last_id)},
         "commitId": commit_id,
         "priority": node.cfg.priority,

@@ -134,7 +134,7 @@ impl Node {
             store.term(),
             store.voted_for(),
         );
-        election.set_voters(store.membership().members);
+        election.set_membership(&store.membership());
         let term = AtomicU64::new(election.term());
         let core = follower::shared_core(&cfg.name, store.clone());
         let role = RwLock::new(Role::Secondary(follower::Handle::new(
@@ -300,11 +300,8 @@ impl Node {
     /// set simulation found two masters in one term when a master's own election kept
     /// the list it had before its changes.
     fn sync_voters(&self) {
-        let members = self.store.membership().members;
-        let mut e = self.election();
-        if e.voters().len() != members.len() || members.iter().any(|m| !e.voters().contains(m)) {
-            e.set_voters(members);
-        }
+        let membership = self.store.membership();
+        self.election().set_membership(&membership);
     }
 
     /// Tell the replication core of a newer term: it stores and acknowledges nothing
@@ -440,8 +437,8 @@ impl Driver {
                 }
             }
             Event::MembersChanged => {
-                let members = node.store.membership().members;
-                node.election().set_voters(members);
+                let membership = node.store.membership();
+                node.election().set_membership(&membership);
             }
             Event::NewerTerm(t) => node.election().saw_term(now, t),
             Event::LostQuorum => node.election().step_down(now, Duration::ZERO),

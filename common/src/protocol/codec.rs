@@ -150,6 +150,7 @@ mod tests {
                 }],
                 removed: Vec::new(),
                 config_version: 2,
+                config_term: 3,
                 delay_ms: 0,
             },
             MasterFrame::AddMessages {
@@ -240,6 +241,10 @@ mod tests {
                 pre_vote: true,
                 transfer: false,
                 comm: "127.0.0.1:4002".into(),
+                config: crate::storage::ConfigStamp {
+                    term: 2,
+                    version: 5,
+                },
             }),
             SecondaryFrame::GetMessages { start_id: 1 },
             SecondaryFrame::Ready,
@@ -249,7 +254,8 @@ mod tests {
             },
             SecondaryFrame::Heartbeat {
                 upto: 3,
-                config_version: 0,
+                config_version: 4,
+                config_term: 2,
             },
         ];
         let mut enc = SecondarySide::new();

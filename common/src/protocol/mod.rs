@@ -101,6 +101,9 @@ pub enum SecondaryFrame {
         upto: u64,
         #[serde(default)]
         config_version: u64,
+        /// With `config_version`, the list's stamp (see [`crate::storage::ConfigStamp`]).
+        #[serde(default)]
+        config_term: u64,
     },
     /// Something went wrong; the sender closes the connection after it.
     Error(ErrorFrame),
@@ -144,6 +147,10 @@ pub enum MasterFrame {
         removed: Vec<String>,
         #[serde(default)]
         config_version: u64,
+        /// The term of the master that made the list: lists are ordered by
+        /// `(config_term, config_version)`.
+        #[serde(default)]
+        config_term: u64,
         /// The longest the master holds back a frame (`--delay-ms`): the secondary
         /// allows for it before it calls the master silent and stands for election.
         #[serde(default)]
@@ -155,6 +162,8 @@ pub enum MasterFrame {
         members: Vec<MemberInfo>,
         #[serde(default)]
         removed: Vec<String>,
+        #[serde(default)]
+        config_term: u64,
     },
     /// The master hands over: the secondary should stand for election at once
     /// (`stepDown`, or a caught-up member of higher priority).

@@ -26,6 +26,7 @@
 //! [`ElectionCore`] is the sans-IO state machine of one member: inputs and the time
 //! in, [`ElectionOutput`]s out.
 
+use crate::storage::{ConfigStamp, Membership};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -151,6 +152,12 @@ pub struct VoteRequest {
     /// know yet (a member restarted on another port).
     #[serde(default)]
     pub comm: String,
+    /// The stamp of the member list the candidate holds. A voter whose list does not
+    /// name the candidate refuses only if its own list is at least as new: a list made
+    /// by an older master and never held by a majority must not stop the set from
+    /// electing a member of the newer one (found by the set simulation, seed 6141).
+    #[serde(default)]
+    pub config: ConfigStamp,
 }
 
 /// The answer to a [`VoteRequest`].
@@ -231,6 +238,8 @@ pub struct ElectionCore {
     leader: Option<String>,
     /// Every voting member's name, this one included.
     voters: Vec<String>,
+    /// The stamp of the member list `voters` come from.
+    config: ConfigStamp,
     granted: Vec<String>,
     /// When this member stands next (followers and candidates).
     deadline: Instant,
@@ -254,6 +263,7 @@ impl ElectionCore {
         let rng = StdRng::seed_from_u64(cfg.seed);
         let mut core = Self {
             voters: vec![cfg.name.clone()],
+            config: ConfigStamp::default(),
             cfg,
             term,
             voted_for,
@@ -316,6 +326,12 @@ impl ElectionCore {
         voters.sort();
         voters.dedup();
         self.voters = voters;
+    }
+
+    /// Take the voting members from the stored member list, and its stamp.
+    pub fn set_membership(&mut self, membership: &Membership) {
+        self.set_voters(membership.members.clone());
+        self.config = membership.stamp();
     }
 
     pub fn voters(&self) -> &[String] {
@@ -434,6 +450,7 @@ impl ElectionCore {
             pre_vote: true,
             transfer: false,
             comm: String::new(),
+            config: self.config,
         }));
     }
 
@@ -459,6 +476,7 @@ impl ElectionCore {
             pre_vote: false,
             transfer: self.transfer,
             comm: String::new(),
+            config: self.config,
         }));
     }
 
@@ -505,10 +523,13 @@ impl ElectionCore {
             pre_vote: req.pre_vote,
             reason,
         };
-        if !self.voters.contains(&req.candidate) {
+        if !self.voters.contains(&req.candidate) && self.config >= req.config {
             return refuse(
                 self.term,
-                format!("{} is not a voting member here", req.candidate),
+                format!(
+                    "{} is not a voting member in this member's list ({}, the candidate's is {})",
+                    req.candidate, self.config, req.config
+                ),
             );
         }
         if req.pre_vote {
@@ -762,6 +783,7 @@ mod tests {
             pre_vote: false,
             transfer: false,
             comm: String::new(),
+            config: ConfigStamp::default(),
         };
         assert!(c.handle_vote_request(t0, &ask("a"), pos(1, 5)).granted);
         assert!(!c.handle_vote_request(t0, &ask("b"), pos(1, 5)).granted);
@@ -776,6 +798,48 @@ mod tests {
     }
 
     #[test]
+    fn a_non_member_is_refused_only_by_a_list_at_least_as_new_as_its_own() {
+        let t0 = Instant::now();
+        // "b" holds a list, made by the master of term 1, that removed "c".
+        let mut b = ElectionCore::new(cfg("b", 1), t0, 1, None);
+        b.set_membership(&Membership {
+            members: vec!["a".into(), "b".into()],
+            removed: vec!["c".into()],
+            config_version: 3,
+            config_term: 1,
+            ..Membership::default()
+        });
+        let ask = |config: ConfigStamp| VoteRequest {
+            term: 3,
+            candidate: "c".into(),
+            log: pos(2, 9),
+            pre_vote: false,
+            transfer: false,
+            comm: String::new(),
+            config,
+        };
+        // The candidate's list is older (it never heard of the removal): refused.
+        let older = ConfigStamp {
+            term: 1,
+            version: 2,
+        };
+        let answer = b.handle_vote_request(t0, &ask(older), pos(1, 5));
+        assert!(!answer.granted);
+        assert!(
+            answer.reason.contains("not a voting member"),
+            "{}",
+            answer.reason
+        );
+        // The same version from a later master: the removal never reached a majority,
+        // and the master of term 2 was elected with "c" in its list.
+        let newer = ConfigStamp {
+            term: 2,
+            version: 3,
+        };
+        assert!(b.handle_vote_request(t0, &ask(newer), pos(1, 5)).granted);
+    }
+
+    #[test]
     fn votes_go_only_to_logs_at_least_as_up_to_date() {
         let t0 = Instant::now();
         let mut c = three("c", 1, t0);
@@ -786,6 +850,7 @@ mod tests {
             pre_vote: false,
             transfer: false,
             comm: String::new(),
+            config: ConfigStamp::default(),
         };
         // Longer log of an older last term loses to a newer last term.
         assert!(
@@ -817,6 +882,7 @@ mod tests {
             pre_vote: true,
             transfer: false,
             comm: String::new(),
+            config: ConfigStamp::default(),
         };
         assert!(
             !b.handle_vote_request(t0 + Duration::from_millis(10), &req, pos(1, 5))
@@ -876,6 +942,7 @@ mod tests {
             pre_vote: false,
             transfer: false,
             comm: String::new(),
+            config: ConfigStamp::default(),
         };
         assert!(z.handle_vote_request(t0, &req, pos(1, 5)).granted);
     }

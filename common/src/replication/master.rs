@@ -5,7 +5,7 @@ use super::{ConnId, Health, HealthPolicy, RetryPolicy, WriteConcern};
 use crate::protocol::{
     Entry, ErrorCode, ErrorFrame, MasterFrame, MemberInfo, PROTOCOL_VERSION, SecondaryFrame,
 };
-use crate::storage::{LogStore, Membership, StorageError};
+use crate::storage::{ConfigStamp, LogStore, Membership, StorageError};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -253,11 +253,11 @@ struct Member {
     /// It acknowledged on this connection, so it holds this term's start and counts
     /// toward write concerns and the commit id (see `election`).
     confirmed: bool,
-    /// The member-list version its `Welcome` carried on this connection, and the
-    /// newest version it is known to hold (its `GetMessages` proves it took the
-    /// Welcome; heartbeats say the rest).
-    welcome_version: u64,
-    config_version: u64,
+    /// The member list its `Welcome` carried on this connection, and the newest list
+    /// it is known to hold (its `GetMessages` proves it took the Welcome; heartbeats
+    /// say the rest).
+    welcome_stamp: ConfigStamp,
+    config_stamp: ConfigStamp,
     /// The longest it holds back a frame on purpose (its `--delay-ms`).
     delay: Duration,
 }
@@ -282,8 +282,8 @@ impl Member {
             caught_up_at: None,
             confirmed: false,
             delay: Duration::ZERO,
-            welcome_version: 0,
-            config_version: 0,
+            welcome_stamp: ConfigStamp::default(),
+            config_stamp: ConfigStamp::default(),
         }
     }
 }
@@ -390,6 +390,8 @@ pub struct MasterStatus {
     /// Every member's addresses and priority, this one first.
     pub hosts: Vec<MemberInfo>,
     pub config_version: u64,
+    /// The term of the master that made the member list (this one's, once elected).
+    pub config_term: u64,
     /// The term of the last entry written.
     pub last_term: u64,
 }
@@ -407,9 +409,12 @@ pub struct MasterCore<S> {
     /// Every member's addresses and priority (this one included), and their version.
     hosts: Vec<MemberInfo>,
     config_version: u64,
-    /// The member-list version of the last change of the voting members: the next
-    /// change waits until a majority holds it (Raft's one-server-at-a-time rule).
-    voters_version: u64,
+    /// The term of the master that made the list: this one's from its first change on
+    /// (see [`Membership::config_term`]).
+    config_term: u64,
+    /// The member list of the last change of the voting members: the next change
+    /// waits until a majority holds it (Raft's one-server-at-a-time rule).
+    voters_stamp: ConfigStamp,
     /// Set while a handshake adds a member, until its version is known.
     voters_changed: bool,
     /// Check-quorum: when this master first checked (members get one quorum timeout
@@ -468,6 +473,7 @@ impl<S: LogStore> MasterCore<S> {
             removed,
             hosts,
             config_version,
+            config_term,
         } = store.membership();
         let members = members
             .into_iter()
@@ -496,7 +502,8 @@ impl<S: LogStore> MasterCore<S> {
             history,
             hosts,
             config_version,
-            voters_version: config_version,
+            config_term,
+            voters_stamp: ConfigStamp::default(),
             voters_changed: false,
             led_since: None,
             quorum_lost: false,
@@ -529,7 +536,24 @@ impl<S: LogStore> MasterCore<S> {
             },
             None,
         )?;
+        // Stamp the list with this term, as a new leader's first entry supersedes an
+        // uncommitted tail: a list an older master changed without getting it onto a
+        // majority must give way to the one this master was elected with, or members
+        // holding each would refuse the other's candidates for ever (seed 6141). The
+        // voting members change again only once a majority holds this list.
+        if core.config_term < core.term {
+            core.save_hosts(None)?;
+        }
+        core.voters_stamp = core.stamp();
         Ok(core)
+    }
+
+    /// Where this master's member list stands in the order of lists.
+    fn stamp(&self) -> ConfigStamp {
+        ConfigStamp {
+            term: self.config_term,
+            version: self.config_version,
+        }
     }
 
     /// The log's term starts.
@@ -559,6 +583,7 @@ impl<S: LogStore> MasterCore<S> {
         self.hosts
             .retain(|h| h.name == self.cfg.name || names.contains(&h.name));
         self.config_version += 1;
+        self.config_term = self.term;
         let removed = self.removed.clone();
         self.save_membership(names, removed)?;
         for m in &self.members {
@@ -572,6 +597,7 @@ impl<S: LogStore> MasterCore<S> {
                         config_version: self.config_version,
                         members: self.hosts.clone(),
                         removed: self.removed.clone(),
+                        config_term: self.config_term,
                     },
                 });
             }
@@ -799,7 +825,7 @@ impl<S: LogStore> MasterCore<S> {
                     return;
                 }
                 let m = &mut self.members[idx];
-                m.config_version = m.config_version.max(m.welcome_version);
+                m.config_stamp = m.config_stamp.max(m.welcome_stamp);
                 m.phase = Phase::CatchingUp;
                 m.inflight.clear();
                 m.next_send = start_id;
@@ -841,9 +867,13 @@ impl<S: LogStore> MasterCore<S> {
             SecondaryFrame::Heartbeat {
                 upto,
                 config_version,
+                config_term,
             } => {
                 let m = &mut self.members[idx];
-                m.config_version = m.config_version.max(config_version);
+                m.config_stamp = m.config_stamp.max(ConfigStamp {
+                    term: config_term,
+                    version: config_version,
+                });
                 if let Some(sent) = m.heartbeat_sent.take() {
                     m.rtt = Some(now.saturating_duration_since(sent));
                 }
@@ -1031,9 +1061,9 @@ impl<S: LogStore> MasterCore<S> {
             self.outputs.push(MasterOutput::StorageFailed(e));
         }
         if std::mem::take(&mut self.voters_changed) {
-            self.voters_version = self.config_version;
+            self.voters_stamp = self.stamp();
         }
-        self.members[idx].welcome_version = self.config_version;
+        self.members[idx].welcome_stamp = self.stamp();
         self.outputs.push(MasterOutput::Send {
             conn,
             frame: MasterFrame::Welcome {
@@ -1049,6 +1079,7 @@ impl<S: LogStore> MasterCore<S> {
                 members: self.hosts.clone(),
                 removed: self.removed.clone(),
                 config_version: self.config_version,
+                config_term: self.config_term,
                 delay_ms: self.cfg.delay.as_millis() as u64,
             },
         });
@@ -1105,6 +1136,7 @@ impl<S: LogStore> MasterCore<S> {
             removed,
             hosts: self.hosts.clone(),
             config_version: self.config_version,
+            config_term: self.config_term,
         };
         self.store.set_membership(&m)?;
         self.removed = m.removed;
@@ -1582,7 +1614,7 @@ impl<S: LogStore> MasterCore<S> {
         tracing::info!(peer = %name, members = self.members.len() + 1, "member removed");
         // The other members learn it (a new master must refuse it too).
         self.save_hosts(None)?;
-        self.voters_version = self.config_version;
+        self.voters_stamp = self.stamp();
         Ok(true)
     }
 
@@ -1597,7 +1629,7 @@ impl<S: LogStore> MasterCore<S> {
         let holding = 1 + self
             .members
             .iter()
-            .filter(|m| m.config_version >= self.voters_version)
+            .filter(|m| m.config_stamp >= self.voters_stamp)
             .count();
         let start_committed = self.term_start() == 0 || self.commit_id() >= self.term_start();
         let members = self.members.len() + 1;
@@ -1755,6 +1787,7 @@ impl<S: LogStore> MasterCore<S> {
             removed: self.removed.clone(),
             hosts: self.hosts.clone(),
             config_version: self.config_version,
+            config_term: self.config_term,
             last_term: self.history.term_of(self.written_id),
             refused: self
                 .refused

@@ -5,7 +5,7 @@ use crate::protocol::MemberInfo;
 use crate::protocol::{
     Entry, ErrorCode, ErrorFrame, MasterFrame, PROTOCOL_VERSION, SecondaryFrame,
 };
-use crate::storage::{LogStore, Membership, RolledBack};
+use crate::storage::{ConfigStamp, LogStore, Membership, RolledBack};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -117,9 +117,9 @@ pub struct SecondaryCore<S> {
     truncated: u64,
     /// Rolled back on this connection and not live yet.
     rolling_back: bool,
-    /// The version of the member list this connection's master last sent: an older
+    /// The stamp of the member list this connection's master last sent: an older
     /// one arriving late (frames may overtake each other) is ignored.
-    members_version: u64,
+    members_stamp: ConfigStamp,
     last_error: Option<String>,
     outputs: Vec<SecondaryOutput>,
     identity: Identity,
@@ -173,7 +173,7 @@ impl<S: LogStore> SecondaryCore<S> {
             duplicates: 0,
             truncated: 0,
             rolling_back: false,
-            members_version: 0,
+            members_stamp: ConfigStamp::default(),
             last_error: None,
             outputs: Vec::new(),
             identity: Identity {
@@ -322,6 +322,7 @@ impl<S: LogStore> SecondaryCore<S> {
                     members,
                     removed,
                     config_version,
+                    config_term,
                     delay_ms,
                 },
             ) => {
@@ -347,7 +348,11 @@ impl<S: LogStore> SecondaryCore<S> {
                     // Accepted: the election hears of this master before anything else.
                     self.outputs
                         .insert(at, SecondaryOutput::Following { term, master });
-                    self.adopt(history, members, removed, config_version);
+                    let stamp = ConfigStamp {
+                        term: config_term,
+                        version: config_version,
+                    };
+                    self.adopt(history, members, removed, stamp);
                 }
             }
             // Frames are delayed independently, so a heartbeat may overtake the Welcome.
@@ -372,13 +377,18 @@ impl<S: LogStore> SecondaryCore<S> {
                     config_version,
                     members,
                     removed,
+                    config_term,
                 },
             ) => {
-                if config_version <= self.members_version {
+                let stamp = ConfigStamp {
+                    term: config_term,
+                    version: config_version,
+                };
+                if stamp <= self.members_stamp {
                     return; // overtaken by a newer list (found by the set simulation)
                 }
-                self.members_version = config_version;
-                if let Err(e) = self.save_members(members, removed, config_version) {
+                self.members_stamp = stamp;
+                if let Err(e) = self.save_members(members, removed, stamp) {
                     return self.fail(ErrorCode::Other, format!("storage failure: {e}"));
                 }
                 self.outputs.push(SecondaryOutput::MembersChanged);
@@ -437,11 +447,14 @@ impl<S: LogStore> SecondaryCore<S> {
             ) => {
                 self.master_last_id = self.master_last_id.max(last_id);
                 self.commit_id = self.commit_id.max(commit_id);
-                self.outputs
-                    .push(SecondaryOutput::Send(SecondaryFrame::Heartbeat {
+                self.outputs.push(SecondaryOutput::Send({
+                    let stamp = self.store.membership().stamp();
+                    SecondaryFrame::Heartbeat {
                         upto: self.last_id(),
-                        config_version: self.store.membership().config_version,
-                    }));
+                        config_version: stamp.version,
+                        config_term: stamp.term,
+                    }
+                }));
             }
         }
     }
@@ -523,17 +536,16 @@ impl<S: LogStore> SecondaryCore<S> {
         history: super::election::History,
         members: Vec<MemberInfo>,
         removed: Vec<String>,
-        version: u64,
+        stamp: ConfigStamp,
     ) {
         if let Err(e) = self.store.set_history(&history) {
             return self.fail(ErrorCode::Other, format!("storage failure: {e}"));
         }
-        self.members_version = version;
+        self.members_stamp = stamp;
         let ours = self.store.membership();
-        let changed =
-            ours.hosts != members || ours.removed != removed || ours.config_version != version;
+        let changed = ours.hosts != members || ours.removed != removed || ours.stamp() != stamp;
         if changed && !members.is_empty() {
-            if let Err(e) = self.save_members(members, removed, version) {
+            if let Err(e) = self.save_members(members, removed, stamp) {
                 return self.fail(ErrorCode::Other, format!("storage failure: {e}"));
             }
             self.outputs.push(SecondaryOutput::MembersChanged);
@@ -544,13 +556,14 @@ impl<S: LogStore> SecondaryCore<S> {
         &mut self,
         hosts: Vec<MemberInfo>,
         removed: Vec<String>,
-        version: u64,
+        stamp: ConfigStamp,
     ) -> Result<(), crate::storage::StorageError> {
         self.store.set_membership(&Membership {
             members: hosts.iter().map(|h| h.name.clone()).collect(),
             removed,
             hosts,
-            config_version: version,
+            config_version: stamp.version,
+            config_term: stamp.term,
         })
     }
 

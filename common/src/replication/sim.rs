@@ -641,6 +641,7 @@ fn welcome(log_id: u64, last_id: u64, truncate_after: Option<u64>) -> MasterFram
         members: Vec::new(),
         removed: Vec::new(),
         config_version: 0,
+        config_term: 0,
         delay_ms: 0,
     }
 }
@@ -789,6 +790,7 @@ fn a_secondary_knows_when_it_was_removed_and_where_the_masters_http_is() {
             members: Vec::new(),
             removed: Vec::new(),
             config_version: 0,
+            config_term: 0,
             delay_ms: 0,
         },
     );

@@ -160,6 +160,7 @@ fn membership<S: LogStore>(s: &S) {
             priority: 2,
         }],
         config_version: 3,
+        config_term: 2,
     };
     s.set_membership(&m).unwrap();
     assert_eq!(s.membership(), m);

@@ -131,6 +131,36 @@ pub struct Membership {
     /// Counts the changes of `hosts` and `members` (MongoDB's `configVersion`).
     #[serde(default)]
     pub config_version: u64,
+    /// The term of the master that made this list (MongoDB's `configTerm`). Lists are
+    /// ordered by `(config_term, config_version)`: a master newly elected stamps its
+    /// list with its term, so it replaces a list that an earlier master changed but did
+    /// not get onto a majority, as a new leader's log replaces an uncommitted tail.
+    #[serde(default)]
+    pub config_term: u64,
+}
+
+impl Membership {
+    /// The list's place in the order of lists: newer compares greater.
+    pub fn stamp(&self) -> ConfigStamp {
+        ConfigStamp {
+            term: self.config_term,
+            version: self.config_version,
+        }
+    }
+}
+
+/// Where a member list stands in the order of lists: by the term of the master that
+/// made it, then by its version within that term.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConfigStamp {
+    pub term: u64,
+    pub version: u64,
+}
+
+impl std::fmt::Display for ConfigStamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "v{} of term {}", self.version, self.term)
+    }
 }
 
 /// Entries a member cut from its log because the master of a newer term does not hold

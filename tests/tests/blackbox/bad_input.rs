@@ -349,6 +349,7 @@ async fn a_secondary_survives_a_bad_master() -> anyhow::Result<()> {
             members: Vec::new(),
             removed: Vec::new(),
             config_version: 0,
+            config_term: 0,
             delay_ms: 0,
         },
         &mut welcome,

@@ -138,6 +138,25 @@ async fn one_kill(run: usize) -> anyhow::Result<Duration> {
         )
     })
     .await?;
+    // The new master stamped the member list with its term, and every member holds
+    // that list (MongoDB's configTerm): a list of the dead master's term gives way.
+    wait_for(
+        "every member to hold the new master's list",
+        LONG,
+        || async {
+            let mut stamps = Vec::new();
+            for u in &urls {
+                let h = http.get(&format!("{u}/hello")).await?.1;
+                stamps.push((h["configTerm"].as_u64(), h["configVersion"].as_u64()));
+            }
+            let term = http.get(&format!("{}/hello", urls[new])).await?.1["term"].as_u64();
+            Ok(
+                (term > Some(1) && stamps.iter().all(|s| s.0 == term && *s == stamps[0]))
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
     stop.store(true, Ordering::Relaxed);
     let seen = writer.await?;
     // The first write a new master acknowledged (a 201 of the old master may still

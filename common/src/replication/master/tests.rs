@@ -113,6 +113,7 @@ fn handshake_catch_up_ready_then_live_write() {
                 members: c.status(now).hosts,
                 removed: Vec::new(),
                 config_version: 2,
+                config_term: 1,
                 delay_ms: 0,
             }
         }]
@@ -436,6 +437,7 @@ fn batches_are_urgent_only_while_a_write_waits_for_a_secondary() {
         SecondaryFrame::Heartbeat {
             upto: 4,
             config_version: 0,
+            config_term: 0,
         },
     );
     c.handle_timeout(at);
@@ -462,6 +464,7 @@ fn resends_back_off_exponentially_and_never_give_up() {
             SecondaryFrame::Heartbeat {
                 upto: 0,
                 config_version: 0,
+                config_term: 0,
             },
         );
         c.handle_timeout(now);
@@ -657,6 +660,7 @@ fn protocol_violations_after_handshake_close_the_connection() {
         SecondaryFrame::Heartbeat {
             upto: 99,
             config_version: 0,
+            config_term: 0,
         },
     );
     assert!(refused(&c.take_outputs(), 1, ErrorCode::LogMismatch));
@@ -746,6 +750,7 @@ fn quorum_follows_member_health() {
         SecondaryFrame::Heartbeat {
             upto: 0,
             config_version: 0,
+            config_term: 0,
         },
     );
     assert!(c.submit(at(7), write("c", 1), 3).is_ok());
@@ -774,6 +779,7 @@ fn resends_to_an_unhealthy_member_wait_then_resume_at_once() {
         SecondaryFrame::Heartbeat {
             upto: 0,
             config_version: 0,
+            config_term: 0,
         },
     );
     assert_eq!(c.poll_timeout(), Some(late));
@@ -1125,6 +1131,7 @@ fn a_master_that_hears_no_majority_for_the_quorum_timeout_reports_it_once() {
             SecondaryFrame::Heartbeat {
                 upto: 0,
                 config_version: 0,
+                config_term: 0,
             },
         );
         c.tick_heartbeat(t);
@@ -1195,6 +1202,7 @@ fn a_caught_up_member_of_higher_priority_is_handed_over_to() {
         SecondaryFrame::Heartbeat {
             upto: 0,
             config_version: 0,
+            config_term: 0,
         },
     );
     c.tick_heartbeat(now);
