@@ -136,6 +136,7 @@ pub fn server(
             .service(endpoint("/hello", "GET", web::get().to(hello)))
             .service(endpoint("/checksum", "GET", web::get().to(checksum)))
             .service(endpoint("/", "GET", web::get().to(chat_page)))
+            .service(endpoint("/admin/crash", "POST", web::post().to(crash)))
             .service(
                 web::resource("/admin/faults")
                     .route(web::get().to(get_faults))
@@ -965,6 +966,7 @@ async fn step_down(
         get_faults,
         put_faults,
         delete_faults,
+        crash,
         step_down,
         metrics_page,
         openapi_json
@@ -1087,6 +1089,49 @@ async fn delete_faults(req: HttpRequest, state: web::Data<State>) -> HttpRespons
     }
     state.node.faults.set(crate::faults::FaultSet::default());
     HttpResponse::Ok().json(state.node.faults.get())
+}
+
+/// End this node at once, for fault tests: `{"mode": "kill"}` as a `kill -9` would,
+/// `{"mode": "powerLoss"}` as a power cut would (the log also loses what it had not
+/// made durable: `LogStore::power_loss`). No answer is sent: the connection closes, as
+/// with Redis's `DEBUG SEGFAULT`.
+#[utoipa::path(post, path = "/admin/crash", tag = "admin",
+    request_body = Object,
+    responses(
+        (status = 400, description = "Malformed JSON, or no `mode` of `kill` or `powerLoss`", body = doc::Error),
+        doc::AdminRefusal,
+    ))]
+async fn crash(req: HttpRequest, state: web::Data<State>, payload: web::Payload) -> HttpResponse {
+    if let Some(refused) = admin_refusal(&req, &state) {
+        return refused;
+    }
+    let body = match read_body(payload, 1024).await {
+        Ok(b) => b,
+        Err(e) => return error_response(&e),
+    };
+    let v: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return error_response(&ApiError::bad_request(
+                "invalid_json",
+                format!("malformed JSON: {e}"),
+            ));
+        }
+    };
+    match v["mode"].as_str() {
+        Some("kill") => {
+            tracing::warn!("crash requested (POST /admin/crash): ending now");
+            std::process::abort()
+        }
+        Some("powerLoss") => {
+            tracing::warn!("power loss requested (POST /admin/crash)");
+            state.store.power_loss()
+        }
+        _ => error_response(&ApiError::bad_request(
+            "invalid_request",
+            "`mode` must be \"kill\" or \"powerLoss\"",
+        )),
+    }
 }
 
 /// The chat page (`node/src/chat.html`, embedded in the binary).

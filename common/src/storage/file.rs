@@ -657,6 +657,27 @@ impl LogStore for FileStore {
             .written_id
     }
 
+    fn power_loss(&self) -> ! {
+        // Held until the end: no append can write after the cut.
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let idx = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let keep = idx.disk_id;
+        let cut = idx.offsets.get(keep as usize).copied().unwrap_or(idx.end);
+        tracing::warn!(
+            kept = keep,
+            lost = idx.offsets.len() as u64 - keep,
+            "power loss: the log keeps only what is on the disk, and the process ends"
+        );
+        let cut_done = self.grower.pause(|| {
+            let r = self.log.set_len(cut).and_then(|()| self.log.sync_all());
+            (r, cut)
+        });
+        if let Err(e) = cut_done {
+            tracing::error!(error = %e, "power loss: could not cut the log");
+        }
+        std::process::abort()
+    }
+
     fn truncate(&self, after: u64) -> Result<(), StorageError> {
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         if after >= self.last_id() {

@@ -291,6 +291,14 @@ pub trait LogStore: Send + Sync {
     /// Who belongs to the set, as last saved.
     fn membership(&self) -> Membership;
 
+    /// A power loss, for fault tests (`POST /admin/crash`): the store keeps only what it
+    /// knows is on the disk, as a disk that loses what was not fdatasync'd, and the
+    /// process ends at once (SIGABRT), with no other write after the cut. The default,
+    /// for a store with nothing on a disk, only ends the process.
+    fn power_loss(&self) -> ! {
+        std::process::abort()
+    }
+
     /// Save the membership (durably, members and removed names together).
     fn set_membership(&self, membership: &Membership) -> Result<(), StorageError>;
 
@@ -377,5 +385,8 @@ impl<T: LogStore + ?Sized> LogStore for std::sync::Arc<T> {
     }
     fn set_membership(&self, membership: &Membership) -> Result<(), StorageError> {
         (**self).set_membership(membership)
+    }
+    fn power_loss(&self) -> ! {
+        (**self).power_loss()
     }
 }

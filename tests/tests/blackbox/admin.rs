@@ -1,4 +1,5 @@
-//! Admin operations (`DELETE /members/*`, `POST /members`, `POST /stepDown`) need the
+//! Admin operations (`DELETE /members/*`, `POST /members`, `POST /stepDown`,
+//! `/admin/faults`, `POST /admin/crash`) need the
 //! admin token when the node has one, and come from loopback when it has none (the
 //! loopback rule itself is unit-tested in node/src/http.rs: every client here is on
 //! loopback).
@@ -27,6 +28,10 @@ async fn with_a_token_file_admin_operations_need_the_token() -> anyhow::Result<(
                 .post(&master.url("/members"), &json!({"name": "s2"}))
                 .await?,
             client.post(&nodes[0].url("/stepDown"), &json!({})).await?,
+            client
+                .post(&nodes[1].url("/admin/crash"), &json!({"mode": "kill"}))
+                .await?,
+            client.get(&master.url("/admin/faults")).await?,
         ] {
             assert_eq!(
                 (st, body["code"].as_str()),

@@ -401,3 +401,70 @@ async fn a_member_that_lost_a_majority_acknowledged_tail_catches_it_up_again() -
     }
     Ok(())
 }
+
+/// `POST /admin/crash`: `kill` ends the node as kill -9 does, and everything it
+/// acknowledged is there after a restart; `powerLoss` also loses what the log had not
+/// made durable. With `--durability relaxed` and a sync interval longer than the test,
+/// writes are acknowledged from the page cache: a power loss takes them all, which is
+/// the risk relaxed mode documents, while fsync mode keeps every one.
+#[actix_rt::test]
+async fn admin_crash_kills_or_cuts_the_power() -> anyhow::Result<()> {
+    let dir = TestDir::new("admin-crash");
+    let http = Http::new();
+    for (mode, flags, kept) in [
+        (
+            "powerLoss",
+            &["--durability", "relaxed", "--sync-interval-ms", "600000"][..],
+            0,
+        ),
+        ("powerLoss", &[][..], 5),
+        (
+            "kill",
+            &["--durability", "relaxed", "--sync-interval-ms", "600000"][..],
+            5,
+        ),
+    ] {
+        let name = format!("m-{mode}-{kept}");
+        let mut m = Node::master(&dir, &name, flags)?;
+        wait_for("the master to take writes", LONG, || async {
+            let h = http.get(&m.url("/hello")).await?.1;
+            Ok((h["isWritablePrimary"] == true).then_some(()))
+        })
+        .await?;
+        for i in 0..5 {
+            let (st, b) = http
+                .post(&m.url("/newMessage"), &json!({"message": format!("e{i}")}))
+                .await?;
+            assert_eq!(st, 201, "{b}");
+        }
+        let (st, b) = http
+            .post(&m.url("/admin/crash"), &json!({"mode": "sideways"}))
+            .await?;
+        assert_eq!(
+            (st, b["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{b}"
+        );
+        assert!(
+            http.post(&m.url("/admin/crash"), &json!({"mode": mode}))
+                .await
+                .is_err(),
+            "a crash sends no answer"
+        );
+        m.restart()?;
+        let log = wait_for("the node back", LONG, || async {
+            let (st, v) = http.get(&m.url("/messages")).await?;
+            Ok((st == 200).then_some(v))
+        })
+        .await?;
+        let msgs: Vec<&str> = log
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["message"].as_str())
+            .collect();
+        let expected: Vec<String> = (0..kept).map(|i| format!("e{i}")).collect();
+        assert_eq!(msgs, expected, "{mode} with {flags:?}");
+    }
+    Ok(())
+}
