@@ -17,13 +17,13 @@
 //! chorus-failover --bin-dir target/release --kills 20 --rate 200 --json out.json
 //! ```
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
+use chorus_bench::localset::{Admin, members, percentile};
 use chorus_client::{Client, Options, Write};
 use clap::Parser;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::cell::RefCell;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -56,96 +56,6 @@ struct Cli {
     json: Option<PathBuf>,
 }
 
-/// One member process, restartable with the same flags and data.
-struct Member {
-    name: String,
-    http: String,
-    binary: PathBuf,
-    args: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Member {
-    fn start(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = Command::new(&self.binary)
-            .args(&self.args)
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .with_context(|| format!("start {}", self.binary.display()))?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn members(cli: &Cli, work: &Path) -> Result<Vec<Member>> {
-    let mut out = Vec::new();
-    let master_comm = free_port()?;
-    for (i, name) in ["m", "s1", "s2"].iter().enumerate() {
-        let http = free_port()?;
-        let comm = if i == 0 { master_comm } else { free_port()? };
-        let mut args: Vec<String> = [
-            "--name",
-            name,
-            "--http-port",
-            &http.to_string(),
-            "--comm-port",
-            &comm.to_string(),
-            "--election-timeout-ms",
-            &cli.election_timeout_ms.to_string(),
-            "--data-dir",
-            work.join(name).to_str().unwrap_or_default(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let binary = if i == 0 {
-            cli.bin_dir.join("master-node")
-        } else {
-            args.extend([
-                "--master-ip".into(),
-                "127.0.0.1".into(),
-                "--master-comm-port".into(),
-                master_comm.to_string(),
-            ]);
-            cli.bin_dir.join("secondary-node")
-        };
-        out.push(Member {
-            name: name.to_string(),
-            http: format!("127.0.0.1:{http}"),
-            binary,
-            args,
-            log: work.join(format!("{name}.log")),
-            child: None,
-        });
-    }
-    Ok(out)
-}
-
 /// How one write ended.
 struct Outcome {
     message: String,
@@ -156,19 +66,15 @@ struct Outcome {
     result: Result<(u64, bool, u64), String>,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i]
-}
-
 async fn run(cli: Cli) -> Result<bool> {
     let work = tempfile::Builder::new()
         .prefix("chorus-failover-")
         .tempdir()?;
-    let mut set = members(&cli, work.path())?;
+    let extra = vec![
+        "--election-timeout-ms".to_string(),
+        cli.election_timeout_ms.to_string(),
+    ];
+    let mut set = members(&cli.bin_dir, work.path(), &["m", "s1", "s2"], &extra)?;
     for m in &mut set {
         m.start()?;
     }
@@ -269,55 +175,10 @@ async fn run(cli: Cli) -> Result<bool> {
     let _ = writer.await;
 
     // The final logs: wait until all three hold the same prefix, as far as the longest.
-    let http = awc::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .finish();
-    let get = |addr: &str, path: &str| {
-        let req = http.get(format!("http://{addr}{path}"));
-        async move {
-            let mut resp = req.send().await.map_err(|e| anyhow!("{e}"))?;
-            let v: Value = resp.json().limit(1 << 30).await?;
-            Ok::<Value, anyhow::Error>(v)
-        }
-    };
-    let converge = Instant::now();
-    let (final_log, checksums_agree) = loop {
-        let mut logs = Vec::new();
-        for m in &set {
-            logs.push(get(&m.http, "/messages").await.ok());
-        }
-        let lens: Vec<usize> = logs
-            .iter()
-            .map(|l| l.as_ref().and_then(Value::as_array).map_or(0, Vec::len))
-            .collect();
-        let n = lens.iter().copied().max().unwrap_or(0);
-        if lens.iter().all(|l| *l == n) {
-            let mut sums = Vec::new();
-            for m in &set {
-                sums.push(get(&m.http, &format!("/checksum?upTo={n}")).await.ok());
-            }
-            let agree = sums.windows(2).all(|w| w[0].is_some() && w[0] == w[1]);
-            if agree || converge.elapsed() > Duration::from_secs(30) {
-                break (logs[0].clone().unwrap_or(Value::Null), agree);
-            }
-        }
-        if converge.elapsed() > Duration::from_secs(30) {
-            break (logs[0].clone().unwrap_or(Value::Null), false);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let convergence = converge.elapsed();
-    let log: Vec<(u64, String)> = final_log
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            (
-                e["id"].as_u64().unwrap_or(0),
-                e["message"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
+    let addrs: Vec<String> = set.iter().map(|m| m.http.clone()).collect();
+    let (log, checksums_agree, convergence) = Admin::default()
+        .converge(&addrs, Duration::from_secs(30))
+        .await;
     let mut count = std::collections::HashMap::<&str, usize>::new();
     for (_, m) in &log {
         *count.entry(m.as_str()).or_default() += 1;

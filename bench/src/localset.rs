@@ -1,0 +1,252 @@
+//! A chorus set of member processes on this machine, on free loopback ports, for the
+//! tools that kill, pause and partition members (chorus-failover, chorus-jepsen).
+//! Every process is killed when its [`Member`] is dropped, however the tool ends.
+
+use anyhow::{Context, Result, anyhow};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One member process, restartable with the same flags and data.
+pub struct Member {
+    pub name: String,
+    /// Its HTTP address, `127.0.0.1:port`.
+    pub http: String,
+    pub data_dir: PathBuf,
+    binary: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl Member {
+    pub fn start(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(&self.binary)
+            .args(&self.args)
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("start {}", self.binary.display()))?;
+        self.child = Some(child);
+        self.paused = false;
+        Ok(())
+    }
+
+    /// SIGKILL, then reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.paused = false;
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGSTOP: the process stays, its sockets stay open, it answers nothing.
+    pub fn pause(&mut self) {
+        if let Some(c) = &self.child {
+            signal(c.id(), libc::SIGSTOP);
+            self.paused = true;
+        }
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub fn resume(&mut self) {
+        if let Some(c) = &self.child
+            && self.paused
+        {
+            signal(c.id(), libc::SIGCONT);
+        }
+        self.paused = false;
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) on a child this process spawned and has not reaped.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.resume();
+        self.kill();
+    }
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The members `names` in `work`: the first runs `master-node` (and starts the set), the
+/// others `secondary-node` joining through it. `extra` is added to every command line.
+/// Nothing is started yet.
+pub fn members(
+    bin_dir: &Path,
+    work: &Path,
+    names: &[&str],
+    extra: &[String],
+) -> Result<Vec<Member>> {
+    let mut out = Vec::new();
+    let master_comm = free_port()?;
+    for (i, name) in names.iter().enumerate() {
+        let http = free_port()?;
+        let comm = if i == 0 { master_comm } else { free_port()? };
+        let data_dir = work.join(name);
+        let mut args: Vec<String> = [
+            "--name",
+            name,
+            "--http-port",
+            &http.to_string(),
+            "--comm-port",
+            &comm.to_string(),
+            "--data-dir",
+            data_dir.to_str().unwrap_or_default(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().cloned());
+        let binary = if i == 0 {
+            bin_dir.join("master-node")
+        } else {
+            args.extend([
+                "--master-ip".into(),
+                "127.0.0.1".into(),
+                "--master-comm-port".into(),
+                master_comm.to_string(),
+            ]);
+            bin_dir.join("secondary-node")
+        };
+        out.push(Member {
+            name: name.to_string(),
+            http: format!("127.0.0.1:{http}"),
+            data_dir,
+            binary,
+            args,
+            log: work.join(format!("{name}.log")),
+            child: None,
+            paused: false,
+        });
+    }
+    Ok(out)
+}
+
+/// Plain HTTP to the members, outside the client crate (final logs, checksums, faults).
+pub struct Admin {
+    http: awc::Client,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            http: awc::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .finish(),
+        }
+    }
+}
+
+impl Admin {
+    pub async fn get(&self, addr: &str, path: &str) -> Result<(u16, Value)> {
+        let mut resp = self
+            .http
+            .get(format!("http://{addr}{path}"))
+            .send()
+            .await
+            .map_err(|e| anyhow!("GET {addr}{path}: {e}"))?;
+        let status = resp.status().as_u16();
+        let v: Value = resp.json().limit(1 << 30).await?;
+        Ok((status, v))
+    }
+
+    pub async fn send(&self, method: &str, addr: &str, path: &str, body: &Value) -> Result<u16> {
+        let req = match method {
+            "PUT" => self.http.put(format!("http://{addr}{path}")),
+            "DELETE" => self.http.delete(format!("http://{addr}{path}")),
+            _ => self.http.post(format!("http://{addr}{path}")),
+        };
+        let resp = req
+            .send_json(body)
+            .await
+            .map_err(|e| anyhow!("{method} {addr}{path}: {e}"))?;
+        Ok(resp.status().as_u16())
+    }
+
+    /// The whole log of one member, `(id, message)` in id order.
+    pub async fn log(&self, addr: &str) -> Result<Vec<(u64, String)>> {
+        let (status, v) = self.get(addr, "/messages").await?;
+        anyhow::ensure!(status == 200, "GET {addr}/messages: {status}");
+        Ok(v.as_array()
+            .ok_or_else(|| anyhow!("GET {addr}/messages: not an array"))?
+            .iter()
+            .map(|e| {
+                (
+                    e["id"].as_u64().unwrap_or(0),
+                    e["message"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect())
+    }
+
+    /// Wait until every member (by HTTP address) holds the same log (same length, equal
+    /// `GET /checksum`), for at most `within`. Returns the common log (the first member's when they never
+    /// agreed), whether they agreed, and how long it took.
+    pub async fn converge(
+        &self,
+        set: &[String],
+        within: Duration,
+    ) -> (Vec<(u64, String)>, bool, Duration) {
+        let started = Instant::now();
+        loop {
+            let mut logs = Vec::new();
+            for m in set {
+                logs.push(self.log(m).await.ok());
+            }
+            let lens: Vec<Option<usize>> = logs.iter().map(|l| l.as_ref().map(Vec::len)).collect();
+            let n = lens.iter().flatten().copied().max().unwrap_or(0);
+            if lens.iter().all(|l| *l == Some(n)) {
+                let mut sums = Vec::new();
+                for m in set {
+                    sums.push(
+                        self.get(m, &format!("/checksum?upTo={n}"))
+                            .await
+                            .ok()
+                            .filter(|(s, _)| *s == 200)
+                            .map(|(_, v)| v["checksum"].clone()),
+                    );
+                }
+                if sums.windows(2).all(|w| w[0].is_some() && w[0] == w[1]) {
+                    let log = logs.swap_remove(0).unwrap_or_default();
+                    return (log, true, started.elapsed());
+                }
+            }
+            if started.elapsed() > within {
+                let log = logs.into_iter().flatten().next().unwrap_or_default();
+                return (log, false, started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// `p` in 0..=1 of an ascending list (NaN when empty).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The Jepsen-style fault test on this machine (docs/faults.md, "The fault suite"):
+# chorus-jepsen starts a set of JEPSEN_MEMBERS members on free loopback ports, runs
+# writers (write concerns 1, majority and all, with requestIds) and readers (local and
+# majority) while seeded nemeses kill, pause and partition members, then heals and
+# checks the whole history. Exits non-zero on any violation, keeping the members' data
+# directories and logs for a look.
+#
+#   scripts/jepsen.sh [SECONDS (60)] [SEED (random, printed)] [OUT_JSON]
+#   JEPSEN_MEMBERS (3), JEPSEN_CLIENTS (4), BENCH_PROFILE release (default) or debug
+#
+# Every member is killed when the tool ends, however it ends.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile=${BENCH_PROFILE:-release}
+flag=()
+[ "$profile" = release ] && flag=(--release)
+cargo build "${flag[@]}" --workspace --bins -q
+seconds=${1:-60}
+seed=${2:-$(( (RANDOM << 15) | RANDOM ))}
+json=()
+[ $# -ge 3 ] && json=(--json "$3")
+echo "chorus-jepsen: ${seconds} s of faults, seed ${seed} (replay the schedule: scripts/jepsen.sh ${seconds} ${seed})"
+exec "target/$profile/chorus-jepsen" --bin-dir "target/$profile" \
+  --seconds "$seconds" --seed "$seed" --members "${JEPSEN_MEMBERS:-3}" \
+  --clients "${JEPSEN_CLIENTS:-4}" "${json[@]}"
