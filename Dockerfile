@@ -17,7 +17,8 @@ ARG BASE=debian:bookworm-slim
 FROM ${BASE} AS runtime-base
 RUN groupadd --system chorus \
  && useradd --system --gid chorus --home-dir /var/lib/chorus --shell /usr/sbin/nologin chorus \
- && mkdir -p /var/lib/chorus && chown chorus:chorus /var/lib/chorus
+ && mkdir -p /var/lib/chorus && chown chorus:chorus /var/lib/chorus \
+ && mkdir -p /etc/chorus && chown chorus:chorus /etc/chorus && chmod 700 /etc/chorus
 COPY docker/healthcheck /usr/local/bin/chorus-healthcheck
 USER chorus
 WORKDIR /var/lib/chorus

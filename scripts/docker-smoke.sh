@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks the README's Docker path: the image builds here, `docker compose up` starts a
-# replicating set, containers report healthy, a secondary killed and started again
+# replicating set whose members share a cluster key made on first start, containers
+# report healthy, a secondary killed and started again
 # catches up from its volume, and the master's container killed is replaced by an
 # elected one while the old master, started again, follows it. Bounded; removes its
 # containers, network and volumes (by its own project name), also on failure.
@@ -38,6 +39,9 @@ until curl -fsS -m 2 "http://127.0.0.1:$base/health" | grep -q '"memberCount":3'
   [ $SECONDS -gt $deadline ] && fail "secondaries never joined"
   sleep 0.3
 done
+# The members run with the cluster key compose made on this first start (mode 600).
+curl -fsS -m 2 "http://127.0.0.1:$base/status" | grep -q '"clusterKey":true' || fail "the master runs without the cluster key"
+[ "$(docker exec "$(dc ps -q s2)" stat -c %a /etc/chorus/cluster.key)" = 600 ] || fail "cluster key file is not mode 600"
 post() { curl -sS -m 30 -X POST "http://127.0.0.1:$base/newMessage" -d "{\"message\":\"$1\",\"writeConcern\":$2}"; }
 post one 3 | grep -q '"acks":3' || fail "w=3 write"
 docker kill -s KILL "$(dc ps -q s1)" >/dev/null

@@ -498,6 +498,7 @@ async fn status(state: web::Data<State>) -> HttpResponse {
         "syncIntervalMs": state.durability.sync_interval_ms(),
         "configVersion": state.store.membership().config_version,
         "configTerm": state.store.membership().config_term,
+        "clusterKey": state.node.cfg.cluster_key.is_some(),
         "electionCandidateMetrics": candidate_metrics(&state.node),
         "lastRollback": last_rollback(&state.node),
     }))
@@ -796,6 +797,7 @@ fn secondary_status(state: &State, f: &follower::Handle) -> HttpResponse {
         "term": term,
         "configVersion": membership.config_version,
         "configTerm": membership.config_term,
+        "clusterKey": state.node.cfg.cluster_key.is_some(),
         "members": members,
         "lastRollback": last_rollback(&state.node),
         "rollingBack": st.rolling_back,

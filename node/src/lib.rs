@@ -242,8 +242,14 @@ pub async fn run(
         data_dir = %cfg.data_dir.display(),
         comm = %node.addresses.comm,
         http = %node.addresses.http,
+        cluster_key = cfg.cluster_key.is_some(),
         "listening http={http_addr} comm={comm_addr}"
     );
+    if cfg.cluster_key.is_none() {
+        tracing::warn!(
+            "no --cluster-key-file: anything that reaches the comm port can join this set and read its log (docs/security.md)"
+        );
+    }
     server.await.context("http server failed")?;
     // Acknowledged entries are durable already (in relaxed mode: written); put
     // everything appended on the disk, and give the preallocated space back.
