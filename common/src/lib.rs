@@ -27,3 +27,6 @@ pub mod storage;
 pub mod stream;
 pub mod telemetry;
 pub mod web;
+
+#[cfg(test)]
+mod fuzz;

@@ -1,6 +1,6 @@
 //! Length-prefixed MessagePack framing, one codec for both directions.
 
-use super::MAX_FRAME_LEN;
+use super::{Checked, MAX_FRAME_LEN};
 use bytes::{Buf, BufMut, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
 use std::{io, marker::PhantomData};
@@ -58,7 +58,7 @@ impl<In, Out> Default for FrameCodec<In, Out> {
     }
 }
 
-impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
+impl<In: DeserializeOwned + Checked, Out> Decoder for FrameCodec<In, Out> {
     type Item = In;
     type Error = CodecError;
 
@@ -81,9 +81,10 @@ impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
         src.advance(PREFIX);
         let body = src.split_to(len);
         self.counted_in.count(PREFIX + len);
-        rmp_serde::from_slice(&body)
-            .map(Some)
-            .map_err(|e| CodecError::Malformed(e.to_string()))
+        let frame: In =
+            rmp_serde::from_slice(&body).map_err(|e| CodecError::Malformed(e.to_string()))?;
+        frame.check().map_err(CodecError::Malformed)?;
+        Ok(Some(frame))
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<In>, CodecError> {
@@ -126,6 +127,45 @@ mod tests {
 
     type MasterSide = FrameCodec<SecondaryFrame, MasterFrame>;
     type SecondarySide = FrameCodec<MasterFrame, SecondaryFrame>;
+
+    /// Found by the property tests (`fuzz.rs`): a vote request of term `u64::MAX`
+    /// made a member adopt it, and its next election overflowed the term. Terms that
+    /// large are refused as malformed, here, before any core sees them.
+    #[test]
+    fn terms_out_of_range_are_malformed() {
+        let vote = |term| {
+            SecondaryFrame::RequestVote(crate::replication::election::VoteRequest {
+                term,
+                candidate: "s2".into(),
+                log: crate::replication::election::LogPosition {
+                    last_term: 1,
+                    last_id: 1,
+                },
+                pre_vote: false,
+                transfer: false,
+                comm: String::new(),
+                config: Default::default(),
+            })
+        };
+        for (term, ok) in [
+            (crate::protocol::MAX_TERM - 1, true),
+            (crate::protocol::MAX_TERM, false),
+            (u64::MAX, false),
+        ] {
+            let mut buf = BytesMut::new();
+            SecondarySide::new().encode(vote(term), &mut buf).unwrap();
+            let got = MasterSide::new().decode(&mut buf);
+            assert_eq!(got.is_ok(), ok, "term {term}: {got:?}");
+        }
+        let mut buf = BytesMut::new();
+        MasterSide::new()
+            .encode(MasterFrame::TimeoutNow { term: u64::MAX }, &mut buf)
+            .unwrap();
+        assert!(matches!(
+            SecondarySide::new().decode(&mut buf),
+            Err(CodecError::Malformed(m)) if m.contains("out of range")
+        ));
+    }
 
     fn samples() -> Vec<MasterFrame> {
         vec![
