@@ -523,6 +523,11 @@ fn sync_monitors(inner: &Rc<Inner>) {
     }
 }
 
+/// The error count of `addr` now, as a check of it begins.
+fn me_generation(inner: &Weak<Inner>, addr: &str) -> Option<u64> {
+    inner.upgrade()?.topology.borrow().generation(addr)
+}
+
 /// Check one server's `/hello` every heartbeat, or sooner when asked.
 async fn monitor(inner: Weak<Inner>, addr: String) {
     let url = format!("http://{addr}/hello");
@@ -535,6 +540,7 @@ async fn monitor(inner: Weak<Inner>, addr: String) {
         drop(me);
         // This check answers every request made so far.
         asked.borrow_and_update();
+        let generation = me_generation(&inner, &addr);
         let started = Instant::now();
         let answer: Result<Hello, String> = match http.get(&url).send().await {
             Ok(mut resp) if resp.status() == 200 => resp
@@ -546,10 +552,9 @@ async fn monitor(inner: Weak<Inner>, addr: String) {
         };
         let rtt = started.elapsed();
         let Some(me) = inner.upgrade() else { return };
-        match answer {
-            Ok(hello) => me.topology.borrow_mut().on_hello(&addr, hello, rtt),
-            Err(e) => me.topology.borrow_mut().on_error(&addr, e),
-        }
+        me.topology
+            .borrow_mut()
+            .on_check(&addr, generation, answer, rtt);
         sync_monitors(&me);
         me.changed.send_modify(|g| *g += 1);
         drop(me);

@@ -84,6 +84,10 @@ pub struct Server {
     pub hello: Option<Hello>,
     /// Why it is `Unknown`, if it failed.
     pub error: Option<String>,
+    /// Counts the errors reported for it: a check begun before the latest error is
+    /// stale (MongoDB SDAM: a `hello` from before a network error must not bring back
+    /// the primary that error took away).
+    pub generation: u64,
 }
 
 impl Server {
@@ -95,6 +99,7 @@ impl Server {
             rtt: None,
             hello: None,
             error: None,
+            generation: 0,
         }
     }
 }
@@ -190,10 +195,35 @@ impl Topology {
     /// primary": the server is `Unknown` until it answers again.
     pub fn on_error(&mut self, addr: &str, error: impl Into<String>) {
         if let Some(s) = self.servers.get_mut(addr) {
+            s.generation += 1;
             s.kind = ServerType::Unknown;
             s.rtt = None;
             s.hello = None;
             s.error = Some(error.into());
+        }
+    }
+
+    /// The error count of `addr` (see [`Server::generation`]); read it when a check
+    /// begins and give it to [`Self::on_check`].
+    pub fn generation(&self, addr: &str) -> Option<u64> {
+        self.servers.get(addr).map(|s| s.generation)
+    }
+
+    /// A check of `addr` that began at `generation` ended: its `/hello`, or why it
+    /// failed. Ignored if an error was reported for `addr` since it began.
+    pub fn on_check(
+        &mut self,
+        addr: &str,
+        generation: Option<u64>,
+        answer: Result<Hello, String>,
+        rtt: Duration,
+    ) {
+        if self.generation(addr) != generation {
+            return;
+        }
+        match answer {
+            Ok(hello) => self.on_hello(addr, hello, rtt),
+            Err(e) => self.on_error(addr, e),
         }
     }
 

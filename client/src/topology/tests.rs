@@ -333,3 +333,36 @@ fn reads_go_where_the_preference_says_and_to_the_fastest() {
         t.describe()
     );
 }
+
+/// MongoDB SDAM: a check that began before an error was reported for the server is
+/// stale. Found by the client's failover test: the retry of a write that failed on a
+/// killed master went to it again, because a /hello it had answered just before the
+/// kill arrived after the write's error and marked it primary again.
+#[test]
+fn a_check_begun_before_an_error_does_not_bring_the_primary_back() {
+    let mut t = Topology::new(&["a:1", "b:1"]);
+    t.on_hello(
+        "a:1",
+        hello("a:1", &Reply::Primary(1, 1, &["a:1", "b:1"])).unwrap(),
+        Duration::from_millis(1),
+    );
+    assert_eq!(t.primary().map(|s| s.addr.as_str()), Some("a:1"));
+    let began = t.generation("a:1");
+    t.on_error("a:1", "connection refused");
+    t.on_check(
+        "a:1",
+        began,
+        Ok(hello("a:1", &Reply::Primary(1, 1, &["a:1", "b:1"])).unwrap()),
+        Duration::from_millis(1),
+    );
+    assert!(t.primary().is_none(), "the stale answer is ignored");
+    // A check begun after the error counts.
+    let now = t.generation("a:1");
+    t.on_check(
+        "a:1",
+        now,
+        Ok(hello("a:1", &Reply::Primary(1, 1, &["a:1", "b:1"])).unwrap()),
+        Duration::from_millis(1),
+    );
+    assert_eq!(t.primary().map(|s| s.addr.as_str()), Some("a:1"));
+}
