@@ -33,6 +33,16 @@ pub fn method_not_allowed(
     }
 }
 
+/// The most HTTP connections a node holds at once (per worker; nodes run one): room
+/// for 10,000 idle change streams and their clients. Past it the server stops
+/// accepting until one closes; the operating system's backlog queues the rest.
+pub const MAX_HTTP_CONNECTIONS: usize = 25_000;
+
+/// A client must send a request's head (line and headers) within this, or the
+/// connection is closed with 408: a slowloris client holds a connection 5 s, not for
+/// ever. Heads over actix-web's limits (96 headers, 32 KiB a head) are refused with 431.
+pub const CLIENT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Build and start the HTTP server on `listener`: the routes `configure` adds, JSON 404s
 /// for everything else, 5 s to finish in-flight requests when stopped, and no signal
 /// handling of its own (each node handles SIGINT/SIGTERM itself). `workers` threads
@@ -60,6 +70,8 @@ where
         server = server.workers(n);
     }
     Ok(server
+        .max_connections(MAX_HTTP_CONNECTIONS)
+        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
         .shutdown_timeout(5)
         .disable_signals()
         .listen(listener)?
@@ -74,23 +86,58 @@ pub fn endpoint(path: &str, method: &'static str, route: actix_web::Route) -> ac
         .default_service(web::to(method_not_allowed(method)))
 }
 
-/// Read a request body of at most `limit` bytes; a larger one is a 413.
-pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::bad_request("invalid_body", format!("could not read the body: {e}"))
-        })?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::new(
-                413,
-                "message_too_large",
-                format!("the request body is larger than the limit of {limit} bytes"),
-            ));
-        }
-        body.extend_from_slice(&chunk);
+/// How long a client may take to send a request body, once its head has arrived
+/// (actix-web bounds the head itself: [`CLIENT_REQUEST_TIMEOUT`]).
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Read a request body of at most `limit` bytes: a larger one, or a `Content-Length`
+/// that announces one, is a 413 at once (nothing waits for a gigabyte that is never
+/// sent); a body that takes longer than [`BODY_TIMEOUT`] is a 408.
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            413,
+            "message_too_large",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
     }
-    Ok(body)
+    let read = async {
+        let mut body = Vec::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::bad_request("invalid_body", format!("could not read the body: {e}"))
+            })?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    };
+    tokio::time::timeout(BODY_TIMEOUT, read)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                408,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )
+        })?
 }
 
 /// Entries read from the store per chunk of a `GET /messages` response.

@@ -165,14 +165,18 @@ pub fn server(
         (status = 503, description = "Not writable: a secondary (the master's address in `primary`), no quorum, or shutting down; nothing stored", body = doc::Error),
         (status = 504, description = "Timed out; the message is stored and keeps replicating", body = doc::Error),
     ))]
-async fn new_message(state: web::Data<State>, payload: web::Payload) -> HttpResponse {
+async fn new_message(
+    http: HttpRequest,
+    state: web::Data<State>,
+    payload: web::Payload,
+) -> HttpResponse {
     let role = state.node.settled_role().await;
     let replicator = match &role {
         Role::Primary(r) => r,
         Role::Secondary(_) => return not_primary(&state.node, "takes no writes"),
     };
     let started = Instant::now();
-    let (response, write_concern) = write(&state, replicator, payload).await;
+    let (response, write_concern) = write(&http, &state, replicator, payload).await;
     let outcome = match response.status().as_u16() {
         201 => "committed",
         504 => "timeout",
@@ -188,13 +192,14 @@ async fn new_message(state: web::Data<State>, payload: web::Payload) -> HttpResp
 
 /// Validate, submit and wait for one write; also the write concern it asked for.
 async fn write(
+    http: &HttpRequest,
     state: &State,
     replicator: &Addr<Replicator>,
     payload: web::Payload,
 ) -> (HttpResponse, Option<common::replication::WriteConcern>) {
     // JSON escapes can make a message up to 6 times its size on the wire.
     let limit = state.max_message_bytes.saturating_mul(6) + 64 * 1024;
-    let body = match read_body(payload, limit).await {
+    let body = match read_body(http, payload, limit).await {
         Ok(b) => b,
         Err(e) => return (error_response(&e), None),
     };
@@ -309,6 +314,14 @@ fn refused(e: SubmitError) -> HttpResponse {
         }
         SubmitError::Rejected(e @ Rejected::NoQuorum { .. }) => {
             error_response(&ApiError::not_writable(e.to_string(), None))
+        }
+        SubmitError::Rejected(e @ Rejected::Overloaded { .. }) => {
+            let mut resp = error_response(&ApiError::new(503, "overloaded", e.to_string()));
+            resp.headers_mut().insert(
+                actix_web::http::header::RETRY_AFTER,
+                actix_web::http::header::HeaderValue::from_static("1"),
+            );
+            resp
         }
         SubmitError::Rejected(Rejected::Storage(e)) => {
             error_response(&ApiError::new(500, "storage_error", e.to_string()))
@@ -666,7 +679,7 @@ async fn readmit_member(
         Role::Primary(r) => r,
         Role::Secondary(_) => return not_primary(&state.node, "does not change the membership"),
     };
-    let name = match read_body(payload, 64 * 1024)
+    let name = match read_body(&req, payload, 64 * 1024)
         .await
         .and_then(|b| api::parse_member(&b))
     {
@@ -915,7 +928,7 @@ async fn step_down(
     if let Some(refused) = admin_refusal(&http, &state) {
         return refused;
     }
-    let req = match read_body(payload, 64 * 1024)
+    let req = match read_body(&http, payload, 64 * 1024)
         .await
         .and_then(|b| api::parse_step_down(&b))
     {
@@ -1056,7 +1069,7 @@ async fn put_faults(
     if let Some(refused) = admin_refusal(&req, &state) {
         return refused;
     }
-    let body = match read_body(payload, 64 * 1024).await {
+    let body = match read_body(&req, payload, 64 * 1024).await {
         Ok(b) => b,
         Err(e) => return error_response(&e),
     };
@@ -1107,7 +1120,7 @@ async fn crash(req: HttpRequest, state: web::Data<State>, payload: web::Payload)
     if let Some(refused) = admin_refusal(&req, &state) {
         return refused;
     }
-    let body = match read_body(payload, 1024).await {
+    let body = match read_body(&req, payload, 1024).await {
         Ok(b) => b,
         Err(e) => return error_response(&e),
     };

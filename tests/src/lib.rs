@@ -667,3 +667,19 @@ pub fn fresh_hello(name: &str, version: u32) -> common::protocol::SecondaryFrame
         delay_ms: 0,
     }
 }
+
+/// Raise this process's soft limit of open files toward `want` (up to the hard limit):
+/// tests that hold many connections at once need more than a default of 1,024.
+pub fn raise_fd_limit(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < want {
+            lim.rlim_cur = want.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

@@ -11,7 +11,7 @@
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use clap::Parser;
 use common::api;
 use common::replication::Receipt;
@@ -33,9 +33,9 @@ struct Cli {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-async fn new_message(payload: web::Payload) -> HttpResponse {
+async fn new_message(req: HttpRequest, payload: web::Payload) -> HttpResponse {
     let limit = api::DEFAULT_MAX_MESSAGE_BYTES * 6 + 64 * 1024;
-    let body = match read_body(payload, limit).await {
+    let body = match read_body(&req, payload, limit).await {
         Ok(b) => b,
         Err(e) => return error_response(&e),
     };

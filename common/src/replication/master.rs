@@ -54,7 +54,15 @@ pub struct MasterConfig {
     /// The longest this master holds back a frame on purpose (`--delay-ms`): silence
     /// that long (plus the member's own) is not counted against a member.
     pub delay: Duration,
+    /// The most writes waiting for their write concern at once (distinct ids); a write
+    /// over it is refused before it is stored ([`Rejected::Overloaded`]).
+    pub max_pending_writes: usize,
 }
+
+/// The default of [`MasterConfig::max_pending_writes`]: far above what the benchmark's
+/// 64 clients keep in flight, far below what would exhaust memory (a waiting write
+/// costs about 100 bytes here, plus its message until it is sent).
+pub const MAX_PENDING_WRITES: usize = 65_536;
 
 /// Where a node's HTTP API listens, as others should reach it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -107,6 +115,7 @@ impl MasterConfig {
             priority: 1,
             quorum_timeout: None,
             delay: Duration::ZERO,
+            max_pending_writes: MAX_PENDING_WRITES,
         }
     }
 }
@@ -149,6 +158,12 @@ pub enum Rejected {
     /// The master is handing over to another member (`stepDown`, priority takeover).
     #[error("this master is stepping down; send writes to the next one")]
     SteppingDown,
+    /// Too many writes are waiting for their write concern (a client that asks for
+    /// more members than answer, with no timeout, for instance).
+    #[error(
+        "{pending} writes are waiting for their write concern, the most this master holds; try again shortly"
+    )]
+    Overloaded { pending: usize },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -708,6 +723,11 @@ impl<S: LogStore> MasterCore<S> {
             None => {
                 if self.handing_over {
                     return Err(Rejected::SteppingDown);
+                }
+                if self.waiters.len() >= self.cfg.max_pending_writes {
+                    return Err(Rejected::Overloaded {
+                        pending: self.waiters.len(),
+                    });
                 }
                 self.check_quorum(now)?;
                 let id = self.last_id + 1;

@@ -22,9 +22,9 @@ mod spin;
 
 pub use defer::{SYNC_DEFER, SyncSchedule, is_urgent};
 pub use master::{
-    HttpAddress, MasterConfig, MasterCore, MasterOutput, MasterStatus, MemberStatus,
-    MembershipError, REFUSED_MAX, Receipt, RefusedPeer, Rejected, Token, WriteOutcome,
-    WriteRequest,
+    HttpAddress, MAX_PENDING_WRITES, MasterConfig, MasterCore, MasterOutput, MasterStatus,
+    MemberStatus, MembershipError, REFUSED_MAX, Receipt, RefusedPeer, Rejected, Token,
+    WriteOutcome, WriteRequest,
 };
 pub use retry::RetryPolicy;
 pub use spin::{SPIN_BUDGET, SPIN_MAX_WAITING, SpinPolicy};

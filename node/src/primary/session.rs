@@ -13,6 +13,7 @@ use common::protocol::{ErrorCode, ErrorFrame, MasterFrame, SecondaryFrame};
 use common::replication::ConnId;
 use futures::StreamExt;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -20,8 +21,40 @@ use tokio::net::{TcpListener, tcp::OwnedWriteHalf};
 use tokio::sync::Notify;
 use tokio_util::codec::{Encoder, FramedRead};
 
-/// How long a peer may take to send its first frame.
+/// How long a peer may take to send its first frame (and each frame of the key
+/// handshake before it).
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most comm connections open at once: members' replication links, vote
+/// requests, and anything else that connects. A set has a handful of members; the rest
+/// of the room is for reconnects and elections.
+pub const MAX_COMM_CONNECTIONS: usize = 1024;
+
+/// The most comm connections still in their handshake (before their first frame,
+/// after the key handshake if there is one), each for at most [`FIRST_FRAME_TIMEOUT`]
+/// a step: peers that connect and say nothing cannot take every connection.
+pub const MAX_HANDSHAKING: usize = 128;
+
+/// One taken place in a count of connections, given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    /// A place, if fewer than `max` are taken.
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(count.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 type Codec = FrameCodec<SecondaryFrame, MasterFrame>;
 
@@ -139,13 +172,32 @@ impl Outbox {
 /// otherwise, a `NotMaster` refusal naming the master if this node knows it.
 pub async fn accept_loop(listener: TcpListener, node: Arc<Node>) {
     let mut next: ConnId = 0;
+    let open = Arc::new(AtomicUsize::new(0));
+    let handshaking = Arc::new(AtomicUsize::new(0));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let slots = Slot::take(&open, MAX_COMM_CONNECTIONS)
+                    .and_then(|o| Slot::take(&handshaking, MAX_HANDSHAKING).map(|h| (o, h)));
+                let Some((slot, handshake)) = slots else {
+                    // Told why, if the socket takes it at once; never waited on.
+                    let msg = format!(
+                        "too many connections ({} open, {} in their handshake; the most are {MAX_COMM_CONNECTIONS} and {MAX_HANDSHAKING})",
+                        open.load(Ordering::Acquire),
+                        handshaking.load(Ordering::Acquire)
+                    );
+                    tracing::warn!(%peer, "refused a comm connection: {msg}");
+                    let mut buf = BytesMut::new();
+                    let frame = MasterFrame::Error(ErrorFrame::new(ErrorCode::Other, msg));
+                    if Codec::new().encode(frame, &mut buf).is_ok() {
+                        let _ = stream.try_write(&buf);
+                    }
+                    continue;
+                };
                 next += 1;
                 let conn = next;
                 let node = node.clone();
-                actix_web::rt::spawn(serve_connection(conn, stream, peer, node));
+                actix_web::rt::spawn(serve_connection(conn, stream, peer, node, slot, handshake));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep serving.
@@ -161,6 +213,8 @@ async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     node: Arc<Node>,
+    slot: Slot,
+    handshake: Slot,
 ) {
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
@@ -193,6 +247,7 @@ async fn serve_connection(
             return;
         }
     };
+    drop(handshake);
     if let SecondaryFrame::AuthHello { .. } = first {
         tracing::warn!(%peer, "refused a peer that authenticates: this node has no cluster key");
         let e = ErrorFrame::new(
@@ -282,6 +337,7 @@ async fn serve_connection(
             delay,
             closing: false,
             first: Some(first),
+            _slot: slot,
         }
     });
 }
@@ -358,6 +414,8 @@ pub struct Session {
     /// The first frame, read before the session existed: the replicator gets it once
     /// the session is registered.
     first: Option<SecondaryFrame>,
+    /// Its place among the comm port's connections, given back when the session ends.
+    _slot: Slot,
 }
 
 impl Session {

@@ -11,6 +11,7 @@ mod durability;
 mod failover;
 mod faults;
 mod health;
+mod hostile;
 mod membership;
 mod metrics;
 mod openapi;

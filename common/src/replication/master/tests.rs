@@ -1219,3 +1219,22 @@ fn a_caught_up_member_of_higher_priority_is_handed_over_to() {
             .any(|o| matches!(o, MasterOutput::HandedOver { to } if to == "s1")),
     );
 }
+
+/// A write over `max_pending_writes` is refused before it is stored, and the limit
+/// frees up as waiting writes are answered.
+#[test]
+fn writes_over_the_pending_limit_are_refused_unstored() {
+    let mut cfg = MasterConfig::new("m", Duration::from_millis(100));
+    cfg.max_pending_writes = 2;
+    let mut c = MasterCore::new(cfg, Arc::new(MemStore::new())).unwrap();
+    let now = Instant::now();
+    assert_eq!(c.submit(now, write("a", 1), 1), Ok(1));
+    assert_eq!(c.submit(now, write("b", 1), 2), Ok(2));
+    assert_eq!(
+        c.submit(now, write("c", 1), 3),
+        Err(Rejected::Overloaded { pending: 2 })
+    );
+    assert_eq!(c.last_id(), 2, "the refused write was not stored");
+    durable(&mut c, now);
+    assert_eq!(c.submit(now, write("c", 1), 3), Ok(3));
+}
