@@ -537,6 +537,24 @@ fn rolled_back(set: &[Member]) -> Vec<RolledBack> {
     out
 }
 
+/// Write `message` with every member as its write concern, again and again for up to
+/// a minute; whether it was acknowledged.
+async fn write_everywhere(run: &Run, message: &str) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        let w = Write {
+            message: message.into(),
+            write_concern: Some(json!(run.cli.members)),
+            timeout_ms: Some(2000),
+            ..Write::default()
+        };
+        if run.client.write(&w).await.is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
 async fn run(cli: Cli) -> Result<bool> {
     let tmp = tempfile::Builder::new()
         .prefix("chorus-jepsen-")
@@ -578,21 +596,8 @@ async fn run(cli: Cli) -> Result<bool> {
         stop: Cell::new(false),
     });
     // Ready once a write reaches every member.
-    let ready = Instant::now();
-    while run
-        .client
-        .write(&Write {
-            message: "ready".into(),
-            write_concern: Some(json!(run.cli.members)),
-            timeout_ms: Some(2000),
-            ..Write::default()
-        })
-        .await
-        .is_err()
-    {
-        if ready.elapsed() > Duration::from_secs(60) {
-            bail!("the set never took a write on every member");
-        }
+    if !write_everywhere(&run, "ready").await {
+        bail!("the set never took a write on every member");
     }
     run.event(&format!(
         "{} members up; seed {}; {} s of faults",
@@ -631,20 +636,8 @@ async fn run(cli: Cli) -> Result<bool> {
     // Convergence counts from here: the set is healed and no write is in flight.
     let quiet = Instant::now();
     // One last write on every member, so that a master of the last term holds
-    // everything committed; then the members must agree.
-    let last = Instant::now();
-    while run
-        .client
-        .write(&Write {
-            message: "final".into(),
-            write_concern: Some(json!(run.cli.members)),
-            timeout_ms: Some(2000),
-            ..Write::default()
-        })
-        .await
-        .is_err()
-        && last.elapsed() < Duration::from_secs(60)
-    {}
+    // everything committed; then the members must agree (the checker says so if not).
+    write_everywhere(&run, "final").await;
     let addrs: Vec<(String, String)> = run
         .set
         .borrow()
