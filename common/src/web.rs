@@ -40,7 +40,7 @@ pub const MAX_HTTP_CONNECTIONS: usize = 25_000;
 
 /// A client must send a request's head (line and headers) within this, or the
 /// connection is closed with 408: a slowloris client holds a connection 5 s, not for
-/// ever. Heads over actix-web's limits (96 headers, 32 KiB a head) are refused with 431.
+/// ever. Heads over actix-web's limits (96 headers, 128 KiB a head) are refused with 431.
 pub const CLIENT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Build and start the HTTP server on `listener`: the routes `configure` adds, JSON 404s
