@@ -51,6 +51,11 @@ impl Member {
         self.child.is_some()
     }
 
+    /// Stopped by [`Self::pause`] and not resumed yet.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
     /// SIGSTOP: the process stays, its sockets stay open, it answers nothing.
     pub fn pause(&mut self) {
         if let Some(c) = &self.child {

@@ -317,12 +317,13 @@ impl Run {
             "lossy-master" => master.iter().cloned().collect(),
             _ => Vec::new(),
         };
-        // A member killed by the other nemesis of a pair is not paused or cut as well.
+        // A member killed or paused by the other nemesis of a pair is left alone (a
+        // paused one could not take fault rules either).
         let running: Vec<String> = self
             .set
             .borrow()
             .iter()
-            .filter(|m| m.is_running())
+            .filter(|m| m.is_running() && !m.is_paused())
             .map(|m| m.name.clone())
             .collect();
         if targets.is_empty() || targets.iter().any(|t| !running.contains(t)) {
