@@ -34,7 +34,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Start a node; wait for its "listening http=... comm=..." line; print "http comm".
+# Start a node (in this shell, so that its pid is remembered for the cleanup); wait
+# for its "listening http=... comm=..." line; leave "http comm" in $work/NAME.addr.
 start() {
   local name=$1 log=$work/$1.log
   shift
@@ -43,7 +44,7 @@ start() {
   for _ in $(seq 300); do
     if line=$(grep -o 'listening http=[^ ]* comm=[^ "]*' "$log" 2>/dev/null | head -1) && [ -n "$line" ]; then
       line=${line#listening http=}
-      echo "${line% comm=*} ${line#* comm=}"
+      echo "${line% comm=*} ${line#* comm=}" >"$work/$name.addr"
       return
     fi
     sleep 0.1
@@ -52,9 +53,11 @@ start() {
   tail -20 "$log" >&2
   exit 1
 }
-read -r m_http m_comm < <(start m "$bin/master-node" --comm-port 0)
-read -r s1_http _ < <(start s1 "$bin/secondary-node" --master-ip "${m_comm%:*}" --master-comm-port "${m_comm##*:}")
-read -r _ _ < <(start s2 "$bin/secondary-node" --master-ip "${m_comm%:*}" --master-comm-port "${m_comm##*:}")
+start m "$bin/master-node" --comm-port 0
+read -r m_http m_comm <"$work/m.addr"
+start s1 "$bin/secondary-node" --master-ip "${m_comm%:*}" --master-comm-port "${m_comm##*:}"
+read -r s1_http _ <"$work/s1.addr"
+start s2 "$bin/secondary-node" --master-ip "${m_comm%:*}" --master-comm-port "${m_comm##*:}"
 for _ in $(seq 300); do
   curl -fsS -m 2 "http://$m_http/health" 2>/dev/null | grep -q '"memberCount":3' && break
   sleep 0.1
