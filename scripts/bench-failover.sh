@@ -11,13 +11,11 @@
 #   BENCH_PROFILE release (default) or debug (CI: a smoke run)
 #
 # The members live in a temp directory on free loopback ports and are killed when the
-# tool ends, however it ends.
+# tool ends or panics (not if the tool itself is SIGKILLed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-profile=${BENCH_PROFILE:-release}
-flag=()
-[ "$profile" = release ] && flag=(--release)
-cargo build "${flag[@]}" --workspace --bins -q
+# shellcheck source=lib/profile.sh
+. scripts/lib/profile.sh
 json=()
 [ $# -ge 1 ] && json=(--json "$1")
 exec "target/$profile/chorus-failover" --bin-dir "target/$profile" \

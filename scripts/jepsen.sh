@@ -9,13 +9,12 @@
 #   scripts/jepsen.sh [SECONDS (60)] [SEED (random, printed)] [OUT_JSON]
 #   JEPSEN_MEMBERS (3), JEPSEN_CLIENTS (4), BENCH_PROFILE release (default) or debug
 #
-# Every member is killed when the tool ends, however it ends.
+# Every member is killed when the tool ends or panics (not if the tool itself is
+# SIGKILLed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-profile=${BENCH_PROFILE:-release}
-flag=()
-[ "$profile" = release ] && flag=(--release)
-cargo build "${flag[@]}" --workspace --bins -q
+# shellcheck source=lib/profile.sh
+. scripts/lib/profile.sh
 seconds=${1:-60}
 seed=${2:-$(( (RANDOM << 15) | RANDOM ))}
 json=()
