@@ -43,6 +43,7 @@ ceiling = {c: load(f"ceiling-c{c}") for c in CONC}
 chorus = {(m, w, c): load(f"chorus-{m}-w{w}-c{c}") for m in MODES for w in WS for c in CONC}
 redis = {(m, c): load(f"redis-{m}-w3-c{c}") for m in ["memory", "aof"] for c in [1, 64]}
 etcd = {c: load(f"etcd-c{c}") for c in [1, 64]}
+tls = {c: load(f"chorus-tls-w3-c{c}") for c in [1, 64]}
 fsync = load("fsync")
 big = load("big")
 
@@ -98,6 +99,17 @@ for m in MODES:
             add(f"| {m} | {w} | {c} | {fmt(tput(r))}{errs(r)} | {pct} | {fmt(p(r, 'p50'), 3)} | "
                 f"{fmt(p(r, 'p99'), 3)} | {fmt(p(r, 'p999'), 3)} |")
 add("")
+if any(tls.values()):
+    add("### What TLS costs: fsync, w=3, the same set with and without TLS")
+    add("")
+    add("| concurrency | plain writes/s | TLS writes/s | TLS / plain | plain p50 ms | TLS p50 ms | plain p99 ms | TLS p99 ms |")
+    add("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for c, r in tls.items():
+        base = chorus[("fsync", 3, c)]
+        rel = f"{tput(r) / tput(base):.2f}" if r and base else "–"
+        add(f"| {c} | {fmt(tput(base))} | {fmt(tput(r))}{errs(r)} | {rel} | {fmt(p(base, 'p50'), 3)} | "
+            f"{fmt(p(r, 'p50'), 3)} | {fmt(p(base, 'p99'), 3)} | {fmt(p(r, 'p99'), 3)} |")
+    add("")
 if any(redis.values()) or any(etcd.values()):
     add("### Peers on the same machine")
     add("")
@@ -180,6 +192,7 @@ add("")
     "chorus": {f"{m}-w{w}-c{c}": r for (m, w, c), r in chorus.items()},
     "redis": {f"{m}-c{c}": r for (m, c), r in redis.items()},
     "etcd": {str(c): r for c, r in etcd.items()},
+    "tls": {f"fsync-w3-c{c}": r for c, r in tls.items()},
     "fsync": fsync,
     "log": big,
     "targets": [dict(zip(["target", "measured", "needed", "status"], t)) for t in targets],

@@ -19,6 +19,9 @@
 #    replication) at concurrency 1, 16 and 64;
 # 3. chorus, master + 2 secondaries on loopback, in both durability modes (fsync,
 #    relaxed): w=1, 2, 3 at concurrency 1, 16, 64, 100-byte messages, closed loop;
+#    and the same set over TLS (--tls-cert/--tls-key/--tls-ca: mutual TLS between the
+#    members, HTTPS for the client; certificates from scripts/tls-certs.sh), fsync,
+#    w=3 at concurrency 1 and 64: what encryption costs;
 # 4. peers from Debian's packages (installed here if missing): Redis 7 with 2 replicas,
 #    RPUSH + WAIT 2 0, in memory and with appendfsync always; a 3-member etcd cluster,
 #    put through the leader;
@@ -98,22 +101,36 @@ measure_ceiling() { # round
   stop_all
 }
 
-chorus_cluster() { # durability: start master + 2 secondaries, wait until w=3 writes work
-  local mode=$1 dir="$work/chorus-$1-r$round"
+# With TLS on (chorus_cluster's second argument), how nodes, curl and chorus-bench
+# reach the master.
+scheme=http
+curl_tls=()
+
+chorus_cluster() { # durability [tls]: start master + 2 secondaries, wait until w=3 writes work
+  local mode=$1 dir="$work/chorus-$1${2:+-tls}-r$round"
+  scheme=http curl_tls=()
+  tls_node() { :; } # name: the node's --tls-* flags, when TLS is on
+  if [ "${2:-}" = tls ]; then
+    [ -s "$work/certs/ca.pem" ] || scripts/tls-certs.sh "$work/certs" master s1 s2 >/dev/null
+    scheme=https curl_tls=(--cacert "$work/certs/ca.pem")
+    tls_node() { echo --tls-cert "$work/certs/$1.pem" --tls-key "$work/certs/$1-key.pem" --tls-ca "$work/certs/ca.pem"; }
+  fi
   take_port mhttp; take_port mcomm
-  start "$mode-master" "$bin/master-node" --name master --http-port "$mhttp" --comm-port "$mcomm" \
-    --data-dir "$dir/master" --durability "$mode"
+  # shellcheck disable=SC2046 # the flags are words without spaces
+  start "$mode${2:+-tls}-master" "$bin/master-node" --name master --http-port "$mhttp" --comm-port "$mcomm" \
+    --data-dir "$dir/master" --durability "$mode" $(tls_node master)
   for i in 1 2; do
     take_port shttp
-    start "$mode-s$i" "$bin/secondary-node" --name "s$i" --http-port "$shttp" \
-      --master-comm-port "$mcomm" --data-dir "$dir/s$i" --durability "$mode"
+    # shellcheck disable=SC2046
+    start "$mode${2:+-tls}-s$i" "$bin/secondary-node" --name "s$i" --http-port "$shttp" \
+      --master-comm-port "$mcomm" --data-dir "$dir/s$i" --durability "$mode" $(tls_node "s$i")
   done
-  wait_for "chorus ($mode)" curl -fsS -m 5 -X POST \
-    -d '{"message":"ready?","writeConcern":3,"timeoutMs":2000}' "http://127.0.0.1:$mhttp/newMessage"
+  wait_for "chorus ($mode${2:+, tls})" curl "${curl_tls[@]}" -fsS -m 5 -X POST \
+    -d '{"message":"ready?","writeConcern":3,"timeoutMs":2000}' "$scheme://127.0.0.1:$mhttp/newMessage"
 }
 
 caught_up() { # every secondary holds everything the master has
-  curl -fsS -m 2 "http://127.0.0.1:$mhttp/status" | python3 -c '
+  curl "${curl_tls[@]}" -fsS -m 2 "$scheme://127.0.0.1:$mhttp/status" | python3 -c '
 import json, sys
 sys.exit(0 if all(m["lagMessages"] == 0 for m in json.load(sys.stdin)["members"]) else 1)'
 }
@@ -133,6 +150,15 @@ measure_chorus() { # round
     curl -fsS "http://127.0.0.1:$mhttp/health" >"$out/chorus-$mode-health.json"
     stop_all
   done
+  log "chorus over TLS, durability fsync, round $1"
+  chorus_cluster fsync tls
+  for c in 1 64; do
+    wait_for "the secondaries to catch up" caught_up
+    "${bench[@]}" --url "https://127.0.0.1:$mhttp" --tls-ca "$work/certs/ca.pem" \
+      --write-concern 3 --concurrency "$c" --json "$out/chorus-tls-w3-c$c.r$1.json"
+  done
+  stop_all
+  scheme=http curl_tls=()
 }
 
 measure_peers() { # round

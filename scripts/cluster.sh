@@ -13,6 +13,10 @@
 #   CHORUS_CLUSTER_KEY_FILE  the set's shared key (default DATA_DIR/cluster.key, made
 #                      on the first start, readable by you only): every replication
 #                      and election connection proves it knows it (docs/security.md)
+#   CHORUS_TLS=1       mutual TLS between the nodes and HTTPS for clients, with a test
+#                      CA and certificates made on the first start in DATA_DIR/tls by
+#                      scripts/tls-certs.sh (curl --cacert DATA_DIR/tls/ca.pem,
+#                      chorus --tls-ca DATA_DIR/tls/ca.pem)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,13 +41,21 @@ if [ ! -e "$key" ]; then
   (umask 077 && head -c 48 /dev/urandom | base64 >"$key")
 fi
 
+scheme=http
+tls() { :; } # name: the node's --tls-* flags, with CHORUS_TLS=1
+if [ "${CHORUS_TLS:-0}" = 1 ]; then
+  scheme=https
+  [ -s "$data/tls/ca.pem" ] || scripts/tls-certs.sh "$data/tls" master s1 s2 >/dev/null
+  tls() { printf '%q ' --tls-cert "$data/tls/$1.pem" --tls-key "$data/tls/$1-key.pem" --tls-ca "$data/tls/ca.pem"; }
+fi
+
 # Each node's command line, absolute paths, so that it can be pasted anywhere.
 declare -A cmd
 cmd[master]="$(printf '%q ' "$bin/master-node" --name master --http-port "$http" \
-  --comm-port "$comm" --data-dir "$data/master" --cluster-key-file "$key")${CHORUS_MASTER_ARGS:-}"
+  --comm-port "$comm" --data-dir "$data/master" --cluster-key-file "$key")$(tls master)${CHORUS_MASTER_ARGS:-}"
 for i in 1 2; do
   cmd[s$i]="$(printf '%q ' "$bin/secondary-node" --name "s$i" --http-port $((http + i)) \
-    --master-comm-port "$comm" --data-dir "$data/s$i" --cluster-key-file "$key")${CHORUS_SECONDARY_ARGS:-}"
+    --master-comm-port "$comm" --data-dir "$data/s$i" --cluster-key-file "$key")$(tls "s$i")${CHORUS_SECONDARY_ARGS:-}"
 done
 
 declare -A running # pid -> name
@@ -64,11 +76,12 @@ for name in master s1 s2; do
 done
 
 cat >&2 <<MSG
-chorus is running: master http://127.0.0.1:$http (comm port $comm),
-secondaries s1 http://127.0.0.1:$((http + 1)) and s2 http://127.0.0.1:$((http + 2)).
+chorus is running: master $scheme://127.0.0.1:$http (comm port $comm),
+secondaries s1 $scheme://127.0.0.1:$((http + 1)) and s2 $scheme://127.0.0.1:$((http + 2)).
 The nodes log to this terminal, one line per event, each starting with the node's name.
 Each node keeps its message log in $data/NAME (rm -rf it to start a fresh set).
-Members prove they know the key in $key on every connection.
+Members prove they know the key in $key on every connection.$(
+  [ "$scheme" = https ] && printf '\n%s' "TLS everywhere: clients verify the nodes with $data/tls/ca.pem (curl --cacert, chorus --tls-ca).")
 If a node stops, the others keep running. Ctrl-C stops them all.
 MSG
 

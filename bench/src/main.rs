@@ -45,9 +45,14 @@ enum Target {
     about = "Load generator for a chorus master (and the peers it is compared with)"
 )]
 struct Cli {
-    /// The server's address: http://HOST:PORT for chorus, HOST:PORT for redis and etcd.
+    /// The server's address: http(s)://HOST:PORT for chorus, HOST:PORT for redis and
+    /// etcd.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// For an https:// URL: the certificate authority (PEM) that signed the nodes'
+    /// --tls-cert.
+    #[arg(long, value_name = "F", value_parser = chorus_client::tls_config_from)]
+    tls_ca: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// What kind of server --url is.
     #[arg(long, value_enum, default_value = "chorus")]
     target: Target,
@@ -215,11 +220,16 @@ async fn run_thread(
     deadline: Instant,
     done: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> anyhow::Result<Tally> {
-    let client = awc::Client::builder()
-        .timeout(Duration::from_millis(cli.timeout_ms.max(1000) + 10_000))
-        // One keep-alive connection per outstanding write (the default pool has 100).
-        .connector(awc::Connector::new().limit(cli.concurrency.max(cli.max_in_flight) as usize))
-        .finish();
+    // One keep-alive connection per outstanding write (the default pool has 100).
+    let connector = awc::Connector::new().limit(cli.concurrency.max(cli.max_in_flight) as usize);
+    let client =
+        awc::Client::builder().timeout(Duration::from_millis(cli.timeout_ms.max(1000) + 10_000));
+    let client = match &cli.tls_ca {
+        Some(tls) => client
+            .connector(connector.rustls_0_23(tls.clone()))
+            .finish(),
+        None => client.connector(connector).finish(),
+    };
     let tally = Rc::new(RefCell::new(Tally::new()));
     // This thread's share of --count.
     let quota = cli.count.map(|c| {
@@ -238,9 +248,11 @@ async fn run_thread(
         }
     };
     let client = match cli.target {
-        Target::Chorus if cli.http_client == "raw" => {
-            Client::Raw(peers::Http::new(&url_base(&url), &body))
-        }
+        Target::Chorus if cli.http_client == "raw" => Client::Raw(peers::Http::new(
+            &url_base(&url),
+            &body,
+            cli.tls_ca.clone(),
+        )?),
         Target::Chorus => Client::Chorus {
             http: client,
             url,

@@ -5,25 +5,79 @@
 
 use bytes::Bytes;
 use std::cell::RefCell;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufStream};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufStream, ReadBuf};
 use tokio::net::TcpStream;
+
+/// A connection, plain or TLS (chorus with `--tls-cert`).
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Keep-alive connections to one address, one per outstanding write: a write takes an
 /// idle one or opens a new one, and gives it back only if it is in a known state.
 struct Pool {
     addr: String,
-    idle: RefCell<Vec<BufStream<TcpStream>>>,
+    /// TLS, verifying the server as `name`.
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    idle: RefCell<Vec<BufStream<Stream>>>,
 }
 
 impl Pool {
     fn new(addr: &str) -> Self {
         Self {
             addr: addr.to_string(),
+            tls: None,
             idle: RefCell::new(Vec::new()),
         }
     }
 
-    async fn take(&self) -> Result<BufStream<TcpStream>, String> {
+    async fn take(&self) -> Result<BufStream<Stream>, String> {
         let idle = self.idle.borrow_mut().pop();
         match idle {
             Some(c) => Ok(c),
@@ -32,12 +86,21 @@ impl Pool {
                     .await
                     .map_err(|e| format!("no answer: {e}"))?;
                 let _ = s.set_nodelay(true);
+                let s = match &self.tls {
+                    None => Stream::Plain(s),
+                    Some((connector, name)) => Stream::Tls(Box::new(
+                        connector
+                            .connect(name.clone(), s)
+                            .await
+                            .map_err(|e| format!("no answer: TLS: {e}"))?,
+                    )),
+                };
                 Ok(BufStream::new(s))
             }
         }
     }
 
-    fn put(&self, conn: BufStream<TcpStream>) {
+    fn put(&self, conn: BufStream<Stream>) {
         self.idle.borrow_mut().push(conn);
     }
 }
@@ -87,7 +150,7 @@ impl Redis {
         Ok(())
     }
 
-    async fn round_trip(&self, conn: &mut BufStream<TcpStream>) -> Result<(), String> {
+    async fn round_trip(&self, conn: &mut BufStream<Stream>) -> Result<(), String> {
         let io = |e: std::io::Error| format!("no answer: {e}");
         conn.write_all(&self.command).await.map_err(io)?;
         conn.flush().await.map_err(io)?;
@@ -115,7 +178,7 @@ impl Redis {
     }
 }
 
-/// `POST /newMessage` over plain HTTP/1.1 keep-alive connections, one per outstanding
+/// `POST /newMessage` over HTTP/1.1 (or HTTPS) keep-alive connections, one per outstanding
 /// write: the request bytes are built once, the answer's status line and
 /// `Content-Length` are all that is parsed. As lean as the Redis client, so that on a
 /// machine the servers share with their load the client takes the same small share
@@ -126,22 +189,35 @@ pub struct Http {
 }
 
 impl Http {
-    /// `url` is http://HOST:PORT[/]; `body` the JSON of every write.
-    pub fn new(url: &str, body: &str) -> Self {
+    /// `url` is http(s)://HOST:PORT[/]; `body` the JSON of every write; `tls` the
+    /// configuration for an https:// URL.
+    pub fn new(
+        url: &str,
+        body: &str,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> anyhow::Result<Self> {
+        let https = url.starts_with("https://");
         let addr = url
             .trim_start_matches("http://")
+            .trim_start_matches("https://")
             .trim_end_matches('/')
             .to_string();
+        let mut pool = Pool::new(&addr);
+        if https {
+            let Some(tls) = tls else {
+                anyhow::bail!("an https:// URL needs --tls-ca");
+            };
+            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())?;
+            pool.tls = Some((tokio_rustls::TlsConnector::from(tls), name));
+        }
         let mut request = format!(
             "POST /newMessage HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
             body.len()
         )
         .into_bytes();
         request.extend_from_slice(body.as_bytes());
-        Self {
-            pool: Pool::new(&addr),
-            request,
-        }
+        Ok(Self { pool, request })
     }
 
     /// One write; Ok only for a 201, otherwise the status (or why there was none).
@@ -161,7 +237,7 @@ impl Http {
 
 /// Send `request`, read one response; its status and whether the connection stays open.
 async fn http_round_trip(
-    conn: &mut BufStream<TcpStream>,
+    conn: &mut BufStream<Stream>,
     request: &[u8],
 ) -> Result<(u16, bool), String> {
     use tokio::io::AsyncReadExt;
@@ -313,7 +389,7 @@ mod tests {
 
     #[test]
     fn http_request_is_built_once_with_its_length() {
-        let h = Http::new("http://127.0.0.1:8080/", r#"{"message":"hi"}"#);
+        let h = Http::new("http://127.0.0.1:8080/", r#"{"message":"hi"}"#, None).unwrap();
         assert_eq!(h.pool.addr, "127.0.0.1:8080");
         let text = String::from_utf8(h.request).unwrap();
         assert!(text.starts_with("POST /newMessage HTTP/1.1\r\n"), "{text}");

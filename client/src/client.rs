@@ -32,6 +32,39 @@ pub struct Options {
     /// A change stream that sends nothing (not even its keep-alive, every 15 s at the
     /// latest) for this long is taken for dead and resumed elsewhere.
     pub stream_silence: Duration,
+    /// Speak HTTPS, verifying the members with this configuration (see
+    /// [`tls_config`]); None: plain HTTP.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// [`tls_config`] of a path given as text (a command-line value).
+pub fn tls_config_from(ca: &str) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    tls_config(std::path::Path::new(ca))
+}
+
+/// A TLS configuration that trusts the certificate authority in the PEM file `ca`
+/// (the members' `--tls-ca`), for [`Options::tls`].
+pub fn tls_config(ca: &std::path::Path) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let certs = CertificateDer::pem_file_iter(ca)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read the CA file {}: {e}", ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: not a usable CA certificate: {e}", ca.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{} holds no PEM certificate", ca.display()));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 impl Default for Options {
@@ -42,6 +75,7 @@ impl Default for Options {
             selection_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             stream_silence: Duration::from_secs(35),
+            tls: None,
         }
     }
 }
@@ -151,6 +185,17 @@ struct Inner {
     monitors: RefCell<HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
+impl Inner {
+    /// `https` with [`Options::tls`], else `http`.
+    fn scheme(&self) -> &'static str {
+        if self.opts.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
 /// A client of one replica set.
 pub struct Client {
     inner: Rc<Inner>,
@@ -174,8 +219,13 @@ impl Client {
     pub fn new<S: AsRef<str>>(seeds: &[S], opts: Options) -> Self {
         let http = awc::Client::builder()
             .timeout(opts.request_timeout)
-            .disable_redirects()
-            .finish();
+            .disable_redirects();
+        let http = match &opts.tls {
+            Some(tls) => http
+                .connector(awc::Connector::new().rustls_0_23(tls.clone()))
+                .finish(),
+            None => http.finish(),
+        };
         let inner = Rc::new(Inner {
             topology: RefCell::new(Topology::new(seeds)),
             opts,
@@ -293,7 +343,7 @@ impl Client {
                 Ok(a) => a,
                 Err(e) => return Err(last.unwrap_or(e)),
             };
-            let url = format!("http://{addr}/newMessage");
+            let url = format!("{}://{addr}/newMessage", self.inner.scheme());
             let sent = self
                 .inner
                 .http
@@ -347,7 +397,11 @@ impl Client {
                 Ok(a) => a,
                 Err(e) => return Err(last.unwrap_or(e)),
             };
-            let url = format!("http://{addr}/messages?{}", r.query(r.from.max(1), r.limit));
+            let url = format!(
+                "{}://{addr}/messages?{}",
+                self.inner.scheme(),
+                r.query(r.from.max(1), r.limit)
+            );
             match self.inner.http.get(&url).send().await {
                 Ok(mut resp) => {
                     let status = resp.status().as_u16();
@@ -401,7 +455,11 @@ impl Client {
                 return Ok(());
             }
             let addr = self.select_read(r.preference).await?;
-            let url = format!("http://{addr}/messages/stream?{}", r.query(next, None));
+            let url = format!(
+                "{}://{addr}/messages/stream?{}",
+                self.inner.scheme(),
+                r.query(next, None)
+            );
             let resp = self
                 .inner
                 .http
@@ -471,7 +529,7 @@ impl Client {
 
     /// `GET path` on one server, as JSON.
     pub async fn get_json(&self, addr: &str, path: &str) -> Result<Value, Error> {
-        let url = format!("http://{addr}{path}");
+        let url = format!("{}://{addr}{path}", self.inner.scheme());
         let mut resp = self
             .inner
             .http
@@ -530,8 +588,8 @@ fn me_generation(inner: &Weak<Inner>, addr: &str) -> Option<u64> {
 
 /// Check one server's `/hello` every heartbeat, or sooner when asked.
 async fn monitor(inner: Weak<Inner>, addr: String) {
-    let url = format!("http://{addr}/hello");
     let Some(me) = inner.upgrade() else { return };
+    let url = format!("{}://{addr}/hello", me.scheme());
     let mut asked = me.check_now.subscribe();
     drop(me);
     loop {

@@ -31,5 +31,7 @@ mod client;
 pub mod sse;
 pub mod topology;
 
-pub use client::{Client, Error, Message, Options, Read, Write, Written};
+pub use client::{
+    Client, Error, Message, Options, Read, Write, Written, tls_config, tls_config_from,
+};
 pub use topology::ReadPreference;

@@ -41,6 +41,10 @@ struct Cli {
     /// How long to wait for a suitable member (a master for writes) before failing.
     #[arg(long, default_value_t = 10_000, value_name = "MS", global = true)]
     selection_timeout_ms: u64,
+    /// Speak HTTPS to members started with --tls-cert, verifying them against this
+    /// certificate authority (PEM).
+    #[arg(long, value_name = "F", global = true, value_parser = chorus_client::tls_config_from)]
+    tls_ca: Option<std::sync::Arc<rustls::ClientConfig>>,
     #[command(subcommand)]
     command: Command,
 }
@@ -132,6 +136,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), Error> {
     let opts = Options {
         selection_timeout: Duration::from_millis(cli.selection_timeout_ms),
+        tls: cli.tls_ca.clone(),
         ..Options::default()
     };
     let client = Client::new(&cli.hosts, opts);

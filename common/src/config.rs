@@ -122,6 +122,42 @@ pub struct SecurityArgs {
     /// it knows the key before anything else is sent. Every member needs the same file.
     #[arg(long, value_name = "F", value_parser = crate::protocol::auth::ClusterKey::from_file)]
     pub cluster_key_file: Option<crate::protocol::auth::ClusterKey>,
+    /// This node's certificate (PEM, leaf first), signed by the --tls-ca authority:
+    /// replication and election connections then use mutual TLS (both ends verified
+    /// against the CA), and the HTTP API serves HTTPS with this certificate. Needs
+    /// --tls-key and --tls-ca, on every member.
+    #[arg(long, value_name = "F", requires_all = ["tls_key", "tls_ca"],
+          value_parser = crate::tls::CertChain::from_file)]
+    pub tls_cert: Option<crate::tls::CertChain>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "F", requires_all = ["tls_cert", "tls_ca"],
+          value_parser = crate::tls::PrivateKey::from_file)]
+    pub tls_key: Option<crate::tls::PrivateKey>,
+    /// The certificate authority (PEM) members' certificates must be signed by.
+    #[arg(long, value_name = "F", requires_all = ["tls_cert", "tls_key"],
+          value_parser = crate::tls::CaRoots::from_file)]
+    pub tls_ca: Option<crate::tls::CaRoots>,
+}
+
+impl SecurityArgs {
+    /// The TLS configurations, if the three files were given; a usage error (exit 2)
+    /// if they do not fit together.
+    pub fn tls(&self) -> Option<crate::tls::Tls> {
+        let (Some(cert), Some(key), Some(ca)) = (&self.tls_cert, &self.tls_key, &self.tls_ca)
+        else {
+            return None;
+        };
+        match crate::tls::Tls::new(cert, key, ca) {
+            Ok(tls) => Some(tls),
+            Err(e) => usage_error(&e),
+        }
+    }
+}
+
+/// Refuse the command line: one line on stderr, exit code 2 (as for a bad flag).
+pub fn usage_error(msg: &str) -> ! {
+    eprintln!("error: {msg} (see --help)");
+    std::process::exit(2)
 }
 
 /// The admin token, read from `--admin-token-file`. Its `Debug` does not show it.
@@ -261,8 +297,19 @@ pub fn parse_cli<T: Parser>() -> T {
             if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
                 e.exit();
             }
+            // The first paragraph, on one line ("... not provided: --tls-key <F>").
             let rendered = e.render().to_string();
-            let line = rendered.lines().next().unwrap_or("invalid arguments");
+            let line = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ");
+            let line = if line.is_empty() {
+                "invalid arguments".into()
+            } else {
+                line
+            };
             eprintln!("{line} (see --help)");
             std::process::exit(2);
         }

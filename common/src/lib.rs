@@ -15,6 +15,7 @@
 //! - [`metrics`]: the Prometheus recorder and the shared metric names.
 //! - [`shutdown`]: the signals that stop a node.
 //! - [`telemetry`]: logging set-up.
+//! - [`tls`]: `--tls-cert/--tls-key/--tls-ca` turned into rustls configurations.
 //! - [`web`]: actix-web glue shared by both nodes (errors, 404/405, reading the log).
 
 pub mod api;
@@ -26,6 +27,7 @@ pub mod shutdown;
 pub mod storage;
 pub mod stream;
 pub mod telemetry;
+pub mod tls;
 pub mod web;
 
 #[cfg(test)]

@@ -46,10 +46,12 @@ pub const CLIENT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::fro
 /// Build and start the HTTP server on `listener`: the routes `configure` adds, JSON 404s
 /// for everything else, 5 s to finish in-flight requests when stopped, and no signal
 /// handling of its own (each node handles SIGINT/SIGTERM itself). `workers` threads
-/// (None: one per core); `configure` runs once on each, on that thread.
+/// (None: one per core); `configure` runs once on each, on that thread. With `tls`,
+/// HTTPS only.
 pub fn serve<F>(
     listener: std::net::TcpListener,
     workers: Option<usize>,
+    tls: Option<rustls::ServerConfig>,
     configure: F,
 ) -> std::io::Result<actix_web::dev::Server>
 where
@@ -69,13 +71,16 @@ where
     if let Some(n) = workers {
         server = server.workers(n);
     }
-    Ok(server
+    server = server
         .max_connections(MAX_HTTP_CONNECTIONS)
         .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
         .shutdown_timeout(5)
-        .disable_signals()
-        .listen(listener)?
-        .run())
+        .disable_signals();
+    Ok(match tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls)?,
+        None => server.listen(listener)?,
+    }
+    .run())
 }
 
 /// A resource at `path` served by `route`, answering 405 (with `Allow: method`) to

@@ -49,6 +49,7 @@ fn main() -> ExitCode {
     common::telemetry::init(&cli.name);
     let data_dir = common::config::data_dir(cli.data_dir.clone(), &cli.name);
     let (host, http_port, comm_port) = (cli.host.clone(), cli.http_port, cli.comm_port);
+    let tls = cli.security.tls();
     let cfg = node::Config {
         name: cli.name,
         host: cli.host,
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
         max_message_bytes: cli.master.max_message_bytes,
         priority: cli.member.priority,
         admin_token: cli.security.admin_token_file,
+        tls,
         cluster_key: cli.security.cluster_key_file,
         election_timeout: Duration::from_millis(cli.member.election_timeout_ms),
         master: node::primary::Settings::from(&cli.master),

@@ -8,6 +8,7 @@
 //! is ready, then reads.
 
 use crate::member::{Event, Node};
+use crate::wire::Conn;
 use bytes::BytesMut;
 use common::protocol::codec::{CodecError, FrameCodec};
 use common::protocol::{ErrorCode, ErrorFrame, MasterFrame, SecondaryFrame};
@@ -17,8 +18,8 @@ use common::storage::LogStore;
 use common::stream::Progress;
 use rand::RngExt;
 use std::collections::BinaryHeap;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::io;
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
@@ -86,13 +87,13 @@ pub struct Link {
 struct Shared {
     stopping: AtomicBool,
     /// The connection in use, so that [`Link::stop`] can cut a blocked read short.
-    conn: Mutex<Option<TcpStream>>,
+    conn: Mutex<Option<Conn>>,
     /// Wakes the reconnect back-off when stopping.
     wake: Condvar,
 }
 
 impl Shared {
-    fn conn(&self) -> MutexGuard<'_, Option<TcpStream>> {
+    fn conn(&self) -> MutexGuard<'_, Option<Conn>> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -204,8 +205,9 @@ fn follow(node: &Arc<Node>, core: &SharedCore, shared: &Shared) {
             shared.sleep(MAX_BACKOFF);
             continue;
         }
-        match connect(&master) {
-            Ok(stream) => {
+        let tls = node.cfg.tls.as_ref();
+        match Conn::connect(&master, tls, CONNECT_TIMEOUT, AUTH_TIMEOUT) {
+            Ok(mut stream) => {
                 tracing::debug!(%master, "connected");
                 warned = false;
                 let started = Instant::now();
@@ -223,15 +225,14 @@ fn follow(node: &Arc<Node>, core: &SharedCore, shared: &Shared) {
                     .trim_end_matches(']')
                     .to_string();
                 lock(core).set_dialed(&host);
-                if let Some(key) = &node.cfg.cluster_key {
-                    let mut stream = &stream;
-                    if let Err(e) = authenticate(&mut stream, key) {
-                        *shared.conn() = None;
-                        tracing::warn!(%master, error = %e, "authentication with a member failed");
-                        let _ = stream.shutdown(Shutdown::Both);
-                        shared.sleep(MAX_BACKOFF);
-                        continue;
-                    }
+                if let Some(key) = &node.cfg.cluster_key
+                    && let Err(e) = authenticate(&mut stream, key)
+                {
+                    *shared.conn() = None;
+                    tracing::warn!(%master, error = %e, "authentication with a member failed");
+                    let _ = stream.shutdown(Shutdown::Both);
+                    shared.sleep(MAX_BACKOFF);
+                    continue;
                 }
                 let followed = {
                     let _span = tracing::info_span!("link", master = %master).entered();
@@ -268,14 +269,11 @@ const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// With `--cluster-key-file`: prove to the member just dialled that this node knows
 /// the key, and check that it does too (`common::protocol::auth`), before the Hello.
-fn authenticate(
-    stream: &mut &TcpStream,
-    key: &common::protocol::auth::ClusterKey,
-) -> io::Result<()> {
+fn authenticate(stream: &mut Conn, key: &common::protocol::auth::ClusterKey) -> io::Result<()> {
     use common::protocol::auth;
     let fail = |why: String| io::Error::new(io::ErrorKind::PermissionDenied, why);
-    stream.set_read_timeout(Some(AUTH_TIMEOUT))?;
-    stream.set_write_timeout(Some(AUTH_TIMEOUT))?;
+    stream.tcp().set_read_timeout(Some(AUTH_TIMEOUT))?;
+    stream.tcp().set_write_timeout(Some(AUTH_TIMEOUT))?;
     let mut codec = Codec::new();
     let client = auth::nonce();
     let mut out = BytesMut::new();
@@ -307,21 +305,8 @@ fn authenticate(
         .encode(proof, &mut out)
         .map_err(|e| io::Error::other(e.to_string()))?;
     stream.write_all(&out)?;
-    stream.set_read_timeout(None)?;
+    stream.tcp().set_read_timeout(None)?;
     Ok(())
-}
-
-/// Resolve `master` (again on every attempt: a container's address may change) and
-/// connect to the first address that answers.
-fn connect(master: &str) -> io::Result<TcpStream> {
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-    for addr in master.to_socket_addrs()? {
-        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-            Ok(s) => return Ok(s),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
 }
 
 fn lock(core: &SharedCore) -> MutexGuard<'_, Core> {
@@ -347,7 +332,7 @@ enum End {
 
 /// One connection, from handshake to close.
 struct Session<'a> {
-    stream: TcpStream,
+    stream: Conn,
     node: &'a Arc<Node>,
     cfg: &'a crate::Config,
     core: &'a SharedCore,
@@ -377,15 +362,10 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(
-        stream: TcpStream,
-        node: &'a Arc<Node>,
-        core: &'a SharedCore,
-        peer: Option<String>,
-    ) -> Self {
+    fn new(stream: Conn, node: &'a Arc<Node>, core: &'a SharedCore, peer: Option<String>) -> Self {
         let cfg = &node.cfg;
-        let _ = stream.set_nodelay(true);
-        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+        let _ = stream.tcp().set_nodelay(true);
+        let _ = stream.tcp().set_write_timeout(Some(WRITE_TIMEOUT));
         let delayer = if cfg.delay.is_zero() {
             None
         } else {
@@ -526,7 +506,14 @@ impl<'a> Session<'a> {
                         continue;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => return End::Gone,
+                    Err(e) => {
+                        if e.kind() == io::ErrorKind::InvalidData {
+                            // TLS: a bad record, or the master refused this node's
+                            // certificate (TLS 1.3 tells the client after the handshake).
+                            tracing::warn!(error = %e, "the connection to the master failed");
+                        }
+                        return End::Gone;
+                    }
                 }
             }
             // A master of an older term than this node knows (it voted since, or
@@ -601,7 +588,7 @@ impl<'a> Session<'a> {
                 .min(watch)
         }));
         if wanted != self.timeout {
-            self.stream.set_read_timeout(wanted)?;
+            self.stream.tcp().set_read_timeout(wanted)?;
             self.timeout = wanted;
         }
         self.stream.read(chunk)
@@ -745,7 +732,7 @@ struct Delayer {
 }
 
 impl Delayer {
-    fn start(stream: TcpStream) -> Delayer {
+    fn start(stream: Conn) -> Delayer {
         let (tx, rx) = mpsc::channel::<(Instant, BytesMut)>();
         let (done_tx, done) = mpsc::channel();
         let spawned = std::thread::Builder::new()
@@ -791,7 +778,7 @@ impl Ord for Due {
     }
 }
 
-fn delay_loop(mut stream: TcpStream, rx: mpsc::Receiver<(Instant, BytesMut)>) {
+fn delay_loop(stream: Conn, rx: mpsc::Receiver<(Instant, BytesMut)>) {
     let mut queue = BinaryHeap::new();
     let mut seq = 0u64;
     let mut open = true;

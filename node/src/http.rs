@@ -86,72 +86,78 @@ pub fn server(
     let progress = node.progress.clone();
     // The engine until the worker starts it (a restarted worker finds it running).
     let slot = Arc::new(std::sync::Mutex::new(Some(engine)));
-    let server = common::web::serve(listener, Some(1), move |cfg: &mut web::ServiceConfig| {
-        if let Some(engine) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            engine.start();
-        }
-        let state = web::Data::new(State {
-            metrics: metrics.clone(),
-            node: node.clone(),
-            store: store.clone(),
-            progress: progress.clone(),
-            max_message_bytes,
-            started,
-            durability,
-            write_metrics: common::metrics::WriteMetrics::new(),
-            admin_token: admin_token.clone(),
-        });
-        let stream = common::stream::Source {
-            store: store.clone(),
-            progress: progress.clone(),
-        };
-        cfg.app_data(state)
-            .app_data(web::Data::new(stream))
-            .service(endpoint("/newMessage", "POST", web::post().to(new_message)))
-            .service(endpoint("/messages", "GET", web::get().to(messages)))
-            .service(endpoint(
-                "/messages/stream",
-                "GET",
-                web::get().to(common::stream::message_stream),
-            ))
-            .service(endpoint("/health", "GET", web::get().to(health)))
-            .service(endpoint("/status", "GET", web::get().to(status)))
-            .service(endpoint("/metrics", "GET", web::get().to(metrics_page)))
-            .service(endpoint(
-                "/openapi.json",
-                "GET",
-                web::get().to(openapi_json),
-            ))
-            .service(endpoint(
-                "/messages/{id}/status",
-                "GET",
-                web::get().to(message_status),
-            ))
-            .service(endpoint(
-                "/members/{name}",
-                "DELETE",
-                web::delete().to(remove_member),
-            ))
-            .service(endpoint("/members", "POST", web::post().to(readmit_member)))
-            .service(endpoint("/hello", "GET", web::get().to(hello)))
-            .service(endpoint("/checksum", "GET", web::get().to(checksum)))
-            .service(endpoint("/", "GET", web::get().to(chat_page)))
-            .service(endpoint("/admin/crash", "POST", web::post().to(crash)))
-            .service(
-                web::resource("/admin/faults")
-                    .route(web::get().to(get_faults))
-                    .route(web::put().to(put_faults))
-                    .route(web::delete().to(delete_faults))
-                    .default_service(web::to(|req: HttpRequest| async move {
-                        common::web::error_response(&ApiError::method_not_allowed(
-                            req.method().as_str(),
-                            req.path(),
-                            "GET, PUT or DELETE",
-                        ))
-                    })),
-            )
-            .service(endpoint("/stepDown", "POST", web::post().to(step_down)));
-    })?;
+    let tls = cfg.tls.as_ref().map(|t| t.http_server.clone());
+    let server = common::web::serve(
+        listener,
+        Some(1),
+        tls,
+        move |cfg: &mut web::ServiceConfig| {
+            if let Some(engine) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                engine.start();
+            }
+            let state = web::Data::new(State {
+                metrics: metrics.clone(),
+                node: node.clone(),
+                store: store.clone(),
+                progress: progress.clone(),
+                max_message_bytes,
+                started,
+                durability,
+                write_metrics: common::metrics::WriteMetrics::new(),
+                admin_token: admin_token.clone(),
+            });
+            let stream = common::stream::Source {
+                store: store.clone(),
+                progress: progress.clone(),
+            };
+            cfg.app_data(state)
+                .app_data(web::Data::new(stream))
+                .service(endpoint("/newMessage", "POST", web::post().to(new_message)))
+                .service(endpoint("/messages", "GET", web::get().to(messages)))
+                .service(endpoint(
+                    "/messages/stream",
+                    "GET",
+                    web::get().to(common::stream::message_stream),
+                ))
+                .service(endpoint("/health", "GET", web::get().to(health)))
+                .service(endpoint("/status", "GET", web::get().to(status)))
+                .service(endpoint("/metrics", "GET", web::get().to(metrics_page)))
+                .service(endpoint(
+                    "/openapi.json",
+                    "GET",
+                    web::get().to(openapi_json),
+                ))
+                .service(endpoint(
+                    "/messages/{id}/status",
+                    "GET",
+                    web::get().to(message_status),
+                ))
+                .service(endpoint(
+                    "/members/{name}",
+                    "DELETE",
+                    web::delete().to(remove_member),
+                ))
+                .service(endpoint("/members", "POST", web::post().to(readmit_member)))
+                .service(endpoint("/hello", "GET", web::get().to(hello)))
+                .service(endpoint("/checksum", "GET", web::get().to(checksum)))
+                .service(endpoint("/", "GET", web::get().to(chat_page)))
+                .service(endpoint("/admin/crash", "POST", web::post().to(crash)))
+                .service(
+                    web::resource("/admin/faults")
+                        .route(web::get().to(get_faults))
+                        .route(web::put().to(put_faults))
+                        .route(web::delete().to(delete_faults))
+                        .default_service(web::to(|req: HttpRequest| async move {
+                            common::web::error_response(&ApiError::method_not_allowed(
+                                req.method().as_str(),
+                                req.path(),
+                                "GET, PUT or DELETE",
+                            ))
+                        })),
+                )
+                .service(endpoint("/stepDown", "POST", web::post().to(step_down)));
+        },
+    )?;
     Ok(server)
 }
 
@@ -512,6 +518,7 @@ async fn status(state: web::Data<State>) -> HttpResponse {
         "configVersion": state.store.membership().config_version,
         "configTerm": state.store.membership().config_term,
         "clusterKey": state.node.cfg.cluster_key.is_some(),
+        "tls": state.node.cfg.tls.is_some(),
         "electionCandidateMetrics": candidate_metrics(&state.node),
         "lastRollback": last_rollback(&state.node),
     }))
@@ -811,6 +818,7 @@ fn secondary_status(state: &State, f: &follower::Handle) -> HttpResponse {
         "configVersion": membership.config_version,
         "configTerm": membership.config_term,
         "clusterKey": state.node.cfg.cluster_key.is_some(),
+        "tls": state.node.cfg.tls.is_some(),
         "members": members,
         "lastRollback": last_rollback(&state.node),
         "rollingBack": st.rolling_back,

@@ -17,6 +17,8 @@
 //!   [`common::replication::SecondaryCore`] and writes what it answers, applying
 //!   `--delay-ms` and `--drop-rate`.
 //! - [`http`]: one actix-web API for every role; each handler asks the node's role.
+//! - [`wire`]: the comm port's connections, plain TCP or mutual TLS, behind one
+//!   surface per side.
 //! - [`faults`]: drops, delays and partitions per peer at run time
 //!   (`PUT /admin/faults`), on the same paths as the frames.
 
@@ -25,6 +27,7 @@ pub mod follower;
 pub mod http;
 pub mod member;
 pub mod primary;
+pub mod wire;
 
 use anyhow::Context;
 use common::config::DelaySpec;
@@ -63,6 +66,8 @@ pub struct Config {
     pub admin_token: Option<common::config::AdminToken>,
     /// `--cluster-key-file`: what every replication and election connection proves.
     pub cluster_key: Option<common::protocol::auth::ClusterKey>,
+    /// `--tls-cert/--tls-key/--tls-ca`: mutual TLS between members, HTTPS for clients.
+    pub tls: Option<common::tls::Tls>,
     /// How this node runs as the master.
     pub master: primary::Settings,
     /// How the node first joins.
@@ -243,9 +248,12 @@ pub async fn run(
         comm = %node.addresses.comm,
         http = %node.addresses.http,
         cluster_key = cfg.cluster_key.is_some(),
+        tls = cfg.tls.is_some(),
         "listening http={http_addr} comm={comm_addr}"
     );
-    if cfg.cluster_key.is_none() {
+    // Mutual TLS proves membership too (a certificate of the set's CA), as MongoDB's
+    // x.509 member authentication stands in for its keyFile.
+    if cfg.cluster_key.is_none() && cfg.tls.is_none() {
         tracing::warn!(
             "no --cluster-key-file: anything that reaches the comm port can join this set and read its log (docs/security.md)"
         );

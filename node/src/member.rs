@@ -631,8 +631,8 @@ impl Driver {
                     Verdict::Delay(d) => tokio::time::sleep(d).await,
                     Verdict::Pass => {}
                 }
-                let key = node.cfg.cluster_key.clone();
-                match tokio::time::timeout(VOTE_TIMEOUT, ask(&comm, req, key.as_ref())).await {
+                let (key, tls) = (node.cfg.cluster_key.as_ref(), node.cfg.tls.as_ref());
+                match tokio::time::timeout(VOTE_TIMEOUT, ask(&comm, req, key, tls)).await {
                     Ok(Ok(resp)) => match node.faults.judge(Some(&name), Dir::In) {
                         Verdict::Drop => {}
                         Verdict::Delay(d) => {
@@ -726,9 +726,9 @@ async fn ask(
     comm: &str,
     req: VoteRequest,
     key: Option<&common::protocol::auth::ClusterKey>,
+    tls: Option<&common::tls::Tls>,
 ) -> anyhow::Result<VoteResponse> {
-    let stream = tokio::net::TcpStream::connect(comm).await?;
-    let _ = stream.set_nodelay(true);
+    let stream = crate::wire::dial(comm, tls).await?;
     let mut framed = Framed::new(stream, FrameCodec::<MasterFrame, SecondaryFrame>::new());
     if let Some(key) = key {
         // Both sides prove they know the cluster key first (common::protocol::auth).

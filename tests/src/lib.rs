@@ -174,7 +174,13 @@ impl Node {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.http, path)
+        // A node started with --tls-cert serves HTTPS only.
+        let scheme = if self.args.iter().any(|a| a == "--tls-cert") {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}{}", self.http, path)
     }
 
     pub fn pid(&self) -> i32 {
@@ -283,6 +289,17 @@ impl Http {
             .timeout(Duration::from_secs(180))
             .finish();
         Self { client }
+    }
+
+    /// A client that speaks HTTPS to nodes whose certificates the CA in the PEM file
+    /// `ca` signed (and plain HTTP to the others).
+    pub fn with_ca(ca: &Path) -> Result<Self> {
+        let tls = chorus_client::tls_config(ca).map_err(|e| anyhow!(e))?;
+        let client = awc::Client::builder()
+            .timeout(Duration::from_secs(180))
+            .connector(awc::Connector::new().rustls_0_23(tls))
+            .finish();
+        Ok(Self { client })
     }
 
     /// A client that sends `Authorization: Bearer <token>` on every request.
@@ -682,4 +699,39 @@ pub fn raise_fd_limit(want: u64) {
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
+}
+
+/// Test certificates made by `scripts/tls-certs.sh` in `dir/name`: a CA and one
+/// certificate per node of `names`. Returns the directory (`ca.pem`, `NAME.pem`,
+/// `NAME-key.pem`).
+pub fn tls_certs(dir: &TestDir, name: &str, names: &[&str]) -> Result<PathBuf> {
+    let out = dir.path().join(name);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/tls-certs.sh");
+    let done = Command::new("bash")
+        .arg(&script)
+        .arg(&out)
+        .args(names)
+        .output()
+        .with_context(|| format!("run {}", script.display()))?;
+    if !done.status.success() {
+        bail!(
+            "tls-certs.sh failed: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// The `--tls-cert/--tls-key/--tls-ca` flags of node `name` with the certificates in
+/// `certs` (from [`tls_certs`]).
+pub fn tls_flags(certs: &Path, name: &str) -> Vec<String> {
+    let f = |file: String| certs.join(file).to_string_lossy().into_owned();
+    vec![
+        "--tls-cert".into(),
+        f(format!("{name}.pem")),
+        "--tls-key".into(),
+        f(format!("{name}-key.pem")),
+        "--tls-ca".into(),
+        f("ca.pem".into()),
+    ]
 }

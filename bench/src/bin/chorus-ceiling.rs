@@ -59,7 +59,7 @@ fn main() -> anyhow::Result<()> {
         listener.local_addr()?
     );
     actix_web::rt::System::new().block_on(async move {
-        let server = common::web::serve(listener, None, |cfg| {
+        let server = common::web::serve(listener, None, None, |cfg| {
             cfg.service(endpoint("/newMessage", "POST", web::post().to(new_message)));
         })?;
         let handle = server.handle();

@@ -5,8 +5,9 @@
 use super::replicator::{Inbound, Register, Replicator, ToSession, Unregister};
 use crate::http::Role;
 use crate::member::{Event, Node};
+use crate::wire::{Receiver, Sender};
 use actix::prelude::*;
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use common::config::DelaySpec;
 use common::protocol::codec::{CodecError, FrameCodec};
 use common::protocol::{ErrorCode, ErrorFrame, MasterFrame, SecondaryFrame};
@@ -16,8 +17,7 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, tcp::OwnedWriteHalf};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::codec::{Encoder, FramedRead};
 
@@ -64,7 +64,7 @@ type Codec = FrameCodec<SecondaryFrame, MasterFrame>;
 /// (docs/benchmarks.md); whatever the socket does not take at once waits here for the
 /// session's flusher, in order.
 pub struct Outbox {
-    half: OwnedWriteHalf,
+    half: Sender,
     state: Mutex<OutState>,
     /// Wakes the flusher: bytes are waiting, the connection failed, or it is closing.
     flush: Notify,
@@ -80,7 +80,7 @@ struct OutState {
 }
 
 impl Outbox {
-    fn new(half: OwnedWriteHalf) -> Self {
+    fn new(half: Sender) -> Self {
         Outbox {
             half,
             state: Mutex::new(OutState {
@@ -108,8 +108,7 @@ impl Outbox {
             tracing::error!(error = %e, "cannot encode a frame; closing the connection");
             st.failed = Some(io::Error::other(e.to_string()));
         }
-        self.write_some(&mut st);
-        if !st.buf.is_empty() || st.failed.is_some() {
+        if !self.write_some(&mut st) || st.failed.is_some() {
             drop(st);
             self.flush.notify_one();
         }
@@ -121,14 +120,16 @@ impl Outbox {
         self.flush.notify_one();
     }
 
-    /// Write from `buf` until it is empty or the socket would block.
-    fn write_some(&self, st: &mut OutState) {
-        while !st.buf.is_empty() && st.failed.is_none() {
-            match self.half.try_write(&st.buf) {
-                Ok(0) => st.failed = Some(io::ErrorKind::WriteZero.into()),
-                Ok(n) => st.buf.advance(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => st.failed = Some(e),
+    /// Write from `buf` until everything is out (true) or the socket would block.
+    fn write_some(&self, st: &mut OutState) -> bool {
+        if st.failed.is_some() {
+            return true;
+        }
+        match self.half.try_send(&mut st.buf) {
+            Ok(done) => done,
+            Err(e) => {
+                st.failed = Some(e);
+                true
             }
         }
     }
@@ -140,23 +141,17 @@ impl Outbox {
             loop {
                 let (empty, closing) = {
                     let mut st = self.lock();
-                    self.write_some(&mut st);
+                    let done = self.write_some(&mut st);
                     if let Some(e) = st.failed.take() {
                         st.closing = true;
                         return Err(e);
                     }
-                    (st.buf.is_empty(), st.closing)
+                    (done, st.closing)
                 };
                 if empty {
                     if closing {
                         // The peer sees the end now, whoever still holds the outbox.
-                        let stream: &tokio::net::TcpStream = self.half.as_ref();
-                        return match socket2::SockRef::from(stream)
-                            .shutdown(std::net::Shutdown::Write)
-                        {
-                            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
-                            done => done,
-                        };
+                        return self.half.shutdown();
                     }
                     break;
                 }
@@ -217,13 +212,30 @@ async fn serve_connection(
     handshake: Slot,
 ) {
     let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
+    // With --tls-*, the TLS handshake first (a peer without a certificate of the CA
+    // goes no further), inside the same deadline as a first frame.
+    let accepted = tokio::time::timeout(
+        FIRST_FRAME_TIMEOUT,
+        crate::wire::accept(stream, node.cfg.tls.as_ref()),
+    )
+    .await;
+    let (read, write) = match accepted {
+        Ok(Ok(halves)) => halves,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, error = %e, "refused a peer on the comm port");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "refused a peer on the comm port: no TLS handshake in time");
+            return;
+        }
+    };
     let mut frames = FramedRead::new(read, Codec::new());
-    if let Err(why) = authenticate(&node, &mut frames, &mut write).await {
+    if let Err(why) = authenticate(&node, &mut frames, &write).await {
         tracing::warn!(%peer, %why, "refused a peer on the comm port: unauthorized");
         let mut e = ErrorFrame::new(ErrorCode::Unauthorized, why);
         e.term = node.term();
-        write_one(&mut write, MasterFrame::Error(e)).await;
+        write_one(&write, MasterFrame::Error(e)).await;
         return;
     }
     let first = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, frames.next()).await {
@@ -237,7 +249,7 @@ async fn serve_connection(
             };
             if let Some(code) = code {
                 let frame = MasterFrame::Error(ErrorFrame::new(code, e.to_string()));
-                write_one(&mut write, frame).await;
+                write_one(&write, frame).await;
             }
             return;
         }
@@ -254,7 +266,7 @@ async fn serve_connection(
             ErrorCode::Unauthorized,
             "this node runs without --cluster-key-file; the members' settings differ",
         );
-        write_one(&mut write, MasterFrame::Error(e)).await;
+        write_one(&write, MasterFrame::Error(e)).await;
         return;
     }
     if let SecondaryFrame::RequestVote(req) = first {
@@ -273,7 +285,7 @@ async fn serve_connection(
                 Verdict::Delay(d) => tokio::time::sleep(d).await,
                 Verdict::Pass => {}
             }
-            write_one(&mut write, MasterFrame::Vote(resp)).await;
+            write_one(&write, MasterFrame::Vote(resp)).await;
         }
         return;
     }
@@ -292,7 +304,7 @@ async fn serve_connection(
             common::protocol::PROTOCOL_VERSION
         );
         write_one(
-            &mut write,
+            &write,
             MasterFrame::Error(ErrorFrame::new(ErrorCode::VersionMismatch, msg)),
         )
         .await;
@@ -317,7 +329,7 @@ async fn serve_connection(
                 )
             };
             e.term = node.term();
-            write_one(&mut write, MasterFrame::Error(e)).await;
+            write_one(&write, MasterFrame::Error(e)).await;
             return;
         }
     };
@@ -347,8 +359,8 @@ async fn serve_connection(
 /// peer that opens with authentication is refused once its first frame is read.)
 async fn authenticate(
     node: &Node,
-    frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, Codec>,
-    write: &mut OwnedWriteHalf,
+    frames: &mut FramedRead<Receiver, Codec>,
+    write: &Sender,
 ) -> Result<(), String> {
     use common::protocol::auth;
     let Some(key) = &node.cfg.cluster_key else {
@@ -378,7 +390,7 @@ async fn authenticate(
     Codec::new()
         .encode(challenge, &mut buf)
         .map_err(|e| e.to_string())?;
-    tokio::time::timeout(FIRST_FRAME_TIMEOUT, write.write_all(&buf))
+    tokio::time::timeout(FIRST_FRAME_TIMEOUT, write.send_all(&buf))
         .await
         .map_err(|_| "write timed out".to_string())?
         .map_err(|e| e.to_string())?;
@@ -392,12 +404,12 @@ async fn authenticate(
 }
 
 /// Write one frame and close (a refusal, a vote).
-async fn write_one(write: &mut OwnedWriteHalf, frame: MasterFrame) {
+async fn write_one(write: &Sender, frame: MasterFrame) {
     let mut buf = BytesMut::new();
     if Codec::new().encode(frame, &mut buf).is_ok() {
-        let _ = tokio::time::timeout(FIRST_FRAME_TIMEOUT, write.write_all(&buf)).await;
+        let _ = tokio::time::timeout(FIRST_FRAME_TIMEOUT, write.send_all(&buf)).await;
     }
-    let _ = write.shutdown().await;
+    let _ = write.shutdown();
 }
 
 pub struct Session {
@@ -568,7 +580,7 @@ mod tests {
             .await
             .unwrap();
         let (peer, _) = listener.accept().await.unwrap();
-        let (_read, write) = client.into_split();
+        let (_read, write) = crate::wire::accept(client, None).await.unwrap();
         let outbox = Arc::new(Outbox::new(write));
         let flusher = actix_web::rt::spawn(outbox.clone().flusher());
         (outbox, flusher, peer)

@@ -18,3 +18,4 @@ mod openapi;
 mod replication;
 mod status;
 mod stream;
+mod tls;
