@@ -2,17 +2,23 @@
 # The Jepsen-style fault test on this machine (docs/faults.md, "The fault suite"):
 # chorus-jepsen starts a set of JEPSEN_MEMBERS members on free loopback ports, runs
 # writers (write concerns 1, majority and all, with requestIds) and readers (local and
-# majority) while seeded nemeses kill, pause and partition members, then heals and
-# checks the whole history. Exits non-zero on any violation, keeping the members' data
+# majority) while seeded nemeses kill, pause and partition members and move their
+# clocks, then heals and checks the whole history. Exits non-zero on any violation, keeping the members' data
 # directories and logs for a look.
 #
 #   scripts/jepsen.sh [SECONDS (60)] [SEED (random, printed)] [OUT_JSON]
 #   JEPSEN_MEMBERS (3), JEPSEN_CLIENTS (4), BENCH_PROFILE release (default) or debug
 #
 # Every member is killed when the tool ends or panics (not if the tool itself is
-# SIGKILLed).
+# SIGKILLed). The clock nemeses need Debian's libfaketime, installed here if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+if ! dpkg -s libfaketime >/dev/null 2>&1; then
+  echo "installing libfaketime from Debian's packages (the clock nemeses)"
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq --no-install-recommends libfaketime >/dev/null
+fi
 # shellcheck source=lib/profile.sh
 . scripts/lib/profile.sh
 seconds=${1:-60}

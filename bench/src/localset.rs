@@ -19,6 +19,9 @@ pub struct Member {
     log: PathBuf,
     child: Option<Child>,
     paused: bool,
+    /// With libfaketime: the library, and the file holding this member's wall-clock
+    /// offset.
+    clock: Option<(PathBuf, PathBuf)>,
 }
 
 impl Member {
@@ -27,7 +30,18 @@ impl Member {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(&self.binary)
+        let mut cmd = Command::new(&self.binary);
+        if let Some((lib, file)) = &self.clock {
+            // The wall clock the process reads is shifted by the offset in `file`, read
+            // again at most once a second. Not the monotonic clock: libfaketime 0.9.10
+            // (Debian 12) then breaks timed waits on condition variables, which hang
+            // for ever (docs/faults.md).
+            cmd.env("LD_PRELOAD", lib)
+                .env("FAKETIME_TIMESTAMP_FILE", file)
+                .env("FAKETIME_CACHE_DURATION", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        let child = cmd
             .args(&self.args)
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
@@ -64,6 +78,22 @@ impl Member {
         }
     }
 
+    /// Whether its clocks can be moved ([`members`] was given libfaketime).
+    pub fn has_clock(&self) -> bool {
+        self.clock.is_some()
+    }
+
+    /// Move this member's wall clock `secs` seconds from the true time (0: back to
+    /// it); it notices within a second. False without libfaketime.
+    pub fn set_clock(&self, secs: i64) -> Result<bool> {
+        let Some((_, file)) = &self.clock else {
+            return Ok(false);
+        };
+        std::fs::write(file, format!("{secs:+}\n"))
+            .with_context(|| format!("write {}", file.display()))?;
+        Ok(true)
+    }
+
     /// SIGCONT after [`Self::pause`].
     pub fn resume(&mut self) {
         if let Some(c) = &self.child
@@ -95,14 +125,21 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
+/// Where Debian's libfaketime (package `libfaketime`) puts the library that moves a
+/// process's clocks; its multi-threaded variant, as a member reads clocks on several
+/// threads.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
 /// The members `names` in `work`: the first runs `master-node` (and starts the set), the
 /// others `secondary-node` joining through it. `extra` is added to every command line.
-/// Nothing is started yet.
+/// With `faketime` (the library), each member runs under it, its wall clock at the
+/// true time until [`Member::set_clock`]. Nothing is started yet.
 pub fn members(
     bin_dir: &Path,
     work: &Path,
     names: &[&str],
     extra: &[String],
+    faketime: Option<&Path>,
 ) -> Result<Vec<Member>> {
     let mut out = Vec::new();
     let master_comm = free_port()?;
@@ -144,6 +181,15 @@ pub fn members(
             log: work.join(format!("{name}.log")),
             child: None,
             paused: false,
+            clock: match faketime {
+                Some(lib) => {
+                    let file = work.join(format!("{name}.clock"));
+                    std::fs::create_dir_all(work)?;
+                    std::fs::write(&file, "+0\n")?;
+                    Some((lib.to_path_buf(), file))
+                }
+                None => None,
+            },
         });
     }
     Ok(out)

@@ -9,7 +9,9 @@
 //! majority; a power loss (the log loses what it had not made durable) of the master
 //! and of a majority; a partition that isolates the master, one that splits the set,
 //! one that leaves a bridge member; a lossy, slow link; SIGSTOP of the master or of a
-//! secondary past the election timeout. Then it heals everything and checks the whole history:
+//! secondary past the election timeout; where libfaketime is installed, a jump of the
+//! master's wall clock (forward or back) and wall clocks skewed apart on every member.
+//! Then it heals everything and checks the whole history:
 //!
 //! - every write acknowledged with a majority is in the final log once, at its id, on
 //!   every member; no id holds two different entries on two members;
@@ -71,6 +73,11 @@ struct Cli {
     /// Also write the report here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// libfaketime, under which the members run so that the clock nemeses can move
+    /// their wall clocks; "none" leaves those nemeses out. The default is Debian's
+    /// (package libfaketime), if installed.
+    #[arg(long, default_value = chorus_bench::localset::LIBFAKETIME)]
+    faketime: PathBuf,
 }
 
 /// A write concern as the writers choose them.
@@ -240,12 +247,16 @@ impl Run {
         }
     }
 
-    /// Undo every fault: restart the killed, resume the paused, clear every rule.
+    /// Undo every fault: restart the killed, resume the paused, put the clocks right,
+    /// clear every rule.
     async fn heal(&self) {
         let names = self.names();
         for name in &names {
             let i = self.index_of(name);
             let mut set = self.set.borrow_mut();
+            if let Err(e) = set[i].set_clock(0) {
+                eprintln!("setting the clock of {name} right: {e}");
+            }
             set[i].resume();
             if !set[i].is_running()
                 && let Err(e) = set[i].start()
@@ -314,7 +325,8 @@ impl Run {
             }
             "split" => self.others(&[], n / 2),
             "bridge" => self.others(&[], n),
-            "lossy-master" => master.iter().cloned().collect(),
+            "lossy-master" | "clock-jump-master" => master.iter().cloned().collect(),
+            "clock-skew" => self.others(&[], n),
             _ => Vec::new(),
         };
         // A member killed or paused by the other nemesis of a pair is left alone (a
@@ -374,6 +386,27 @@ impl Run {
                 let (a, b) = rest.split_at(rest.len() / 2);
                 self.cut(a, b).await;
             }
+            "clock-jump-master" | "clock-skew" => {
+                // A jump of the master's wall clock, or every member's apart from each
+                // other: 2 to 8 s either way (the election timeout is 1 s), up to 60 s
+                // now and then.
+                let set = self.set.borrow();
+                for t in &targets {
+                    let secs = {
+                        let mut rng = self.rng.borrow_mut();
+                        let s = if rng.random_bool(0.2) {
+                            rng.random_range(9..=60i64)
+                        } else {
+                            rng.random_range(2..=8i64)
+                        };
+                        if rng.random_bool(0.5) { s } else { -s }
+                    };
+                    let m = &set[set.iter().position(|m| m.name == *t).expect("a member")];
+                    if let Err(e) = m.set_clock(secs) {
+                        eprintln!("moving the clock of {t}: {e}");
+                    }
+                }
+            }
             "lossy-master" => {
                 let rules: Vec<Value> = all
                     .iter()
@@ -397,6 +430,9 @@ impl Run {
     }
 }
 
+/// The nemeses that move clocks (only with libfaketime).
+const CLOCK_NEMESES: &[&str] = &["clock-jump-master", "clock-skew"];
+
 const NEMESES: &[&str] = &[
     "kill-master",
     "kill-secondary",
@@ -409,6 +445,8 @@ const NEMESES: &[&str] = &[
     "pause-secondary",
     "power-loss-master",
     "power-loss-majority",
+    "clock-jump-master",
+    "clock-skew",
 ];
 
 async fn writer(run: Rc<Run>, idx: usize) {
@@ -573,7 +611,14 @@ async fn run(cli: Cli) -> Result<bool> {
         "--election-timeout-ms".to_string(),
         cli.election_timeout_ms.to_string(),
     ];
-    let mut set = members(&cli.bin_dir, &work, &name_refs, &extra)?;
+    let faketime = cli.faketime.exists().then_some(cli.faketime.as_path());
+    if faketime.is_none() {
+        eprintln!(
+            "no libfaketime at {}: the clock nemeses are left out",
+            cli.faketime.display()
+        );
+    }
+    let mut set = members(&cli.bin_dir, &work, &name_refs, &extra, faketime)?;
     for m in &mut set {
         m.start()?;
     }
@@ -612,13 +657,19 @@ async fn run(cli: Cli) -> Result<bool> {
     for name in run.names() {
         tasks.push(actix_rt::spawn(reader(run.clone(), name)));
     }
+    let clocks = run.set.borrow().iter().all(Member::has_clock);
+    let nemeses: Vec<&'static str> = NEMESES
+        .iter()
+        .copied()
+        .filter(|k| clocks || !CLOCK_NEMESES.contains(k))
+        .collect();
     let faults_end = Duration::from_secs(run.cli.seconds);
     while run.now() < faults_end {
         run.sleep_ms(500, 2000).await;
-        let first = run.pick(NEMESES);
+        let first = run.pick(&nemeses);
         let mut kinds = vec![first];
         if run.rng.borrow_mut().random_bool(0.3) {
-            let second = run.pick(NEMESES);
+            let second = run.pick(&nemeses);
             // Two kills at once are one bigger kill; keep the mix to one of a kind.
             let crash = |k: &str| k.starts_with("kill") || k.starts_with("power-loss");
             if second != first && !(crash(first) && crash(second)) {
