@@ -8,6 +8,10 @@
 #
 #   scripts/jepsen.sh [SECONDS (60)] [SEED (random, printed)] [OUT_JSON]
 #   JEPSEN_MEMBERS (3), JEPSEN_CLIENTS (4), BENCH_PROFILE release (default) or debug
+#   JEPSEN_DOCKER=1: the members run in containers of the chorus image (built here
+#                    from this checkout's binaries, tag chorus:jepsen): kills,
+#                    pauses and restarts through the Docker engine, the same clients
+#                    and checker. Skipped with a reason where no engine is reachable.
 #
 # Every member is killed when the tool ends or panics (not if the tool itself is
 # SIGKILLed). The clock nemeses need Debian's libfaketime, installed here if missing.
@@ -25,7 +29,19 @@ seconds=${1:-60}
 seed=${2:-$(( (RANDOM << 15) | RANDOM ))}
 json=()
 [ $# -ge 3 ] && json=(--json "$3")
-echo "chorus-jepsen: ${seconds} s of faults, seed ${seed} (replay the schedule: scripts/jepsen.sh ${seconds} ${seed})"
-exec "target/$profile/chorus-jepsen" --bin-dir "target/$profile" \
+docker=()
+if [ "${JEPSEN_DOCKER:-0}" = 1 ]; then
+  if ! docker info >/dev/null 2>&1; then
+    echo "chorus-jepsen in containers: skipped (no Docker engine reachable)"
+    exit 0
+  fi
+  CHORUS_IMAGE=chorus:jepsen CHORUS_PROFILE=$profile scripts/docker-image.sh
+  label=chorus-jepsen-$$
+  docker=(--docker chorus:jepsen --docker-label "$label")
+  # The tool removes its containers when it ends; this is for when it cannot.
+  trap 'docker ps -aq --filter "label=chorus.test=$label" | xargs -r docker rm -f -v >/dev/null 2>&1 || true' EXIT
+fi
+echo "chorus-jepsen: ${seconds} s of faults, seed ${seed}${docker:+, members in containers} (replay the schedule: ${JEPSEN_DOCKER:+JEPSEN_DOCKER=1 }scripts/jepsen.sh ${seconds} ${seed})"
+"target/$profile/chorus-jepsen" --bin-dir "target/$profile" \
   --seconds "$seconds" --seed "$seed" --members "${JEPSEN_MEMBERS:-3}" \
-  --clients "${JEPSEN_CLIENTS:-4}" "${json[@]}"
+  --clients "${JEPSEN_CLIENTS:-4}" "${json[@]}" "${docker[@]}"

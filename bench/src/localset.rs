@@ -1,12 +1,34 @@
 //! A chorus set of member processes on this machine, on free loopback ports, for the
 //! tools that kill, pause and partition members (chorus-failover, chorus-jepsen).
 //! Every process is killed when its [`Member`] is dropped, however the tool ends.
+//!
+//! The members may instead run in Docker containers of the chorus image ([`Docker`]):
+//! the same command lines on the host's network (so that the members, the client crate
+//! and the checker reach each other at the same loopback addresses), with the data
+//! directory mounted from the host; a kill is `docker kill`, a pause `docker pause`, a
+//! restart `docker start`. Each container is removed when its member is dropped.
 
 use anyhow::{Context, Result, anyhow};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Where members run: as processes of this machine, or in containers.
+#[derive(Clone, Debug)]
+pub enum Runner {
+    Process,
+    Docker(Docker),
+}
+
+/// Members in containers of `image` (which holds master-node and secondary-node on
+/// its PATH), labelled `chorus.test=<label>` so that a script can remove whatever is
+/// left by label.
+#[derive(Clone, Debug)]
+pub struct Docker {
+    pub image: String,
+    pub label: String,
+}
 
 /// One member process, restartable with the same flags and data.
 pub struct Member {
@@ -22,10 +44,64 @@ pub struct Member {
     /// With libfaketime: the library, and the file holding this member's wall-clock
     /// offset.
     clock: Option<(PathBuf, PathBuf)>,
+    /// In a container: how to run it, its id once created, and whether it runs.
+    docker: Option<(Docker, Option<String>, bool)>,
+}
+
+/// `docker args...`: its output, or why it failed.
+fn docker(args: &[&str]) -> Result<String> {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .context("run docker")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "docker {}: {}",
+            args.first().copied().unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 impl Member {
     pub fn start(&mut self) -> Result<()> {
+        if let Some((how, id, running)) = &mut self.docker {
+            match id {
+                Some(id) => {
+                    docker(&["start", id])?;
+                }
+                None => {
+                    let binary = self
+                        .binary
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or("master-node");
+                    let label = format!("chorus.test={}", how.label);
+                    let name = format!("{}-{}", how.label, self.name);
+                    let mount = format!("{}:{}", self.data_dir.display(), self.data_dir.display());
+                    let mut args = vec![
+                        "run",
+                        "-d",
+                        "--network",
+                        "host",
+                        "--label",
+                        &label,
+                        "--name",
+                        &name,
+                        "-v",
+                        &mount,
+                        &how.image,
+                        binary,
+                    ];
+                    args.extend(self.args.iter().map(String::as_str));
+                    *id = Some(docker(&args)?);
+                }
+            }
+            *running = true;
+            self.paused = false;
+            return Ok(());
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -54,6 +130,11 @@ impl Member {
 
     /// SIGKILL, then reap it.
     pub fn kill(&mut self) {
+        if let Some((_, Some(id), running)) = &mut self.docker {
+            // Already gone after a power loss: nothing to do then.
+            let _ = docker(&["kill", "-s", "KILL", id]);
+            *running = false;
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -62,7 +143,10 @@ impl Member {
     }
 
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        match &self.docker {
+            Some((_, _, running)) => *running,
+            None => self.child.is_some(),
+        }
     }
 
     /// Stopped by [`Self::pause`] and not resumed yet.
@@ -70,8 +154,13 @@ impl Member {
         self.paused
     }
 
-    /// SIGSTOP: the process stays, its sockets stay open, it answers nothing.
+    /// SIGSTOP (`docker pause`): the process stays, its sockets stay open, it answers
+    /// nothing.
     pub fn pause(&mut self) {
+        if let Some((_, Some(id), true)) = &self.docker {
+            self.paused = docker(&["pause", id]).is_ok();
+            return;
+        }
         if let Some(c) = &self.child {
             signal(c.id(), libc::SIGSTOP);
             self.paused = true;
@@ -94,8 +183,13 @@ impl Member {
         Ok(true)
     }
 
-    /// SIGCONT after [`Self::pause`].
+    /// SIGCONT (`docker unpause`) after [`Self::pause`].
     pub fn resume(&mut self) {
+        if let Some((_, Some(id), _)) = &self.docker
+            && self.paused
+        {
+            let _ = docker(&["unpause", id]);
+        }
         if let Some(c) = &self.child
             && self.paused
         {
@@ -116,6 +210,15 @@ impl Drop for Member {
     fn drop(&mut self) {
         self.resume();
         self.kill();
+        if let Some((_, Some(id), _)) = &self.docker {
+            // Its output into the member's log, then the container goes.
+            if let Ok(out) = Command::new("docker").args(["logs", id]).output() {
+                let mut all = out.stdout;
+                all.extend_from_slice(&out.stderr);
+                let _ = std::fs::write(&self.log, all);
+            }
+            let _ = docker(&["rm", "-f", "-v", id]);
+        }
     }
 }
 
@@ -133,14 +236,16 @@ pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.
 /// The members `names` in `work`: the first runs `master-node` (and starts the set), the
 /// others `secondary-node` joining through it. `extra` is added to every command line.
 /// With `faketime` (the library), each member runs under it, its wall clock at the
-/// true time until [`Member::set_clock`]. Nothing is started yet.
+/// true time until [`Member::set_clock`] (not in containers). Nothing is started yet.
 pub fn members(
+    runner: &Runner,
     bin_dir: &Path,
     work: &Path,
     names: &[&str],
     extra: &[String],
     faketime: Option<&Path>,
 ) -> Result<Vec<Member>> {
+    let faketime = faketime.filter(|_| matches!(runner, Runner::Process));
     let mut out = Vec::new();
     let master_comm = free_port()?;
     for (i, name) in names.iter().enumerate() {
@@ -181,6 +286,17 @@ pub fn members(
             log: work.join(format!("{name}.log")),
             child: None,
             paused: false,
+            docker: match runner {
+                Runner::Process => None,
+                Runner::Docker(d) => {
+                    // The image's user writes it; the host reads its rollback files.
+                    let dir = work.join(name);
+                    std::fs::create_dir_all(&dir)?;
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
+                    Some((d.clone(), None, false))
+                }
+            },
             clock: match faketime {
                 Some(lib) => {
                     let file = work.join(format!("{name}.clock"));

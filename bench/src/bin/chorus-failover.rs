@@ -74,7 +74,14 @@ async fn run(cli: Cli) -> Result<bool> {
         "--election-timeout-ms".to_string(),
         cli.election_timeout_ms.to_string(),
     ];
-    let mut set = members(&cli.bin_dir, work.path(), &["m", "s1", "s2"], &extra, None)?;
+    let mut set = members(
+        &chorus_bench::localset::Runner::Process,
+        &cli.bin_dir,
+        work.path(),
+        &["m", "s1", "s2"],
+        &extra,
+        None,
+    )?;
     for m in &mut set {
         m.start()?;
     }

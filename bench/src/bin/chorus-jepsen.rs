@@ -30,7 +30,7 @@
 //! ```
 
 use anyhow::{Result, bail};
-use chorus_bench::localset::{Admin, Member, members, percentile};
+use chorus_bench::localset::{Admin, Docker, Member, Runner, members, percentile};
 use chorus_client::{Client, Error as ClientError, Options, Write};
 use clap::Parser;
 use rand::rngs::StdRng;
@@ -78,6 +78,15 @@ struct Cli {
     /// (package libfaketime), if installed.
     #[arg(long, default_value = chorus_bench::localset::LIBFAKETIME)]
     faketime: PathBuf,
+    /// Run the members in containers of this image (scripts/docker-image.sh builds
+    /// one) instead of as processes of this machine: kills, pauses and restarts go
+    /// through the Docker engine, and the clock nemeses are left out.
+    #[arg(long, value_name = "IMAGE")]
+    docker: Option<String>,
+    /// With --docker: the containers' label `chorus.test=<this>` and their names'
+    /// prefix (default chorus-jepsen-<pid>), for a script to remove what is left.
+    #[arg(long, value_name = "LABEL")]
+    docker_label: Option<String>,
 }
 
 /// A write concern as the writers choose them.
@@ -611,14 +620,30 @@ async fn run(cli: Cli) -> Result<bool> {
         "--election-timeout-ms".to_string(),
         cli.election_timeout_ms.to_string(),
     ];
-    let faketime = cli.faketime.exists().then_some(cli.faketime.as_path());
-    if faketime.is_none() {
+    let runner = match &cli.docker {
+        Some(image) => Runner::Docker(Docker {
+            image: image.clone(),
+            label: cli
+                .docker_label
+                .clone()
+                .unwrap_or_else(|| format!("chorus-jepsen-{}", std::process::id())),
+        }),
+        None => Runner::Process,
+    };
+    let faketime = cli
+        .faketime
+        .exists()
+        .then_some(cli.faketime.as_path())
+        .filter(|_| cli.docker.is_none());
+    if cli.docker.is_some() {
+        eprintln!("members in containers: the clock nemeses are left out");
+    } else if faketime.is_none() {
         eprintln!(
             "no libfaketime at {}: the clock nemeses are left out",
             cli.faketime.display()
         );
     }
-    let mut set = members(&cli.bin_dir, &work, &name_refs, &extra, faketime)?;
+    let mut set = members(&runner, &cli.bin_dir, &work, &name_refs, &extra, faketime)?;
     for m in &mut set {
         m.start()?;
     }
