@@ -14,6 +14,14 @@
 //! frames from failure detection: a follower cut off from its master stops hearing it
 //! and stands for election, a master cut off from a majority steps down.
 //!
+//! `--delay-ms` and `--drop-rate` are the first rules of this set, given at start
+//! ([`Faults::with_startup`]): `{"peer": "*", "direction": "out", "frames":
+//! "replication", "delayMs": [min, max]}` and `{"peer": "*", "direction": "out",
+//! "frames": "acks", "drop": r}`. They hold for
+//! the node's whole life (`DELETE /admin/faults` clears only what `PUT` set) and add
+//! to the rules set at run time: a frame is dropped if any rule drops it, and held back
+//! by the sum of the delays.
+//!
 //! While no rule is set, checking costs one atomic load per frame.
 
 use rand::{RngExt, SeedableRng, rngs::StdRng};
@@ -40,12 +48,75 @@ pub enum Verdict {
     Delay(Duration),
 }
 
+/// What a frame is, for the rules that apply to some frames only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// A vote request or answer.
+    Vote,
+    /// Replication: entries, heartbeats, the handshake, everything on a member's link.
+    Replication,
+    /// A secondary's acknowledgement (a replication frame too).
+    Ack,
+}
+
+/// Which frames a rule applies to, by their kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Frames {
+    #[default]
+    All,
+    Replication,
+    Acks,
+}
+
+impl Frames {
+    fn covers(self, frame: Frame) -> bool {
+        match self {
+            Frames::All => true,
+            Frames::Replication => frame != Frame::Vote,
+            Frames::Acks => frame == Frame::Ack,
+        }
+    }
+}
+
+/// Which frames a rule applies to, by their direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    #[default]
+    Both,
+    In,
+    Out,
+}
+
+impl Direction {
+    fn covers(self, dir: Dir) -> bool {
+        matches!(
+            (self, dir),
+            (Direction::Both, _) | (Direction::In, Dir::In) | (Direction::Out, Dir::Out)
+        )
+    }
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
 /// One rule, as the API shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rule {
-    /// The member's name (`--name`).
+    /// The member's name (`--name`), or `*` for every peer (also one not known by
+    /// name yet).
     pub peer: String,
+    /// `both` (default), `in` (frames from the peer) or `out` (frames to it).
+    /// Shown only when not the default, so that a rule reads back as it was given.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub direction: Direction,
+    /// `all` (default), `replication` (not votes) or `acks` (a secondary's
+    /// acknowledgements only, as `--drop-rate`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub frames: Frames,
     /// Probability that a frame is dropped, 0 to 1.
     #[serde(default)]
     pub drop: f64,
@@ -115,9 +186,23 @@ impl FaultSet {
 #[derive(Debug, Default)]
 pub struct Faults {
     active: AtomicBool,
+    /// The rules of `PUT /admin/faults`.
     set: RwLock<FaultSet>,
-    /// One generator per (peer, direction), created from the seed on first use.
-    rngs: Mutex<HashMap<(String, Dir), StdRng>>,
+    /// The rules of `--delay-ms` and `--drop-rate`, for the node's whole life.
+    startup: FaultSet,
+    /// One generator per (rule set, peer, direction), created from its seed on first
+    /// use.
+    rngs: Mutex<HashMap<(bool, String, Dir), StdRng>>,
+}
+
+/// What `GET /admin/faults` shows: the rules set at run time, and (only when there
+/// are any) those of the command line.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Shown {
+    #[serde(flatten)]
+    pub set: FaultSet,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub startup: Option<FaultSet>,
 }
 
 impl Faults {
@@ -125,16 +210,51 @@ impl Faults {
         Self::default()
     }
 
-    /// Replace the rules (an empty set clears them).
+    /// With the rules of `--delay-ms` (every frame this node sends held back) and
+    /// `--drop-rate` (every acknowledgement it sends lost with that probability), their
+    /// decisions drawn from `seed`.
+    pub fn with_startup(delay: common::config::DelaySpec, drop_acks: f64, seed: u64) -> Self {
+        let mut rules = Vec::new();
+        let everyone = |frames| Rule {
+            peer: "*".into(),
+            direction: Direction::Out,
+            frames,
+            drop: 0.0,
+            delay_ms: [0, 0],
+            partition: false,
+        };
+        if !delay.is_zero() {
+            rules.push(Rule {
+                delay_ms: [delay.min_ms, delay.max_ms],
+                ..everyone(Frames::Replication)
+            });
+        }
+        if drop_acks > 0.0 {
+            rules.push(Rule {
+                drop: drop_acks,
+                ..everyone(Frames::Acks)
+            });
+        }
+        Faults {
+            active: AtomicBool::new(!rules.is_empty()),
+            startup: FaultSet { seed, rules },
+            ..Faults::default()
+        }
+    }
+
+    /// Replace the rules set at run time (an empty set clears them).
     pub fn set(&self, set: FaultSet) {
-        let any = !set.rules.is_empty();
+        let any = !set.rules.is_empty() || !self.startup.rules.is_empty();
         *self.set.write().unwrap_or_else(|e| e.into_inner()) = set;
         self.rngs.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.active.store(any, Ordering::Release);
     }
 
-    pub fn get(&self) -> FaultSet {
-        self.set.read().unwrap_or_else(|e| e.into_inner()).clone()
+    pub fn get(&self) -> Shown {
+        Shown {
+            set: self.set.read().unwrap_or_else(|e| e.into_inner()).clone(),
+            startup: (!self.startup.rules.is_empty()).then(|| self.startup.clone()),
+        }
     }
 
     /// Whether any rule is set (one atomic load).
@@ -142,34 +262,64 @@ impl Faults {
         self.active.load(Ordering::Acquire)
     }
 
-    /// What happens to a frame to or from `peer` (None: a peer not known by name,
-    /// whose frames pass).
-    pub fn judge(&self, peer: Option<&str>, dir: Dir) -> Verdict {
+    /// Whether any rule was set at run time.
+    pub fn runtime_active(&self) -> bool {
+        !self
+            .set
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .rules
+            .is_empty()
+    }
+
+    /// The longest any rule holds a frame back (what a closing connection waits for).
+    pub fn max_delay(&self) -> Duration {
+        let set = self.set.read().unwrap_or_else(|e| e.into_inner());
+        let ms = (set.rules.iter().chain(&self.startup.rules))
+            .map(|r| r.delay_ms[1])
+            .max()
+            .unwrap_or(0);
+        Duration::from_millis(ms)
+    }
+
+    /// What happens to a `frame` to or from `peer` (None: a peer not known by name yet,
+    /// which only `*` rules name).
+    pub fn judge(&self, peer: Option<&str>, dir: Dir, frame: Frame) -> Verdict {
         if !self.active() {
             return Verdict::Pass;
         }
-        let Some(peer) = peer else {
-            return Verdict::Pass;
-        };
         let set = self.set.read().unwrap_or_else(|e| e.into_inner());
-        let Some(rule) = set.rules.iter().find(|r| r.peer == peer) else {
-            return Verdict::Pass;
-        };
-        if rule.partition {
-            return Verdict::Drop;
+        let mut wait = Duration::ZERO;
+        for (startup, rules) in [(false, &*set), (true, &self.startup)] {
+            // The peer's own rule, or else the rule for everyone.
+            let applies = |r: &&Rule| r.direction.covers(dir) && r.frames.covers(frame);
+            let Some(rule) = (rules.rules.iter())
+                .find(|r| peer.is_some_and(|p| r.peer == p) && applies(r))
+                .or_else(|| rules.rules.iter().find(|r| r.peer == "*" && applies(r)))
+            else {
+                continue;
+            };
+            if rule.partition {
+                return Verdict::Drop;
+            }
+            let name = peer.unwrap_or("*");
+            let mut rngs = self.rngs.lock().unwrap_or_else(|e| e.into_inner());
+            let rng = rngs
+                .entry((startup, name.to_string(), dir))
+                .or_insert_with(|| StdRng::seed_from_u64(stream_seed(rules.seed, name, dir)));
+            if rule.drop > 0.0 && rng.random_bool(rule.drop) {
+                return Verdict::Drop;
+            }
+            let [lo, hi] = rule.delay_ms;
+            if hi > 0 {
+                wait += Duration::from_millis(rng.random_range(lo..=hi));
+            }
         }
-        let mut rngs = self.rngs.lock().unwrap_or_else(|e| e.into_inner());
-        let rng = rngs
-            .entry((peer.to_string(), dir))
-            .or_insert_with(|| StdRng::seed_from_u64(stream_seed(set.seed, peer, dir)));
-        if rule.drop > 0.0 && rng.random_bool(rule.drop) {
-            return Verdict::Drop;
+        if wait.is_zero() {
+            Verdict::Pass
+        } else {
+            Verdict::Delay(wait)
         }
-        let [lo, hi] = rule.delay_ms;
-        if hi == 0 {
-            return Verdict::Pass;
-        }
-        Verdict::Delay(Duration::from_millis(rng.random_range(lo..=hi)))
     }
 }
 
@@ -220,16 +370,133 @@ mod tests {
     #[test]
     fn partition_drops_everything_both_ways_and_other_peers_pass() {
         let f = Faults::new();
-        assert_eq!(f.judge(Some("s1"), Dir::Out), Verdict::Pass);
+        assert_eq!(
+            f.judge(Some("s1"), Dir::Out, Frame::Replication),
+            Verdict::Pass
+        );
         f.set(set(r#"{"rules": [{"peer": "s1", "partition": true}]}"#));
         for dir in [Dir::In, Dir::Out] {
-            assert_eq!(f.judge(Some("s1"), dir), Verdict::Drop);
-            assert_eq!(f.judge(Some("s2"), dir), Verdict::Pass);
-            assert_eq!(f.judge(None, dir), Verdict::Pass);
+            assert_eq!(f.judge(Some("s1"), dir, Frame::Replication), Verdict::Drop);
+            assert_eq!(f.judge(Some("s2"), dir, Frame::Replication), Verdict::Pass);
+            assert_eq!(f.judge(None, dir, Frame::Replication), Verdict::Pass);
         }
         f.set(FaultSet::default());
         assert!(!f.active());
-        assert_eq!(f.judge(Some("s1"), Dir::Out), Verdict::Pass);
+        assert_eq!(
+            f.judge(Some("s1"), Dir::Out, Frame::Replication),
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn startup_rules_are_delay_ms_and_drop_rate() {
+        use common::config::DelaySpec;
+        let delay = DelaySpec {
+            min_ms: 10,
+            max_ms: 20,
+        };
+        let f = Faults::with_startup(delay, 0.5, 1);
+        assert!(f.active());
+        // --delay-ms: every replication frame sent, to anyone, known by name or not.
+        for peer in [Some("s1"), None] {
+            for frame in [Frame::Replication, Frame::Ack] {
+                match f.judge(peer, Dir::Out, frame) {
+                    Verdict::Delay(d) => assert!((10..=20).contains(&d.as_millis())),
+                    Verdict::Drop => assert_eq!(frame, Frame::Ack),
+                    Verdict::Pass => panic!("{peer:?} {frame:?} passed"),
+                }
+            }
+            // Not what arrives, not votes.
+            assert_eq!(f.judge(peer, Dir::In, Frame::Replication), Verdict::Pass);
+            assert_eq!(f.judge(peer, Dir::Out, Frame::Vote), Verdict::Pass);
+        }
+        // --drop-rate: about half the acks, no other frame.
+        let f = Faults::with_startup(DelaySpec::default(), 0.5, 1);
+        let drops = (0..1000)
+            .filter(|_| f.judge(Some("m"), Dir::Out, Frame::Ack) == Verdict::Drop)
+            .count();
+        assert!((400..600).contains(&drops), "{drops}");
+        assert!(
+            (0..100).all(|_| f.judge(Some("m"), Dir::Out, Frame::Replication) == Verdict::Pass)
+        );
+        // No flags, no rules, nothing shown.
+        let none = Faults::with_startup(DelaySpec::default(), 0.0, 1);
+        assert!(!none.active());
+        assert_eq!(
+            serde_json::to_value(none.get()).unwrap(),
+            serde_json::json!({"seed": 0, "rules": []})
+        );
+    }
+
+    #[test]
+    fn runtime_rules_add_to_the_startup_ones_and_delete_keeps_them() {
+        use common::config::DelaySpec;
+        let f = Faults::with_startup(
+            DelaySpec {
+                min_ms: 5,
+                max_ms: 5,
+            },
+            0.0,
+            1,
+        );
+        f.set(set(r#"{"rules": [{"peer": "s1", "delayMs": [100, 100]}]}"#));
+        // Both delays, summed.
+        assert_eq!(
+            f.judge(Some("s1"), Dir::Out, Frame::Replication),
+            Verdict::Delay(Duration::from_millis(105))
+        );
+        assert_eq!(
+            f.judge(Some("s2"), Dir::Out, Frame::Replication),
+            Verdict::Delay(Duration::from_millis(5))
+        );
+        assert_eq!(f.max_delay(), Duration::from_millis(100));
+        let shown = serde_json::to_value(f.get()).unwrap();
+        assert_eq!(shown["rules"][0]["peer"], "s1");
+        assert_eq!(shown["startup"]["rules"][0]["peer"], "*");
+        assert_eq!(
+            shown["startup"]["rules"][0]["delayMs"],
+            serde_json::json!([5, 5])
+        );
+        // DELETE clears what PUT set; the command line's rules stay.
+        f.set(FaultSet::default());
+        assert!(f.active() && !f.runtime_active());
+        assert_eq!(
+            f.judge(Some("s1"), Dir::Out, Frame::Replication),
+            Verdict::Delay(Duration::from_millis(5))
+        );
+    }
+
+    #[test]
+    fn rules_for_everyone_for_one_direction_or_for_some_frames() {
+        let f = Faults::new();
+        f.set(set(
+            r#"{"rules": [{"peer": "*", "direction": "in", "partition": true},
+                          {"peer": "s1", "frames": "acks", "drop": 1.0}]}"#,
+        ));
+        // s1's own rule first: only its acks are dropped, the rest passes.
+        assert_eq!(f.judge(Some("s1"), Dir::Out, Frame::Ack), Verdict::Drop);
+        assert_eq!(
+            f.judge(Some("s1"), Dir::Out, Frame::Replication),
+            Verdict::Pass
+        );
+        // Where s1's rule does not apply, the rule for everyone does.
+        assert_eq!(
+            f.judge(Some("s1"), Dir::In, Frame::Replication),
+            Verdict::Drop
+        );
+        assert_eq!(f.judge(Some("s2"), Dir::In, Frame::Vote), Verdict::Drop);
+        assert_eq!(f.judge(None, Dir::In, Frame::Replication), Verdict::Drop);
+        assert_eq!(
+            f.judge(Some("s2"), Dir::Out, Frame::Replication),
+            Verdict::Pass
+        );
+        for bad in [
+            r#"{"rules": [{"peer": "s1", "direction": "sideways"}]}"#,
+            r#"{"rules": [{"peer": "s1", "frames": "some"}]}"#,
+            r#"{"rules": [{"peer": "*"}, {"peer": "*"}]}"#,
+        ] {
+            assert!(FaultSet::parse(bad.as_bytes()).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -239,7 +506,13 @@ mod tests {
             let f = Faults::new();
             f.set(set(rules));
             (0..500)
-                .map(|i| f.judge(Some("s1"), if i % 3 == 0 { Dir::In } else { Dir::Out }))
+                .map(|i| {
+                    f.judge(
+                        Some("s1"),
+                        if i % 3 == 0 { Dir::In } else { Dir::Out },
+                        Frame::Replication,
+                    )
+                })
                 .collect::<Vec<_>>()
         };
         let a = run();
@@ -255,7 +528,13 @@ mod tests {
         let f = Faults::new();
         f.set(set(&rules.replace("\"seed\": 7", "\"seed\": 8")));
         let b: Vec<_> = (0..500)
-            .map(|i| f.judge(Some("s1"), if i % 3 == 0 { Dir::In } else { Dir::Out }))
+            .map(|i| {
+                f.judge(
+                    Some("s1"),
+                    if i % 3 == 0 { Dir::In } else { Dir::Out },
+                    Frame::Replication,
+                )
+            })
             .collect();
         assert_ne!(a, b);
     }

@@ -366,17 +366,6 @@ impl<'a> Session<'a> {
         let cfg = &node.cfg;
         let _ = stream.tcp().set_nodelay(true);
         let _ = stream.tcp().set_write_timeout(Some(WRITE_TIMEOUT));
-        let delayer = if cfg.delay.is_zero() {
-            None
-        } else {
-            match stream.try_clone() {
-                Ok(s) => Some(Delayer::start(s)),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot share the connection with the delayed writer; frames go out without --delay-ms");
-                    None
-                }
-            }
-        };
         Session {
             stream,
             node,
@@ -391,7 +380,7 @@ impl<'a> Session<'a> {
             slack: Duration::from_millis(cfg.delay.max_ms),
             codec: Codec::new(),
             out: BytesMut::new(),
-            delayer,
+            delayer: None,
             held: Vec::new(),
             schedule: SyncSchedule::default(),
             timeout: None,
@@ -421,7 +410,7 @@ impl<'a> Session<'a> {
             End::Close => {
                 if let Some(d) = self.delayer.take() {
                     // Let it write what is queued, bounded, then close.
-                    d.finish(Duration::from_millis(self.cfg.delay.max_ms + 1000));
+                    d.finish(self.node.faults.max_delay() + Duration::from_secs(1));
                 }
                 let _ = self.stream.shutdown(Shutdown::Write);
             }
@@ -446,10 +435,10 @@ impl<'a> Session<'a> {
             if !frames.is_empty() && self.node.faults.active() {
                 // Fault rules (`PUT /admin/faults`): dropped frames never arrived (they
                 // do not count as hearing the master); delayed ones arrive that late.
-                use crate::faults::{Dir, Verdict};
+                use crate::faults::{Dir, Frame, Verdict};
                 let (faults, peer) = (&self.node.faults, self.peer.as_deref());
                 let mut wait = Duration::ZERO;
-                frames.retain(|_| match faults.judge(peer, Dir::In) {
+                frames.retain(|_| match faults.judge(peer, Dir::In, Frame::Replication) {
                     Verdict::Drop => false,
                     Verdict::Delay(d) => {
                         wait = wait.max(d);
@@ -626,24 +615,24 @@ impl<'a> Session<'a> {
         End::Close
     }
 
-    /// Write the core's outputs, applying `--drop-rate` to acks and `--delay-ms` to
-    /// every frame. Ok(true): the core asked to close.
+    /// Write the core's outputs, through the fault rules (`--drop-rate` drops acks,
+    /// `--delay-ms` holds every frame back). Ok(true): the core asked to close.
     fn dispatch(&mut self, outputs: Vec<SecondaryOutput>) -> io::Result<bool> {
         let mut close = false;
         for out in outputs {
             match out {
                 SecondaryOutput::Send(frame) => {
-                    if let SecondaryFrame::Ack { upto, .. } = &frame
-                        && self.cfg.drop_rate > 0.0
-                        && rand::rng().random_bool(self.cfg.drop_rate)
-                    {
-                        tracing::debug!(upto, "dropping an ack (--drop-rate)");
-                        continue;
-                    }
-                    use crate::faults::{Dir, Verdict};
-                    match self.node.faults.judge(self.peer.as_deref(), Dir::Out) {
+                    // Fault rules, `--delay-ms` and `--drop-rate` among them.
+                    use crate::faults::{Dir, Frame, Verdict};
+                    let kind = match frame {
+                        SecondaryFrame::Ack { .. } => Frame::Ack,
+                        _ => Frame::Replication,
+                    };
+                    match self.node.faults.judge(self.peer.as_deref(), Dir::Out, kind) {
                         Verdict::Pass => self.send(frame)?,
-                        Verdict::Drop => {}
+                        Verdict::Drop => {
+                            tracing::trace!(frame = frame.name(), "dropped by a fault rule")
+                        }
                         Verdict::Delay(d) => self.send_later(frame, d)?,
                     }
                 }
@@ -704,22 +693,16 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Queue one frame: into the next write, or to the delayer after its own delay.
+    /// Queue one frame: into the next write, or, once frames are being held back on
+    /// this connection, to the delayer, due now (so that it leaves after what is due
+    /// before it).
     fn send(&mut self, frame: SecondaryFrame) -> io::Result<()> {
         match &self.delayer {
             None => self
                 .codec
                 .encode(frame, &mut self.out)
                 .map_err(|e| io::Error::other(e.to_string())),
-            Some(d) => {
-                let mut bytes = BytesMut::new();
-                self.codec
-                    .encode(frame, &mut bytes)
-                    .map_err(|e| io::Error::other(e.to_string()))?;
-                let due = Instant::now() + self.cfg.delay.sample(&mut rand::rng());
-                d.send(due, bytes);
-                Ok(())
-            }
+            Some(_) => self.send_later(frame, Duration::ZERO),
         }
     }
 }

@@ -141,6 +141,8 @@ impl Node {
             core,
             cfg.seed_address(),
         )));
+        // `--delay-ms` and `--drop-rate` are the first fault rules.
+        let faults = crate::faults::Faults::with_startup(cfg.delay, cfg.drop_rate, rand::random());
         let node = Arc::new(Node {
             cfg,
             store,
@@ -157,7 +159,7 @@ impl Node {
             next_seed: AtomicU64::new(0),
             last_rollback: Mutex::new(None),
             http_port,
-            faults: crate::faults::Faults::new(),
+            faults,
         });
         (node, rx)
     }
@@ -625,15 +627,15 @@ impl Driver {
             let req = req.clone();
             let node = node.clone();
             actix_web::rt::spawn(async move {
-                use crate::faults::{Dir, Verdict};
-                match node.faults.judge(Some(&name), Dir::Out) {
+                use crate::faults::{Dir, Frame, Verdict};
+                match node.faults.judge(Some(&name), Dir::Out, Frame::Vote) {
                     Verdict::Drop => return,
                     Verdict::Delay(d) => tokio::time::sleep(d).await,
                     Verdict::Pass => {}
                 }
                 let (key, tls) = (node.cfg.cluster_key.as_ref(), node.cfg.tls.as_ref());
                 match tokio::time::timeout(VOTE_TIMEOUT, ask(&comm, req, key, tls)).await {
-                    Ok(Ok(resp)) => match node.faults.judge(Some(&name), Dir::In) {
+                    Ok(Ok(resp)) => match node.faults.judge(Some(&name), Dir::In, Frame::Vote) {
                         Verdict::Drop => {}
                         Verdict::Delay(d) => {
                             tokio::time::sleep(d).await;

@@ -240,8 +240,12 @@ impl Replicator {
                 MasterOutput::Send { conn, frame } => match self.sessions.get(&conn) {
                     // Fault rules (`PUT /admin/faults`), when any are set.
                     Some(c) if self.node.faults.active() => {
-                        use crate::faults::{Dir, Verdict};
-                        match self.node.faults.judge(c.member.as_deref(), Dir::Out) {
+                        use crate::faults::{Dir, Frame, Verdict};
+                        match self.node.faults.judge(
+                            c.member.as_deref(),
+                            Dir::Out,
+                            Frame::Replication,
+                        ) {
                             Verdict::Drop => {}
                             Verdict::Delay(d) => c.session.do_send(ToSession::Delayed(frame, d)),
                             Verdict::Pass => match &c.outbox {

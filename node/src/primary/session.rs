@@ -1,6 +1,6 @@
 //! One actor per secondary connection. It turns the frames it reads into messages for
 //! the [`Replicator`], and owns the connection's [`Outbox`], through which frames go
-//! out (each after its own `--delay-ms`, if set).
+//! out (those a fault rule or `--delay-ms` holds back, after their delay).
 
 use super::replicator::{Inbound, Register, Replicator, ToSession, Unregister};
 use crate::http::Role;
@@ -8,7 +8,6 @@ use crate::member::{Event, Node};
 use crate::wire::{Receiver, Sender};
 use actix::prelude::*;
 use bytes::BytesMut;
-use common::config::DelaySpec;
 use common::protocol::codec::{CodecError, FrameCodec};
 use common::protocol::{ErrorCode, ErrorFrame, MasterFrame, SecondaryFrame};
 use common::replication::ConnId;
@@ -270,9 +269,9 @@ async fn serve_connection(
         return;
     }
     if let SecondaryFrame::RequestVote(req) = first {
-        use crate::faults::{Dir, Verdict};
+        use crate::faults::{Dir, Frame, Verdict};
         let candidate = req.candidate.clone();
-        match node.faults.judge(Some(&candidate), Dir::In) {
+        match node.faults.judge(Some(&candidate), Dir::In, Frame::Vote) {
             Verdict::Drop => return,
             Verdict::Delay(d) => tokio::time::sleep(d).await,
             Verdict::Pass => {}
@@ -280,7 +279,7 @@ async fn serve_connection(
         let (tx, rx) = tokio::sync::oneshot::channel();
         node.send(Event::VoteRequest(req, tx));
         if let Ok(resp) = rx.await {
-            match node.faults.judge(Some(&candidate), Dir::Out) {
+            match node.faults.judge(Some(&candidate), Dir::Out, Frame::Vote) {
                 Verdict::Drop => return,
                 Verdict::Delay(d) => tokio::time::sleep(d).await,
                 Verdict::Pass => {}
@@ -333,7 +332,6 @@ async fn serve_connection(
             return;
         }
     };
-    let delay = node.cfg.delay;
     let session_node = node.clone();
     Session::create(move |ctx| {
         Session::add_stream(frames, ctx);
@@ -346,7 +344,6 @@ async fn serve_connection(
             node: session_node,
             replicator,
             outbox,
-            delay,
             closing: false,
             first: Some(first),
             _slot: slot,
@@ -420,7 +417,6 @@ pub struct Session {
     node: Arc<Node>,
     replicator: Addr<Replicator>,
     outbox: Arc<Outbox>,
-    delay: DelaySpec,
     /// An error frame is being flushed before the connection closes.
     closing: bool,
     /// The first frame, read before the session existed: the replicator gets it once
@@ -434,12 +430,16 @@ impl Session {
     /// Hand a frame from the peer to the replicator, unless a fault rule drops it or
     /// holds it back.
     fn inbound(&mut self, frame: SecondaryFrame, ctx: &mut Context<Self>) {
-        use crate::faults::{Dir, Verdict};
+        use crate::faults::{Dir, Frame, Verdict};
         let msg = Inbound {
             conn: self.conn,
             frame,
         };
-        match self.node.faults.judge(self.member.as_deref(), Dir::In) {
+        match self
+            .node
+            .faults
+            .judge(self.member.as_deref(), Dir::In, Frame::Replication)
+        {
             Verdict::Pass => self.replicator.do_send(msg),
             Verdict::Drop => {}
             Verdict::Delay(d) => {
@@ -448,24 +448,14 @@ impl Session {
         }
     }
 
-    /// Write now, or after the artificial delay. Delays are drawn per frame, so frames
-    /// may overtake each other, as on a network that reorders.
-    fn write(&mut self, frame: MasterFrame, ctx: &mut Context<Self>) {
-        if self.delay.is_zero() {
-            self.outbox.send(frame);
-        } else {
-            let wait = self.delay.sample(&mut rand::rng());
-            ctx.run_later(wait, move |act, _| act.outbox.send(frame));
-        }
-    }
-
-    /// Close after everything already queued (including delayed frames) is written.
+    /// Close after everything already queued (including frames a fault rule, or
+    /// `--delay-ms`, holds back) is written.
     fn close(&mut self, ctx: &mut Context<Self>) {
-        if self.delay.is_zero() {
+        let wait = self.node.faults.max_delay();
+        if wait.is_zero() {
             self.outbox.close();
         } else {
-            let wait = Duration::from_millis(self.delay.max_ms + 1);
-            ctx.run_later(wait, |act, _| act.outbox.close());
+            ctx.run_later(wait + Duration::from_millis(1), |act, _| act.outbox.close());
         }
     }
 }
@@ -478,8 +468,8 @@ impl Actor for Session {
             conn: self.conn,
             peer: self.peer.clone(),
             session: ctx.address().recipient(),
-            // Frames the master holds back (`--delay-ms`) go through the session.
-            outbox: self.delay.is_zero().then(|| self.outbox.clone()),
+            // Frames a fault rule holds back (`--delay-ms` too) go through the session.
+            outbox: Some(self.outbox.clone()),
             member: self.member.clone(),
         });
         if let Some(frame) = self.first.take() {
@@ -528,7 +518,7 @@ impl Handler<ToSession> for Session {
     type Result = ();
     fn handle(&mut self, msg: ToSession, ctx: &mut Context<Self>) {
         match msg {
-            ToSession::Frame(frame) => self.write(frame, ctx),
+            ToSession::Frame(frame) => self.outbox.send(frame),
             ToSession::Delayed(frame, d) => {
                 ctx.run_later(d, move |act, _| act.outbox.send(frame));
             }

@@ -14,6 +14,48 @@ async fn put_faults(http: &Http, node: &Node, rules: Value) -> anyhow::Result<(u
 }
 
 #[actix_rt::test]
+async fn delay_ms_and_drop_rate_are_the_first_rules_and_stay() -> anyhow::Result<()> {
+    let dir = TestDir::new("faults-startup");
+    let http = Http::new();
+    let flags = ["--delay-ms", "5-20", "--drop-rate", "0.2"];
+    let (master, nodes) = cluster(&dir, &http, &["--delay-ms", "5"], &[&flags]).await?;
+    let startup = |delay: Value, drop: Option<f64>| {
+        let mut rules = vec![
+            json!({"peer": "*", "direction": "out", "frames": "replication", "drop": 0.0, "delayMs": delay, "partition": false}),
+        ];
+        if let Some(d) = drop {
+            rules.push(json!({"peer": "*", "direction": "out", "frames": "acks", "drop": d, "delayMs": [0, 0], "partition": false}));
+        }
+        Value::Array(rules)
+    };
+    let shown = http.get(&nodes[0].url("/admin/faults")).await?.1;
+    assert_eq!(shown["rules"], json!([]), "{shown}");
+    assert_eq!(
+        shown["startup"]["rules"],
+        startup(json!([5, 20]), Some(0.2))
+    );
+    // Rules set at run time add to them; DELETE clears only those.
+    let rules = json!({"seed": 1, "rules": [{"peer": "m", "delayMs": [1, 2]}]});
+    assert_eq!(put_faults(&http, &nodes[0], rules).await?.0, 200);
+    let (st, shown) = http.delete(&nodes[0].url("/admin/faults")).await?;
+    assert_eq!(st, 200);
+    assert_eq!(shown["rules"], json!([]));
+    assert_eq!(
+        shown["startup"]["rules"],
+        startup(json!([5, 20]), Some(0.2))
+    );
+    let shown = http.get(&master.url("/admin/faults")).await?.1;
+    assert_eq!(shown["startup"]["rules"], startup(json!([5, 5]), None));
+    // And they do what the flags always did: the writes still reach everyone.
+    for i in 0..20 {
+        let (st, body) = http.write(&master, &format!("m{i}"), json!(2)).await?;
+        assert_eq!(st, 201, "{body}");
+    }
+    wait_converged(&http, &master, &[&master, &nodes[0]], 20, LONG).await?;
+    Ok(())
+}
+
+#[actix_rt::test]
 async fn the_fault_api_sets_shows_and_clears_rules() -> anyhow::Result<()> {
     let dir = TestDir::new("faults-api");
     let http = Http::new();
