@@ -1,7 +1,8 @@
 //! Fault injection at run time (`PUT/GET/DELETE /admin/faults`) on the real binaries:
 //! the API, then a set partitioned on one machine without containers: a master cut
-//! off from both secondaries, a secondary cut off from the others, and a lossy,
-//! slow link that writes get through anyway.
+//! off from both secondaries, a secondary cut off from the others, a bridge member
+//! between two halves, a lossy, slow link that writes get through anyway, and a link
+//! that flaps.
 
 use chorus_tests::*;
 use serde_json::{Value, json};
@@ -235,5 +236,58 @@ async fn a_bridge_member_keeps_the_set_writable_without_elections() -> anyhow::R
         assert_eq!(http.delete(&n.url("/admin/faults")).await?.0, 200);
     }
     wait_converged(&http, &master, &[&nodes[0], s2], written, LONG).await?;
+    Ok(())
+}
+
+/// A link that flaps: the master's link to s1 is cut and restored every 100 to 400 ms
+/// for 4 s while majority writes go on. Every write is acknowledged in the first
+/// term (the master still hears s2, and s1's silences are shorter than its election
+/// timeout: pre-vote would not let it disturb the set anyway); every read of s1 in
+/// between is a gap-free prefix; once the link holds, s1 has everything.
+#[actix_rt::test]
+async fn a_flapping_link_loses_nothing_and_elects_no_one() -> anyhow::Result<()> {
+    let dir = TestDir::new("faults-flap");
+    let http = Http::new();
+    let (master, nodes) = cluster(&dir, &http, &[], &[&[], &[]]).await?;
+    let s1 = &nodes[0];
+    let flapping = {
+        let (http, url) = (http.clone(), master.url("/admin/faults"));
+        actix_rt::spawn(async move {
+            use rand::{RngExt, SeedableRng};
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            let end = std::time::Instant::now() + Duration::from_secs(4);
+            let mut flips = 0;
+            while std::time::Instant::now() < end {
+                let cut = json!({"rules": [{"peer": "s1", "partition": true}]});
+                http.put(&url, &cut).await?;
+                actix_rt::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
+                http.delete(&url).await?;
+                actix_rt::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
+                flips += 1;
+            }
+            anyhow::Ok(flips)
+        })
+    };
+    let mut written = 0;
+    while !flapping.is_finished() {
+        written += 1;
+        let (st, body) = http
+            .write(&master, &format!("m{written}"), json!("majority"))
+            .await?;
+        assert_eq!(st, 201, "{body}");
+        assert_eq!(body["term"], 1, "no election: {body}");
+        if written % 5 == 0 {
+            let log = http.messages(s1).await?;
+            assert_gap_free(&log);
+            for (id, m) in &log {
+                assert_eq!(m, &format!("m{id}"), "s1 holds what the master wrote");
+            }
+        }
+    }
+    let flips = flapping.await??;
+    assert!(flips >= 5, "the link flapped {flips} times");
+    wait_converged(&http, &master, &[s1, &nodes[1]], written, LONG).await?;
+    let h = http.get(&s1.url("/hello")).await?.1;
+    assert_eq!(h["term"], 1, "{h}");
     Ok(())
 }
