@@ -114,6 +114,38 @@ async fn a_tls_set_replicates_elects_and_refuses_strangers() -> anyhow::Result<(
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(serde_json::from_str::<serde_json::Value>(&text)?["id"], 3);
+    // Reads too: from a secondary (w=3 put everything there), and as a change stream
+    // with majority read concern (`--follow` with a limit ends).
+    for how in [
+        &["--read-preference", "secondary"][..],
+        &["--follow", "--read-concern", "majority"][..],
+    ] {
+        let out = std::process::Command::new(bin("chorus"))
+            .args(["--hosts", &nodes[0].http.to_string()])
+            .args([
+                "--tls-ca",
+                certs.join("ca.pem").to_str().unwrap_or_default(),
+            ])
+            .args(["--json", "read", "--limit", "3"])
+            .args(how)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{how:?}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // One JSON array, or one document a line with --follow.
+        let docs: Vec<serde_json::Value> = match serde_json::from_str(&text) {
+            Ok(serde_json::Value::Array(a)) => a,
+            _ => text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect(),
+        };
+        let ids: Vec<u64> = docs.iter().filter_map(|v| v["id"].as_u64()).collect();
+        assert_eq!(ids, [1, 2, 3], "{how:?}: {text}");
+    }
     // Without the CA it cannot verify the members: a failed operation, not a hang.
     let out = std::process::Command::new(bin("chorus"))
         .args([
