@@ -165,6 +165,14 @@ struct Sim {
     leaders: HashMap<u64, String>,
     /// The committed log as members report it: id -> (term, message).
     committed: BTreeMap<u64, (u64, String)>,
+    /// For each committed id, a term by which it was committed: the term of the
+    /// master that answered its write, or the term of a member that saw it committed
+    /// (the smallest such term reported). Leader completeness binds the masters of
+    /// that term and later ones only: a member that won an older term's election,
+    /// and takes office late (it was paused with the votes in its queue), may lack
+    /// what a newer term committed, as in Raft; it cannot commit anything itself, as
+    /// every member that moved on refuses its frames.
+    commit_term: BTreeMap<u64, u64>,
     /// Writes waiting for an answer: token -> (message, majority?).
     writes: HashMap<Token, (String, bool)>,
     next_token: Token,
@@ -307,6 +315,7 @@ impl Sim {
             held: Vec::new(),
             leaders: HashMap::new(),
             committed: BTreeMap::new(),
+            commit_term: BTreeMap::new(),
             writes: HashMap::new(),
             next_token: 1,
             acked_majority: BTreeMap::new(),
@@ -504,9 +513,24 @@ impl Sim {
         m.syncing = false;
         m.next_heartbeat = self.now;
         m.role = Role::Leader(Box::new(core));
-        // Every committed entry is in the new master's log (leader completeness).
+        // Every entry committed by this term is in the new master's log (leader
+        // completeness).
         let last = self.members[i].store.last_id();
-        if let Some((&id, _)) = self.committed.range(last + 1..).next() {
+        let missing = (self.committed.range(last + 1..))
+            .map(|(&id, _)| id)
+            .find(|id| self.commit_term.get(id).is_some_and(|&t| t <= term));
+        if trace()
+            && missing.is_none()
+            && let Some((&id, _)) = self.committed.range(last + 1..).next()
+        {
+            eprintln!(
+                "{:?} {} leads term {term} without {id}, committed in term {:?}: a later term",
+                self.elapsed(),
+                self.members[i].name,
+                self.commit_term.get(&id)
+            );
+        }
+        if let Some(id) = missing {
             self.dump();
             let name = self.members[i].name.clone();
             self.fail(format!(
@@ -670,14 +694,16 @@ impl Sim {
                     r.id
                 ));
             }
-            self.note_committed(r.id, entry);
+            self.note_committed(r.id, entry, r.term);
             self.acked_majority.insert(r.id, message);
         } else {
             self.acked_w1 += 1;
         }
     }
 
-    fn note_committed(&mut self, id: u64, entry: (u64, String)) {
+    fn note_committed(&mut self, id: u64, entry: (u64, String), by_term: u64) {
+        let t = self.commit_term.entry(id).or_insert(by_term);
+        *t = (*t).min(by_term);
         if let Some(old) = self.committed.get(&id)
             && *old != entry
         {
@@ -1193,8 +1219,9 @@ impl Sim {
             let upto = commit.min(last);
             let from = self.members[i].verified + 1;
             if upto >= from {
+                let term = self.members[i].election.term();
                 for e in store.read(from, (upto - from + 1) as usize).unwrap() {
-                    self.note_committed(e.id, (e.term, e.message));
+                    self.note_committed(e.id, (e.term, e.message), term);
                 }
                 self.members[i].verified = upto;
             }
@@ -1528,6 +1555,35 @@ fn soak_seeds_with_member_lists_that_never_converge() {
         (1025246, 222),
         (1032171, 235),
         (1036796, 252),
+    ];
+    let failing: Vec<u64> = seeds
+        .iter()
+        .filter(|(seed, mix)| std::panic::catch_unwind(|| run(*seed, *mix)).is_err())
+        .map(|(seed, _)| *seed)
+        .collect();
+    assert!(failing.is_empty(), "still failing: {failing:?}");
+}
+
+/// Found by the hour-long run (`scripts/sim-soak.sh 3600`, 608,351 seeds): nine seeds,
+/// every one with pauses in its mix, where a member won an election, was paused with
+/// the votes in its queue, and took office after a newer term had committed more
+/// entries. The checker's leader completeness was stricter than Raft's: it asked every
+/// new master for every committed entry, where Raft asks the masters of the terms after
+/// the one that committed it. Such a late master of an older term cannot commit (the
+/// members that moved on refuse its frames) and steps down at the first newer term it
+/// hears; each seed runs to the end with every majority write in place.
+#[test]
+fn soak_seeds_with_a_master_of_an_older_term_taking_office_late() {
+    let seeds = [
+        (1078507, 235),
+        (1090412, 108),
+        (1145881, 25),
+        (1325898, 74),
+        (1335082, 42),
+        (1433596, 252),
+        (1508491, 139),
+        (1556922, 186),
+        (1597033, 105),
     ];
     let failing: Vec<u64> = seeds
         .iter()
