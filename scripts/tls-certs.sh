@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make a test certificate authority and one certificate per node, for --tls-cert,
-# --tls-key and --tls-ca (scripts/cluster.sh --tls and the tests use it).
+# --tls-key and --tls-ca (CHORUS_TLS=1 scripts/cluster.sh and the tests use it).
 #
 #   scripts/tls-certs.sh DIR NAME [NAME...]
 #
