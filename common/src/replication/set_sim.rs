@@ -1539,15 +1539,6 @@ fn seed_6141_member_lists_that_never_converge() {
     run(6141, 253);
 }
 
-/// The seeds of `(seed, mix)` whose run still fails.
-fn still_failing(seeds: &[(u64, u64)]) -> Vec<u64> {
-    seeds
-        .iter()
-        .filter(|(seed, mix)| std::panic::catch_unwind(|| run(*seed, *mix)).is_err())
-        .map(|(seed, _)| *seed)
-        .collect()
-}
-
 /// The same liveness failure, as the first long run (`scripts/sim-soak.sh 300`) found
 /// it: nine seeds of 40,504, every one with removals in its mix, every one ending with
 /// all members followers of one term and no master. Each passes since lists are
@@ -1565,7 +1556,11 @@ fn soak_seeds_with_member_lists_that_never_converge() {
         (1032171, 235),
         (1036796, 252),
     ];
-    let failing = still_failing(&seeds);
+    let failing: Vec<u64> = seeds
+        .iter()
+        .filter(|(seed, mix)| std::panic::catch_unwind(|| run(*seed, *mix)).is_err())
+        .map(|(seed, _)| *seed)
+        .collect();
     assert!(failing.is_empty(), "still failing: {failing:?}");
 }
 
@@ -1590,7 +1585,11 @@ fn soak_seeds_with_a_master_of_an_older_term_taking_office_late() {
         (1556922, 186),
         (1597033, 105),
     ];
-    let failing = still_failing(&seeds);
+    let failing: Vec<u64> = seeds
+        .iter()
+        .filter(|(seed, mix)| std::panic::catch_unwind(|| run(*seed, *mix)).is_err())
+        .map(|(seed, _)| *seed)
+        .collect();
     assert!(failing.is_empty(), "still failing: {failing:?}");
 }
 

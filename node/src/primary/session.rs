@@ -468,7 +468,8 @@ impl Actor for Session {
             conn: self.conn,
             peer: self.peer.clone(),
             session: ctx.address().recipient(),
-            outbox: self.outbox.clone(),
+            // Frames a fault rule holds back (`--delay-ms` too) go through the session.
+            outbox: Some(self.outbox.clone()),
             member: self.member.clone(),
         });
         if let Some(frame) = self.first.take() {
@@ -517,8 +518,9 @@ impl Handler<ToSession> for Session {
     type Result = ();
     fn handle(&mut self, msg: ToSession, ctx: &mut Context<Self>) {
         match msg {
+            ToSession::Frame(frame) => self.outbox.send(frame),
             ToSession::Delayed(frame, d) => {
-                ctx.run_later(d, move |act, _| act.outbox.send(*frame));
+                ctx.run_later(d, move |act, _| act.outbox.send(frame));
             }
             ToSession::Close => self.close(ctx),
         }
