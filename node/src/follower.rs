@@ -351,8 +351,7 @@ struct Session<'a> {
     out: BytesMut,
     /// Frames held back by `--delay-ms` go through this thread.
     delayer: Option<Delayer>,
-    /// What the core answered to frames whose sync is put off (acks), in order.
-    held: Vec<SecondaryOutput>,
+    /// When to sync what the core stored (the core acknowledges it only then).
     schedule: SyncSchedule,
     /// The read timeout set on the socket (None: block).
     timeout: Option<Duration>,
@@ -381,7 +380,6 @@ impl<'a> Session<'a> {
             codec: Codec::new(),
             out: BytesMut::new(),
             delayer: None,
-            held: Vec::new(),
             schedule: SyncSchedule::default(),
             timeout: None,
             peer,
@@ -390,12 +388,18 @@ impl<'a> Session<'a> {
 
     /// Serve the connection until it ends; true if a master accepted this node.
     fn run(mut self) -> bool {
-        let outputs = {
+        let (outputs, wants_sync) = {
             let mut c = lock(self.core);
             c.connected(Instant::now(), self.node.term());
-            c.take_outputs()
+            (c.take_outputs(), c.wants_sync())
         };
         let end = match self.dispatch(outputs) {
+            // The Hello waits for what the store holds to be synced.
+            Ok(false) if wants_sync => match self.sync_and_acknowledge() {
+                Ok(false) => self.serve(),
+                Ok(true) => End::Close,
+                Err(end) => end,
+            },
             Ok(false) => self.serve(),
             Ok(true) => End::Close,
             Err(e) => {
@@ -486,7 +490,7 @@ impl<'a> Session<'a> {
                             return End::Gone;
                         }
                         if self.schedule.timer(Instant::now()) {
-                            match self.sync_and_send_held() {
+                            match self.sync_and_acknowledge() {
                                 Ok(false) => continue,
                                 Ok(true) => return End::Close,
                                 Err(end) => return end,
@@ -532,11 +536,12 @@ impl<'a> Session<'a> {
             }
             self.last_frame = Instant::now();
             // Group commit: every frame that has arrived is stored, made durable with
-            // one sync, and only then acknowledged (or, if no write waits for this
-            // secondary, that is put off a little: SyncSchedule).
+            // one sync, and only then acknowledged (the core holds the acknowledgement
+            // until `synced`). If no write waits for this secondary, the sync is put
+            // off a little (SyncSchedule).
             let now = Instant::now();
             let urgent = frames.iter().any(is_urgent);
-            let outputs = {
+            let (outputs, wants_sync) = {
                 let mut c = lock(self.core);
                 for f in frames {
                     c.handle_frame(now, f);
@@ -550,14 +555,18 @@ impl<'a> Session<'a> {
                 }
                 self.progress
                     .publish(self.store.written_id(), c.commit_id());
-                c.take_outputs()
+                (c.take_outputs(), c.wants_sync())
             };
-            let sync_now = self
-                .schedule
-                .stored(now, urgent, &outputs, self.store.sync_blocks());
-            self.held.extend(outputs);
-            if sync_now {
-                match self.sync_and_send_held() {
+            match self.dispatch(outputs) {
+                Ok(false) => {}
+                Ok(true) => return End::Close,
+                Err(e) => {
+                    tracing::warn!(error = %e, "write to the master failed");
+                    return End::Gone;
+                }
+            }
+            if wants_sync && self.schedule.stored(now, urgent, self.store.sync_blocks()) {
+                match self.sync_and_acknowledge() {
                     Ok(false) => {}
                     Ok(true) => return End::Close,
                     Err(end) => return end,
@@ -583,16 +592,21 @@ impl<'a> Session<'a> {
         self.stream.read(chunk)
     }
 
-    /// Sync, then send everything held. Ok(true): the core asked to close.
-    fn sync_and_send_held(&mut self) -> Result<bool, End> {
+    /// Sync, then send what the core acknowledges now. Ok(true): the core asked to
+    /// close.
+    fn sync_and_acknowledge(&mut self) -> Result<bool, End> {
         if let Err(e) = sync(self.store) {
             tracing::error!(error = %e, "sync failed; reconnecting");
             return Err(End::Gone);
         }
-        let commit_id = lock(self.core).commit_id();
-        self.progress.publish(self.store.written_id(), commit_id);
-        let held = std::mem::take(&mut self.held);
-        self.dispatch(held).map_err(|e| {
+        let outputs = {
+            let mut c = lock(self.core);
+            c.synced();
+            self.progress
+                .publish(self.store.written_id(), c.commit_id());
+            c.take_outputs()
+        };
+        self.dispatch(outputs).map_err(|e| {
             tracing::warn!(error = %e, "write to the master failed");
             End::Gone
         })

@@ -8,11 +8,13 @@
 //! `urgent` or not ([`crate::protocol::MasterFrame::AddMessages`]), and a secondary
 //! gathers non-urgent batches for up to [`SYNC_DEFER`] before one sync, the way a
 //! MongoDB secondary groups its journal commits unless a write asks for `j: true`.
-//! Anything urgent, and anything that is not a plain acknowledgement, syncs and goes out
-//! at once, together with whatever was held before it, in order.
+//! Anything urgent syncs at once, with whatever was stored before it.
+//!
+//! What may be acknowledged is not decided here: [`super::SecondaryCore`] acknowledges
+//! only what its store synced, and asks for a sync
+//! ([`super::SecondaryCore::wants_sync`]). This schedule only says when.
 
-use super::SecondaryOutput;
-use crate::protocol::{MasterFrame, SecondaryFrame};
+use crate::protocol::MasterFrame;
 use std::time::{Duration, Instant};
 
 /// The longest a secondary holds entries that no write waits for before it syncs and
@@ -26,24 +28,14 @@ pub struct SyncSchedule {
 }
 
 impl SyncSchedule {
-    /// Frames arrived and were stored (`urgent`: one of them was, see [`is_urgent`]), and
-    /// the core answered with `outputs`. True: sync now, then send everything held.
-    /// False: hold the outputs until [`Self::due`].
+    /// Frames arrived and left entries to sync (`urgent`: one of them was, see
+    /// [`is_urgent`]). True: sync now, then tell the core. False: wait until
+    /// [`Self::due`].
     ///
     /// `defer_allowed` is false when a sync is cheap anyway (relaxed durability only
-    /// writes to the page cache): then nothing is held.
-    pub fn stored(
-        &mut self,
-        now: Instant,
-        urgent: bool,
-        outputs: &[SecondaryOutput],
-        defer_allowed: bool,
-    ) -> bool {
-        let urgent = !defer_allowed
-            || urgent
-            || outputs
-                .iter()
-                .any(|o| !matches!(o, SecondaryOutput::Send(SecondaryFrame::Ack { .. })));
+    /// writes to the page cache): then nothing waits.
+    pub fn stored(&mut self, now: Instant, urgent: bool, defer_allowed: bool) -> bool {
+        let urgent = !defer_allowed || urgent;
         if urgent || self.due.is_some_and(|due| now >= due) {
             self.due = None;
             return true;
@@ -52,12 +44,12 @@ impl SyncSchedule {
         false
     }
 
-    /// When the held outputs must go out (None: nothing held).
+    /// When the sync put off is due (None: none is).
     pub fn due(&self) -> Option<Instant> {
         self.due
     }
 
-    /// The shell's timer fired: true if it is time to sync and send what is held.
+    /// The shell's timer fired: true if it is time to sync.
     pub fn timer(&mut self, now: Instant) -> bool {
         match self.due {
             Some(due) if now >= due => {
@@ -87,22 +79,15 @@ mod tests {
         }
     }
 
-    fn ack(upto: u64) -> SecondaryOutput {
-        SecondaryOutput::Send(SecondaryFrame::Ack {
-            upto,
-            buffered: vec![],
-        })
-    }
-
     #[test]
     fn non_urgent_batches_wait_together_until_due() {
         let t0 = Instant::now();
         let mut s = SyncSchedule::default();
-        assert!(!s.stored(t0, false, &[ack(1)], true));
+        assert!(!s.stored(t0, false, true));
         assert_eq!(s.due(), Some(t0 + SYNC_DEFER));
         // A later batch joins the same sync: the deadline does not move.
         let t1 = t0 + SYNC_DEFER / 2;
-        assert!(!s.stored(t1, false, &[ack(2)], true));
+        assert!(!s.stored(t1, false, true));
         assert_eq!(s.due(), Some(t0 + SYNC_DEFER));
         assert!(!s.timer(t1), "not yet");
         assert!(s.timer(t0 + SYNC_DEFER));
@@ -114,23 +99,18 @@ mod tests {
     fn a_batch_arriving_after_the_deadline_syncs_at_once() {
         let t0 = Instant::now();
         let mut s = SyncSchedule::default();
-        assert!(!s.stored(t0, false, &[ack(1)], true));
+        assert!(!s.stored(t0, false, true));
         // The timer has not run yet (a busy loop): the next batch takes it along.
-        assert!(s.stored(t0 + SYNC_DEFER, false, &[ack(2)], true));
+        assert!(s.stored(t0 + SYNC_DEFER, false, true));
         assert_eq!(s.due(), None);
     }
 
     #[test]
-    fn urgent_frames_and_other_outputs_sync_at_once_with_what_is_held() {
+    fn urgent_frames_sync_at_once_with_what_waits() {
         let t0 = Instant::now();
         let mut s = SyncSchedule::default();
-        assert!(!s.stored(t0, false, &[ack(1)], true));
-        assert!(s.stored(
-            t0,
-            [add(false), add(true)].iter().any(is_urgent),
-            &[ack(2)],
-            true
-        ));
+        assert!(!s.stored(t0, false, true));
+        assert!(s.stored(t0, [add(false), add(true)].iter().any(is_urgent), true));
         assert_eq!(s.due(), None);
 
         let heartbeat = MasterFrame::Heartbeat {
@@ -141,11 +121,7 @@ mod tests {
         assert!(is_urgent(&heartbeat), "not a live batch");
         assert!(!is_urgent(&add(false)));
         assert!(
-            s.stored(t0, false, &[SecondaryOutput::Close], true),
-            "the core wants more than an ack"
-        );
-        assert!(
-            s.stored(t0, false, &[], false),
+            s.stored(t0, false, false),
             "no deferring when syncs are cheap"
         );
     }

@@ -131,6 +131,13 @@ pub struct SecondaryCore<S> {
     dialed: String,
     /// The longest the master holds back a frame on purpose (its `--delay-ms`).
     master_delay: Duration,
+    /// The highest id acknowledged on this connection.
+    acked: u64,
+    /// Ids parked after a gap, not reported yet (an acknowledgement waits for a sync).
+    parked: Vec<u64>,
+    /// The Hello waits for the store to sync what it holds: the master counts a
+    /// member for every entry it says it holds.
+    hello_pending: bool,
 }
 
 impl<S: LogStore> SecondaryCore<S> {
@@ -184,7 +191,61 @@ impl<S: LogStore> SecondaryCore<S> {
             term: 0,
             dialed: String::new(),
             master_delay: Duration::ZERO,
+            acked: 0,
+            parked: Vec::new(),
+            hello_pending: false,
         }
+    }
+
+    /// The highest id held durably with every earlier one: all this node may
+    /// acknowledge. An entry acknowledged before it is synced could be lost by a power
+    /// failure after a majority was counted with it, so every `upto` this core sends
+    /// (Ack, Heartbeat) and the Hello's position stop here.
+    fn durable_upto(&self) -> u64 {
+        self.last_id().min(self.store.durable_id())
+    }
+
+    /// Whether the shell should sync the store and then call [`Self::synced`]: it holds
+    /// entries not synced yet (their acknowledgement waits), or the Hello waits.
+    pub fn wants_sync(&self) -> bool {
+        self.hello_pending || self.store.durable_id() < self.last_id()
+    }
+
+    /// The shell synced the store (with [`LogStore::sync`]): acknowledge what became
+    /// durable, and say Ready or Hello where they waited for it.
+    pub fn synced(&mut self) {
+        if self.phase == Phase::Disconnected {
+            return;
+        }
+        if self.hello_pending {
+            if self.durable_upto() == self.last_id() {
+                self.hello_pending = false;
+                self.hello();
+            }
+            return;
+        }
+        let upto = self.durable_upto();
+        if upto > self.acked || (!self.parked.is_empty() && upto == self.last_id()) {
+            self.acknowledge();
+        }
+        self.maybe_ready();
+    }
+
+    /// Send an Ack of what is durable, with the ids parked after a gap.
+    fn acknowledge(&mut self) {
+        let upto = self.durable_upto();
+        let last = self.last_id();
+        let mut buffered = std::mem::take(&mut self.parked);
+        // Parked ids past the stored prefix are still in the buffer; the rest joined it.
+        buffered.retain(|id| *id > last);
+        buffered.sort_unstable();
+        buffered.dedup();
+        self.acked = self.acked.max(upto);
+        self.outputs
+            .push(SecondaryOutput::Send(SecondaryFrame::Ack {
+                upto,
+                buffered,
+            }));
     }
 
     pub fn take_outputs(&mut self) -> Vec<SecondaryOutput> {
@@ -235,6 +296,16 @@ impl<S: LogStore> SecondaryCore<S> {
         // Never lower: `advance_term` may have raised it meanwhile.
         self.known_term = self.known_term.max(known_term);
         self.term = 0;
+        self.acked = 0;
+        self.parked.clear();
+        // The master counts this node for every entry the Hello says it holds.
+        self.hello_pending = self.store.durable_id() < self.last_id();
+        if !self.hello_pending {
+            self.hello();
+        }
+    }
+
+    fn hello(&mut self) {
         self.outputs
             .push(SecondaryOutput::Send(SecondaryFrame::Hello {
                 version: PROTOCOL_VERSION,
@@ -256,6 +327,8 @@ impl<S: LogStore> SecondaryCore<S> {
     pub fn disconnected(&mut self) {
         self.phase = Phase::Disconnected;
         self.buffer.clear();
+        self.parked.clear();
+        self.hello_pending = false;
     }
 
     /// Close after telling the master why.
@@ -447,14 +520,15 @@ impl<S: LogStore> SecondaryCore<S> {
             ) => {
                 self.master_last_id = self.master_last_id.max(last_id);
                 self.commit_id = self.commit_id.max(commit_id);
-                self.outputs.push(SecondaryOutput::Send({
-                    let stamp = self.store.membership().stamp();
-                    SecondaryFrame::Heartbeat {
-                        upto: self.last_id(),
+                let upto = self.durable_upto();
+                self.acked = self.acked.max(upto);
+                let stamp = self.store.membership().stamp();
+                self.outputs
+                    .push(SecondaryOutput::Send(SecondaryFrame::Heartbeat {
+                        upto,
                         config_version: stamp.version,
                         config_term: stamp.term,
-                    }
-                }));
+                    }));
             }
         }
     }
@@ -623,16 +697,12 @@ impl<S: LogStore> SecondaryCore<S> {
             self.last_term = run[run.len() - 1].term;
             self.next_expected = next;
         }
-        let upto = self.last_id();
-        // Parked ids past the stored prefix are still in the buffer; the rest joined it.
-        parked.retain(|id| *id > upto);
-        parked.sort_unstable();
-        parked.dedup();
-        self.outputs
-            .push(SecondaryOutput::Send(SecondaryFrame::Ack {
-                upto,
-                buffered: parked,
-            }));
+        self.parked.extend(parked);
+        // Acknowledge now if all of it is durable already; otherwise the shell syncs,
+        // then `synced` acknowledges.
+        if self.durable_upto() == self.last_id() {
+            self.acknowledge();
+        }
         self.maybe_ready();
     }
 
@@ -640,7 +710,7 @@ impl<S: LogStore> SecondaryCore<S> {
         if let Phase::CatchingUp {
             target: Some(t), ..
         } = self.phase
-            && self.last_id() >= t
+            && self.durable_upto() >= t
         {
             self.phase = Phase::AwaitingReadyAck;
             self.outputs

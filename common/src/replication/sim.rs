@@ -931,3 +931,139 @@ fn after_a_newer_term_nothing_of_the_old_master_is_stored_or_acknowledged() {
     s.advance_term(2);
     assert_eq!(s.take_outputs(), vec![]);
 }
+
+#[test]
+fn a_secondary_acknowledges_only_what_it_synced() {
+    // The durability rule lives in the core: with a store that keeps an unsynced tail,
+    // no frame this core sends counts an entry before the store synced it.
+    let store = Arc::new(MemStore::volatile());
+    let mut s = SecondaryCore::new("s1", store.clone());
+    let now = Instant::now();
+    s.connected(now, 0);
+    s.handle_frame(now, welcome(5, 3, None));
+    s.take_outputs();
+    let e = |id: u64| crate::protocol::Entry {
+        term: 1,
+        id,
+        message: format!("m{id}"),
+        request_id: None,
+    };
+    // Catch-up: the last chunk arrives; neither the Ack nor Ready goes before a sync.
+    s.handle_frame(
+        now,
+        MasterFrame::Messages {
+            entries: vec![e(1), e(2), e(3)],
+            last: true,
+            term: 1,
+        },
+    );
+    assert_eq!(s.take_outputs(), vec![]);
+    assert!(s.wants_sync());
+    assert_eq!(store.last_id(), 3);
+    // A heartbeat meanwhile is answered with what is durable: nothing.
+    s.handle_frame(
+        now,
+        MasterFrame::Heartbeat {
+            last_id: 3,
+            commit_id: 0,
+            term: 1,
+        },
+    );
+    assert!(matches!(
+        &s.take_outputs()[..],
+        [SecondaryOutput::Send(SecondaryFrame::Heartbeat {
+            upto: 0,
+            ..
+        })]
+    ));
+    store.sync().unwrap();
+    s.synced();
+    assert_eq!(
+        s.take_outputs(),
+        vec![
+            SecondaryOutput::Send(SecondaryFrame::Ack {
+                upto: 3,
+                buffered: vec![]
+            }),
+            SecondaryOutput::Send(SecondaryFrame::Ready),
+        ]
+    );
+    assert!(!s.wants_sync());
+    s.synced();
+    assert_eq!(s.take_outputs(), vec![], "nothing new: no second Ack");
+    s.handle_frame(now, MasterFrame::ReadyAck);
+    // Live: a batch with a gap. The parked id is reported with the synced prefix.
+    let add = |ids: &[u64]| MasterFrame::AddMessages {
+        entries: ids.iter().map(|&i| e(i)).collect(),
+        commit_id: 0,
+        urgent: false,
+        term: 1,
+    };
+    s.handle_frame(now, add(&[4, 6]));
+    assert_eq!(s.take_outputs(), vec![]);
+    // Only part of it synced (a sync that began before the last append): that part.
+    store.sync_to(3);
+    s.synced();
+    assert_eq!(s.take_outputs(), vec![]);
+    store.sync().unwrap();
+    s.synced();
+    assert_eq!(
+        s.take_outputs(),
+        vec![SecondaryOutput::Send(SecondaryFrame::Ack {
+            upto: 4,
+            buffered: vec![6]
+        })]
+    );
+    // A power loss before the next sync: the entry never acknowledged is gone, and
+    // the next Hello says so.
+    s.handle_frame(now, add(&[5]));
+    assert_eq!(s.take_outputs(), vec![]);
+    assert_eq!(store.last_id(), 6);
+    assert_eq!(store.lose_unsynced(), 2);
+    let mut s = SecondaryCore::new("s1", store.clone());
+    s.connected(now, 0);
+    assert!(matches!(
+        &s.take_outputs()[..],
+        [SecondaryOutput::Send(SecondaryFrame::Hello {
+            next_expected: 5,
+            ..
+        })]
+    ));
+}
+
+#[test]
+fn a_secondary_says_hello_only_once_what_it_holds_is_synced() {
+    let store = Arc::new(MemStore::volatile());
+    let e = |id: u64| crate::protocol::Entry {
+        term: 1,
+        id,
+        message: format!("m{id}"),
+        request_id: None,
+    };
+    store.append(&[e(1), e(2)]).unwrap();
+    store.sync_to(1);
+    let mut s = SecondaryCore::new("s1", store.clone());
+    let now = Instant::now();
+    s.connected(now, 0);
+    assert_eq!(s.take_outputs(), vec![]);
+    assert!(s.wants_sync());
+    store.sync().unwrap();
+    s.synced();
+    assert!(matches!(
+        &s.take_outputs()[..],
+        [SecondaryOutput::Send(SecondaryFrame::Hello {
+            next_expected: 3,
+            ..
+        })]
+    ));
+    assert!(!s.wants_sync());
+    // A connection lost before the sync forgets the pending Hello.
+    store.append(&[e(3)]).unwrap();
+    let mut s = SecondaryCore::new("s1", store.clone());
+    s.connected(now, 0);
+    assert!(s.wants_sync());
+    s.disconnected();
+    store.sync().unwrap();
+    s.synced();
+    assert_eq!(s.take_outputs(), vec![]);
+}

@@ -2,16 +2,24 @@ use super::{LogStore, Membership, StorageError};
 use crate::protocol::Entry;
 use std::sync::RwLock;
 
-/// A log kept in memory: everything appended counts as durable at once. Lost when the
-/// process exits. For tests and the simulated network.
+/// A log kept in memory. Lost when the process exits. For tests and the simulated
+/// network.
+///
+/// [`MemStore::new`] counts everything appended as durable at once.
+/// [`MemStore::volatile`] behaves like a disk: appends stay an unsynced tail until
+/// [`LogStore::sync`] (or [`MemStore::sync_to`]), and [`MemStore::lose_unsynced`] cuts
+/// that tail, as a power loss would.
 #[derive(Debug, Default)]
 pub struct MemStore {
     inner: RwLock<Inner>,
+    volatile: bool,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     entries: Vec<Entry>,
+    /// With `volatile`: the highest id synced.
+    durable: u64,
     log_id: u64,
     membership: Membership,
     term: u64,
@@ -22,6 +30,37 @@ struct Inner {
 impl MemStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store whose appends are durable only once synced.
+    pub fn volatile() -> Self {
+        Self {
+            volatile: true,
+            ..Self::default()
+        }
+    }
+
+    /// Make entries up to `upto` durable (a sync that began when the log ended there).
+    pub fn sync_to(&self, upto: u64) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let upto = upto.min(inner.entries.len() as u64);
+        inner.durable = inner.durable.max(upto);
+    }
+
+    /// A power loss: cut every entry that was not synced (and the term starts past
+    /// the cut). Returns how many entries were lost.
+    pub fn lose_unsynced(&self) -> u64 {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if !self.volatile {
+            return 0;
+        }
+        let keep = inner.durable;
+        let lost = inner.entries.len() as u64 - keep;
+        inner.entries.truncate(keep as usize);
+        if !inner.history.0.is_empty() {
+            inner.history.cut(keep);
+        }
+        lost
     }
 }
 
@@ -42,11 +81,18 @@ impl LogStore for MemStore {
     }
 
     fn sync(&self) -> Result<u64, StorageError> {
-        Ok(self.last_id())
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.durable = inner.entries.len() as u64;
+        Ok(inner.durable)
     }
 
     fn durable_id(&self) -> u64 {
-        self.last_id()
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        if self.volatile {
+            inner.durable
+        } else {
+            inner.entries.len() as u64
+        }
     }
 
     fn flush(&self) -> Result<u64, StorageError> {
@@ -61,6 +107,7 @@ impl LogStore for MemStore {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         let keep = (after as usize).min(inner.entries.len());
         inner.entries.truncate(keep);
+        inner.durable = inner.durable.min(keep as u64);
         Ok(())
     }
 
@@ -161,5 +208,37 @@ mod tests {
     #[test]
     fn conformance() {
         super::super::conformance::run_all(super::MemStore::new);
+    }
+
+    #[test]
+    fn conformance_volatile() {
+        super::super::conformance::run_all(super::MemStore::volatile);
+    }
+
+    #[test]
+    fn a_volatile_store_loses_only_what_was_not_synced() {
+        use super::{LogStore, MemStore};
+        use crate::protocol::Entry;
+        let s = MemStore::volatile();
+        let entry = |id| Entry {
+            term: 1,
+            id,
+            message: format!("m{id}"),
+            request_id: None,
+        };
+        s.append(&[entry(1), entry(2)]).unwrap();
+        assert_eq!(s.durable_id(), 0);
+        assert_eq!(s.sync().unwrap(), 2);
+        s.append(&[entry(3), entry(4)]).unwrap();
+        s.sync_to(3);
+        assert_eq!((s.last_id(), s.durable_id()), (4, 3));
+        assert_eq!(s.lose_unsynced(), 1);
+        assert_eq!((s.last_id(), s.durable_id()), (3, 3));
+        s.truncate(1).unwrap();
+        assert_eq!(s.durable_id(), 1, "a cut takes the durable mark along");
+        // An eager store loses nothing.
+        let eager = MemStore::new();
+        eager.append(&[entry(1)]).unwrap();
+        assert_eq!((eager.durable_id(), eager.lose_unsynced()), (1, 0));
     }
 }

@@ -375,7 +375,14 @@ async fn a_priority_0_member_never_becomes_master() -> anyhow::Result<()> {
 async fn a_caught_up_member_of_higher_priority_takes_over() -> anyhow::Result<()> {
     let dir = TestDir::new("failover-takeover");
     let http = Http::new();
-    let (master, nodes) = cluster(&dir, &http, &[], &[&["--priority", "2"], &[]]).await?;
+    // Not `cluster()`: it waits for s1 to be live on m, and s1 may already be taking
+    // over by then (m is no master to ask any more).
+    let master = Node::master(&dir, "m", &[])?;
+    let comm = master.comm.expect("the master's comm address");
+    let nodes = [
+        Node::secondary(&dir, "s1", comm, &["--priority", "2"])?,
+        Node::secondary(&dir, "s2", comm, &[])?,
+    ];
     let all = [&master, &nodes[0], &nodes[1]];
     wait_for("s1 (priority 2) to take over", LONG, || async {
         let h = http.get(&nodes[0].url("/hello")).await?.1;
