@@ -1610,6 +1610,15 @@ fn seed_6141_member_lists_that_never_converge() {
     run(6141, 253);
 }
 
+/// The seeds of `(seed, mix)` whose run still fails.
+fn still_failing(seeds: &[(u64, u64)]) -> Vec<u64> {
+    seeds
+        .iter()
+        .filter(|(seed, mix)| std::panic::catch_unwind(|| run(*seed, *mix)).is_err())
+        .map(|(seed, _)| *seed)
+        .collect()
+}
+
 /// The same liveness failure, as the first long run (`scripts/sim-soak.sh 300`) found
 /// it: nine seeds of 40,504, every one with removals in its mix, every one ending with
 /// all members followers of one term and no master. Each passes since lists are
@@ -1627,11 +1636,7 @@ fn soak_seeds_with_member_lists_that_never_converge() {
         (1032171, 235),
         (1036796, 252),
     ];
-    let failing: Vec<u64> = seeds
-        .iter()
-        .filter(|(seed, mix)| std::panic::catch_unwind(|| run(*seed, *mix)).is_err())
-        .map(|(seed, _)| *seed)
-        .collect();
+    let failing = still_failing(&seeds);
     assert!(failing.is_empty(), "still failing: {failing:?}");
 }
 
@@ -1656,11 +1661,7 @@ fn soak_seeds_with_a_master_of_an_older_term_taking_office_late() {
         (1556922, 186),
         (1597033, 105),
     ];
-    let failing: Vec<u64> = seeds
-        .iter()
-        .filter(|(seed, mix)| std::panic::catch_unwind(|| run(*seed, *mix)).is_err())
-        .map(|(seed, _)| *seed)
-        .collect();
+    let failing = still_failing(&seeds);
     assert!(failing.is_empty(), "still failing: {failing:?}");
 }
 

@@ -17,10 +17,8 @@ use tokio::sync::oneshot;
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub enum ToSession {
-    /// Write this frame.
-    Frame(MasterFrame),
     /// Write this frame after a while (a fault rule's delay).
-    Delayed(MasterFrame, std::time::Duration),
+    Delayed(Box<MasterFrame>, std::time::Duration),
     /// Close the connection once everything before this is written.
     Close,
 }
@@ -32,17 +30,17 @@ pub struct Register {
     pub conn: ConnId,
     pub peer: String,
     pub session: Recipient<ToSession>,
-    /// Where to write frames directly (None: through the session, which delays them).
-    pub outbox: Option<Arc<super::session::Outbox>>,
+    /// Where frames are written, directly (those a fault rule holds back go through
+    /// the session, which writes them here after their delay).
+    pub outbox: Arc<super::session::Outbox>,
     /// The member's name, from its Hello (None before one: fault rules pass it).
     pub member: Option<String>,
 }
 
-/// A connection's ways out: its session, and its outbox when frames may skip the
-/// session's mailbox.
+/// A connection's ways out: its session (delayed frames, closing), and its outbox.
 struct Conn {
     session: Recipient<ToSession>,
-    outbox: Option<Arc<super::session::Outbox>>,
+    outbox: Arc<super::session::Outbox>,
     peer: String,
     member: Option<String>,
 }
@@ -247,17 +245,13 @@ impl Replicator {
                             Frame::Replication,
                         ) {
                             Verdict::Drop => {}
-                            Verdict::Delay(d) => c.session.do_send(ToSession::Delayed(frame, d)),
-                            Verdict::Pass => match &c.outbox {
-                                Some(out) => out.send(frame),
-                                None => c.session.do_send(ToSession::Frame(frame)),
-                            },
+                            Verdict::Delay(d) => {
+                                c.session.do_send(ToSession::Delayed(Box::new(frame), d))
+                            }
+                            Verdict::Pass => c.outbox.send(frame),
                         }
                     }
-                    Some(Conn {
-                        outbox: Some(out), ..
-                    }) => out.send(frame),
-                    Some(c) => c.session.do_send(ToSession::Frame(frame)),
+                    Some(c) => c.outbox.send(frame),
                     None => {}
                 },
                 MasterOutput::Close { conn } => {

@@ -468,8 +468,7 @@ impl Actor for Session {
             conn: self.conn,
             peer: self.peer.clone(),
             session: ctx.address().recipient(),
-            // Frames a fault rule holds back (`--delay-ms` too) go through the session.
-            outbox: Some(self.outbox.clone()),
+            outbox: self.outbox.clone(),
             member: self.member.clone(),
         });
         if let Some(frame) = self.first.take() {
@@ -518,9 +517,8 @@ impl Handler<ToSession> for Session {
     type Result = ();
     fn handle(&mut self, msg: ToSession, ctx: &mut Context<Self>) {
         match msg {
-            ToSession::Frame(frame) => self.outbox.send(frame),
             ToSession::Delayed(frame, d) => {
-                ctx.run_later(d, move |act, _| act.outbox.send(frame));
+                ctx.run_later(d, move |act, _| act.outbox.send(*frame));
             }
             ToSession::Close => self.close(ctx),
         }
