@@ -897,7 +897,8 @@ async fn hello(state: web::Data<State>) -> HttpResponse {
     let log_id = node.store.log_id();
     let last_id = node.store.written_id();
     let (term, election_timeout) = {
-        let e = node.election();
+        let core = node.election();
+        let e = core.election();
         (e.term(), e.election_timeout())
     };
     HttpResponse::Ok().json(json!({

@@ -1,9 +1,10 @@
-//! The member: one per process, whatever its role. It owns the election core
-//! ([`common::replication::election::ElectionCore`]) and switches the node between
-//! its roles: following a master (the [`follower`] thread) or being the master (the
-//! [`primary`] replicator). Every decision about terms and votes goes through one task,
-//! the *driver*, on the HTTP worker's event loop: the follower thread, the replicator,
-//! the comm port and the HTTP API send it [`Event`]s.
+//! The member: one per process, whatever its role. It owns the member's role decisions
+//! ([`common::replication::NodeCore`]: the election, and when to vote, stand, lead or
+//! follow) and carries them out, switching the node between its roles: following a
+//! master (the [`follower`] thread) or being the master (the [`primary`] replicator).
+//! Every decision about terms and votes goes through one task, the *driver*, on the
+//! HTTP worker's event loop: the follower thread, the replicator, the comm port and the
+//! HTTP API send it [`Event`]s, which it hands to the core as [`NodeInput`]s.
 
 use crate::follower;
 use crate::http::Role;
@@ -12,10 +13,10 @@ use actix::Actor;
 use common::protocol::codec::FrameCodec;
 use common::protocol::{MasterFrame, MemberInfo, SecondaryFrame};
 use common::replication::election::{
-    ElectionConfig, ElectionCore, ElectionMetrics, ElectionOutput, ElectionRole, LogPosition,
-    VoteRequest, VoteResponse,
+    ElectionConfig, ElectionMetrics, ElectionRole, LogPosition, VoteRequest, VoteResponse,
 };
-use common::storage::{LogStore, RolledBack};
+use common::replication::{NodeCore, NodeInput, NodeOutput, Replica, VoteId};
+use common::storage::{LogStore, Membership, RolledBack, StorageError};
 use common::stream::Progress;
 use futures::{SinkExt, StreamExt};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,7 +81,7 @@ pub struct Node {
     pub progress: Progress,
     pub addresses: Addresses,
     pub started: Instant,
-    election: Mutex<ElectionCore>,
+    election: Mutex<NodeCore>,
     /// The election's term, readable without the lock (the follower thread checks it).
     term: AtomicU64,
     role: RwLock<Role>,
@@ -123,7 +124,7 @@ impl Node {
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<Event>) {
         let now = Instant::now();
         let (events, rx) = mpsc::unbounded_channel();
-        let mut election = ElectionCore::new(
+        let election = NodeCore::new(
             ElectionConfig {
                 name: cfg.name.clone(),
                 priority: cfg.priority,
@@ -133,9 +134,9 @@ impl Node {
             now,
             store.term(),
             store.voted_for(),
+            &store.membership(),
         );
-        election.set_membership(&store.membership());
-        let term = AtomicU64::new(election.term());
+        let term = AtomicU64::new(election.election().term());
         let core = follower::shared_core(&cfg.name, store.clone());
         let role = RwLock::new(Role::Secondary(follower::Handle::new(
             core,
@@ -164,7 +165,8 @@ impl Node {
         (node, rx)
     }
 
-    pub fn election(&self) -> MutexGuard<'_, ElectionCore> {
+    /// The member's role decisions (`.election()` on it reads the election).
+    pub fn election(&self) -> MutexGuard<'_, NodeCore> {
         self.election.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -248,7 +250,7 @@ impl Node {
 
     /// The comm address of the master of the current term, if this member knows it.
     pub fn master_comm(&self) -> Option<String> {
-        let leader = self.election().leader().map(str::to_string)?;
+        let leader = self.election().election().leader().map(str::to_string)?;
         if leader == self.cfg.name {
             return Some(self.addresses.comm.clone());
         }
@@ -262,7 +264,7 @@ impl Node {
         match self.role() {
             Role::Primary(_) => Some(self.addresses.http.clone()),
             Role::Secondary(f) => f.primary().or_else(|| {
-                let leader = self.election().leader().map(str::to_string)?;
+                let leader = self.election().election().leader().map(str::to_string)?;
                 self.host_of(&leader)
                     .map(|h| h.http)
                     .filter(|h| !h.is_empty())
@@ -297,15 +299,6 @@ impl Node {
         }
     }
 
-    /// The election's voters are the member list this node holds now: a master
-    /// changes it itself (joins, removals), a secondary takes it from its master. The
-    /// set simulation found two masters in one term when a master's own election kept
-    /// the list it had before its changes.
-    fn sync_voters(&self) {
-        let membership = self.store.membership();
-        self.election().set_membership(&membership);
-    }
-
     /// Tell the replication core of a newer term: it stores and acknowledges nothing
     /// of an older master from now on (`SecondaryCore::advance_term`).
     pub fn advance_follower_term(&self, term: u64) {
@@ -330,11 +323,49 @@ impl Node {
 
     /// The last election this member stood in, for `/status`.
     pub fn election_metrics(&self) -> Option<ElectionMetrics> {
-        self.election().metrics().cloned()
+        self.election().election().metrics().cloned()
     }
 
     pub fn http_port(&self) -> u16 {
         self.http_port
+    }
+}
+
+/// The driver's side of [`NodeCore`]: the node's log, and its follower's core.
+struct NodeReplica<'a> {
+    node: &'a Node,
+    start_as_master: bool,
+}
+
+impl Replica for NodeReplica<'_> {
+    fn log_position(&self) -> LogPosition {
+        self.node.log_position()
+    }
+
+    fn membership(&self) -> Membership {
+        self.node.store.membership()
+    }
+
+    fn eligible(&self) -> bool {
+        eligible(&*self.node.store, &self.node.cfg.name, self.start_as_master)
+    }
+
+    fn last_heard(&self) -> Option<(Instant, Option<(u64, String)>)> {
+        let heard = self.node.last_heard()?;
+        let Role::Secondary(f) = self.node.role() else {
+            return None;
+        };
+        let c = f.core();
+        let current = c.master_name().map(|m| (c.master_term(), m.to_string()));
+        Some((heard, current))
+    }
+
+    fn adopt_term(&mut self, term: u64) {
+        self.node.advance_follower_term(term);
+    }
+
+    fn save_vote(&mut self, term: u64, voted_for: Option<String>) -> Result<(), StorageError> {
+        self.node.store.set_vote(term, voted_for)
     }
 }
 
@@ -346,10 +377,9 @@ struct Driver {
     replicator: Option<actix::Addr<primary::replicator::Replicator>>,
     /// `stepDown` callers waiting for another master.
     stepping_down: Vec<oneshot::Sender<Option<String>>>,
-    /// Vote answers waiting for the vote to be saved.
-    replies: Vec<(oneshot::Sender<VoteResponse>, VoteResponse)>,
-    /// The master of the election's current term as last told to the election.
-    told: Option<(u64, String, Instant)>,
+    /// Vote requests waiting for the core's answer (given once the vote is saved).
+    replies: std::collections::HashMap<VoteId, oneshot::Sender<VoteResponse>>,
+    next_vote: VoteId,
     start_as_master: bool,
 }
 
@@ -367,18 +397,14 @@ pub async fn drive(
         link: None,
         replicator: None,
         stepping_down: Vec::new(),
-        replies: Vec::new(),
-        told: None,
+        replies: std::collections::HashMap::new(),
+        next_vote: 0,
         start_as_master,
     };
     d.follow();
-    {
-        let mut e = node.election();
-        let alone = e.voters().len() == 1;
-        if start_as_master && alone {
-            // A new set (or one of one member): nobody else to ask.
-            e.stand_now(Instant::now(), node.log_position(), "electionTimeout");
-        }
+    if start_as_master {
+        // A new set (or one of one member): nobody else to ask.
+        d.step(NodeInput::StandAlone);
     }
     d.apply().await;
     node.settled.send_replace(true);
@@ -396,7 +422,7 @@ pub async fn drive(
                 Some(ev) => d.handle(ev),
                 None => break,
             },
-            () = sleep => d.tick(),
+            () = sleep => d.step(NodeInput::Timeout),
         }
         d.apply().await;
     }
@@ -404,176 +430,79 @@ pub async fn drive(
 }
 
 impl Driver {
-    fn handle(&mut self, ev: Event) {
-        let now = Instant::now();
+    /// Hand one input to the core (which reads the log and the follower through
+    /// [`NodeReplica`]); [`Self::apply`] carries out what it decided.
+    fn step(&mut self, input: NodeInput) {
         let node = self.node.clone();
-        node.sync_voters();
-        match ev {
+        let mut replica = NodeReplica {
+            node: &node,
+            start_as_master: self.start_as_master,
+        };
+        node.election().handle(Instant::now(), input, &mut replica);
+    }
+
+    fn handle(&mut self, ev: Event) {
+        let input = match ev {
             Event::Following {
                 term,
                 master,
                 slack,
-            } => {
-                let mut e = node.election();
-                e.set_slack(slack);
-                if e.heard_from_leader(now, term, &master) {
-                    self.told = Some((term, master, now));
-                }
-            }
-            Event::StandNow => {
-                let pos = node.log_position();
-                if self.can_stand() {
-                    // Asked to stand by a master of lower priority: MongoDB calls this a
-                    // priority takeover; otherwise the master stepped down to us.
-                    let master_priority = self
-                        .told
-                        .as_ref()
-                        .and_then(|(_, m, _)| node.host_of(m))
-                        .map(|h| h.priority);
-                    let reason = if master_priority.is_some_and(|p| p < node.cfg.priority) {
-                        "priorityTakeover"
-                    } else {
-                        "stepUpRequestSkipDryRun"
-                    };
-                    node.election().stand_now(now, pos, reason);
-                }
-            }
-            Event::MembersChanged => {
-                let membership = node.store.membership();
-                node.election().set_membership(&membership);
-            }
-            Event::NewerTerm(t) => node.election().saw_term(now, t),
-            Event::LostQuorum => node.election().step_down(now, Duration::ZERO),
+            } => NodeInput::Following {
+                term,
+                master,
+                slack,
+            },
+            Event::StandNow => NodeInput::StandNow,
+            Event::MembersChanged => NodeInput::MembersChanged,
+            Event::NewerTerm(t) => NodeInput::NewerTerm(t),
+            Event::LostQuorum => NodeInput::LostQuorum,
             Event::HandedOver(to) => {
                 tracing::info!(%to, "handed over; stepping down");
-                node.election().step_down(now, node.cfg.election_timeout);
+                NodeInput::HandedOver
             }
-            Event::Vote(from, resp) => {
-                let pos = node.log_position();
-                node.election().handle_vote_response(now, &from, &resp, pos);
-            }
+            Event::Vote(from, resp) => NodeInput::Vote { from, resp },
             Event::VoteRequest(req, reply) => {
-                // A newer term is adopted before the log position is read: from here on
-                // the replication thread stores nothing of an older master, so the vote
-                // counts every entry this member will ever acknowledge to that master
-                // (found by the set simulation, seed 426).
-                if !req.pre_vote && req.term > node.election().term() {
-                    node.advance_follower_term(req.term);
-                }
-                let pos = node.log_position();
-                let resp = node.election().handle_vote_request(now, &req, pos);
-                if resp.granted && !resp.pre_vote {
-                    tracing::info!(candidate = %req.candidate, term = req.term, "voting");
-                    // The candidate is likely the next master: look there first.
-                    let comm = Some(req.comm.clone())
-                        .filter(|c| !c.is_empty())
-                        .or_else(|| node.host_of(&req.candidate).map(|h| h.comm))
-                        .filter(|c| !c.is_empty());
-                    node.set_hint(comm);
-                }
-                // Answered once the vote is saved (see `apply`).
-                self.replies.push((reply, resp));
+                let id = self.next_vote;
+                self.next_vote += 1;
+                self.replies.insert(id, reply);
+                NodeInput::VoteRequest { id, req }
             }
             Event::StepDown(quiet, reply) => {
                 if let Some(r) = &self.replicator {
                     r.do_send(primary::replicator::HandOver);
                 }
-                node.election().step_down(now, quiet);
                 self.stepping_down.push(reply);
+                NodeInput::StepDown(quiet)
             }
-        }
+        };
+        self.step(input);
     }
 
-    /// The election timer: first tell the election how recently the master was heard
-    /// (the follower thread only notes it), then let it decide.
-    fn tick(&mut self) {
-        let now = Instant::now();
-        let node = self.node.clone();
-        node.sync_voters();
-        if let Some(heard) = node.last_heard()
-            && let Role::Secondary(f) = node.role()
-        {
-            let current = {
-                let c = f.core();
-                c.master_name().map(|m| (c.master_term(), m.to_string()))
-            };
-            // Disconnected since: the last contact was still with the master it told
-            // of (without this, the timeout ran from an older contact, and a member
-            // whose master just died stood up to a whole timeout early).
-            let known = current.or_else(|| self.told.as_ref().map(|t| (t.0, t.1.clone())));
-            if let Some((term, master)) = known
-                && self.told.as_ref().is_none_or(|t| t.2 < heard)
-            {
-                node.election().heard_from_leader(heard, term, &master);
-                self.told = Some((term, master, heard));
-            }
-        }
-        if !self.can_stand() {
-            // Not (yet) in a set: never stands.
-            let mut e = node.election();
-            if e.poll_timeout().is_some_and(|t| t <= now) {
-                e.step_down(now, Duration::ZERO);
-            }
-            return;
-        }
-        let pos = node.log_position();
-        node.election().handle_timeout(now, pos);
-    }
-
-    fn can_stand(&self) -> bool {
-        eligible(&*self.node.store, &self.node.cfg.name, self.start_as_master)
-    }
-
-    /// Save the term and vote of every `Persist` among `outputs`; false if one failed.
-    fn carry_out_persists(&self, outputs: &[ElectionOutput]) -> bool {
-        let mut ok = true;
-        for o in outputs {
-            if let ElectionOutput::Persist { term, voted_for } = o {
-                self.node.advance_follower_term(*term);
-                if let Err(e) = self.node.store.set_vote(*term, voted_for.clone()) {
-                    tracing::error!(error = %e, "cannot save the term and vote");
-                    ok = false;
-                }
-                self.node.term.store(*term, Ordering::Release);
-            }
-        }
-        ok
-    }
-
-    /// Carry out what the election decided: save first, then answer the votes that
-    /// waited for it, then act.
+    /// Carry out what the core decided, in order (it saved the term and vote before
+    /// anything that depends on them).
     async fn apply(&mut self) {
         loop {
             let outputs = self.node.election().take_outputs();
-            let saved = self.carry_out_persists(&outputs);
-            for (tx, resp) in self.replies.drain(..) {
-                let resp = if saved {
-                    resp
-                } else {
-                    VoteResponse {
-                        granted: false,
-                        reason: "this member cannot save its vote".into(),
-                        ..resp
-                    }
-                };
-                let _ = tx.send(resp);
-            }
             if outputs.is_empty() {
-                break;
-            }
-            if !saved {
-                // Nothing that depends on an unsaved term or vote goes out.
-                tracing::error!(
-                    "the election's state could not be saved; waiting for the next timeout"
-                );
                 break;
             }
             for o in outputs {
                 match o {
-                    ElectionOutput::Persist { .. } => {}
-                    ElectionOutput::RequestVotes(req) => self.request_votes(req),
-                    ElectionOutput::BecomeLeader { term } => self.lead(term).await,
-                    ElectionOutput::BecomeFollower { term } => {
+                    NodeOutput::Term(term) => self.node.term.store(term, Ordering::Release),
+                    NodeOutput::VoteReply { id, resp } => {
+                        if let Some(tx) = self.replies.remove(&id) {
+                            let _ = tx.send(resp);
+                        }
+                    }
+                    NodeOutput::Voted { candidate, comm } => {
+                        let term = self.node.election().election().term();
+                        tracing::info!(%candidate, term, "voting");
+                        // The candidate is likely the next master: look there first.
+                        self.node.set_hint(comm);
+                    }
+                    NodeOutput::RequestVotes { req, voters } => self.request_votes(req, voters),
+                    NodeOutput::BecomeLeader { term } => self.lead(term).await,
+                    NodeOutput::BecomeFollower { term } => {
                         tracing::info!(term, "stepping down: following");
                         self.retire().await;
                         self.follow();
@@ -590,7 +519,8 @@ impl Driver {
         }
         let node = &self.node;
         let other = {
-            let e = node.election();
+            let core = node.election();
+            let e = core.election();
             e.leader()
                 .filter(|l| *l != node.cfg.name && e.role() == ElectionRole::Follower)
                 .map(str::to_string)
@@ -604,18 +534,17 @@ impl Driver {
     }
 
     /// Ask every other voting member, each on a connection of its own.
-    fn request_votes(&self, mut req: VoteRequest) {
+    fn request_votes(&self, mut req: VoteRequest, voters: Vec<String>) {
         let node = self.node.clone();
         req.comm = node.addresses.comm.clone();
         let hosts = node.store.membership().hosts;
-        let voters: Vec<String> = node.election().voters().to_vec();
         tracing::info!(
             term = req.term,
             pre_vote = req.pre_vote,
-            voters = voters.len(),
+            voters = voters.len() + 1,
             "asking for votes"
         );
-        for name in voters.into_iter().filter(|n| *n != node.cfg.name) {
+        for name in voters {
             let Some(comm) = hosts
                 .iter()
                 .find(|h| h.name == name)
@@ -665,8 +594,7 @@ impl Driver {
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot become the master; following");
-                node.election()
-                    .step_down(Instant::now(), node.cfg.election_timeout);
+                self.step(NodeInput::CannotLead);
                 self.follow();
             }
         }

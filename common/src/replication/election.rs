@@ -130,7 +130,7 @@ impl History {
 }
 
 /// How up to date a log is: compared by last term, then last id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct LogPosition {
     pub last_term: u64,
     pub last_id: u64,

@@ -1,5 +1,7 @@
 //! The replication logic as plain state machines, with no I/O and no clock.
 //!
+//! [`NodeCore`] is one member's role decisions around its election (which term, whom
+//! to vote for, when to stand, lead or follow), for any role.
 //! [`MasterCore`] decides what to send to each secondary, what is acknowledged, when a
 //! write concern is met and when to resend. [`SecondaryCore`] orders and deduplicates
 //! what arrives and decides what to acknowledge. Both take the current time as an
@@ -12,6 +14,7 @@
 mod defer;
 pub mod election;
 mod master;
+mod node;
 mod retry;
 mod secondary;
 #[cfg(test)]
@@ -26,6 +29,7 @@ pub use master::{
     MemberStatus, MembershipError, REFUSED_MAX, Receipt, RefusedPeer, Rejected, Token,
     WriteOutcome, WriteRequest,
 };
+pub use node::{NodeCore, NodeInput, NodeOutput, Replica, VoteId};
 pub use retry::RetryPolicy;
 pub use spin::{SPIN_BUDGET, SPIN_MAX_WAITING, SpinPolicy};
 

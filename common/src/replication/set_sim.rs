@@ -1,8 +1,9 @@
 //! A seeded simulation of a whole replica set: N equal members, each with its own
-//! election ([`ElectionCore`]), and either a [`MasterCore`] or a [`SecondaryCore`] over
-//! its own log, switching roles as elections decide, on a simulated network with
-//! virtual time. Faults: partitions (also one-way), crashes and restarts (a master loses
-//! what it had not synced), pauses longer than the election timeout, lost, duplicated
+//! [`NodeCore`] (its election and role decisions), and either a [`MasterCore`] or a
+//! [`SecondaryCore`] over its own log, switching roles as elections decide, on a
+//! simulated network with virtual time. Faults: partitions (also one-way), crashes and
+//! restarts (every member loses what its store had not synced; sometimes all at once),
+//! pauses longer than the election timeout, lost, duplicated
 //! and reordered frames, `stepDown`s with priorities, a member joining mid-run,
 //! removals and re-admissions, and clients writing all along with w=1 and w=majority.
 //!
@@ -10,24 +11,23 @@
 //! - at most one master per term, and never one of priority 0;
 //! - every entry a member knows as committed (up to its commit id) is the same entry on
 //!   every member, and none is ever cut (Raft's state machine safety);
-//! - every write acknowledged with w=majority is committed at its id.
+//! - every write acknowledged with w=majority is committed at its id;
+//! - no member acknowledges an entry its store has not synced, nor loses one it
+//!   acknowledged in a crash.
 //!
 //! After the faults heal: one master, every member with the same log, holding every
 //! majority-acknowledged write once at its id.
 //!
-//! The glue between the three cores here does what `node/src/member.rs` does with real
-//! sockets and threads. A failing seed prints itself and is kept as a test (see the
+//! The members' role decisions are the real node's ([`NodeCore`], which
+//! `node/src/member.rs` drives); the glue here stands for its sockets and threads. A failing seed prints itself and is kept as a test (see the
 //! end of this file); `SIM_SEED=n cargo test -p common --lib set_sim::one_seed --
 //! --ignored --nocapture` replays one, `SIM_TRACE=<id>` adds its elections and when
 //! entry `id` commits. CI runs 512 seeds (two per fault mix); any number:
 //! `SIM_SEEDS=100000 cargo test -p common --release --lib set_sim::every -- --nocapture`;
 //! for a given time on every core, reporting failing seeds instead of stopping at the
 //! first: `scripts/sim-soak.sh SECONDS`.
-//!
-//! Not simulated yet: a secondary losing unsynced entries (its acknowledgements follow
-//! its syncs, so only its vote's log position could shrink).
 
-use super::election::{ElectionConfig, ElectionCore, ElectionOutput, LogPosition};
+use super::election::{ElectionConfig, LogPosition};
 use super::*;
 use crate::protocol::{ErrorCode, MasterFrame, MemberInfo, SecondaryFrame};
 use crate::storage::{LogStore, MemStore, Membership};
@@ -102,8 +102,11 @@ struct Member {
     /// `--priority`: 0 never stands.
     priority: u32,
     store: Store,
-    election: ElectionCore,
+    /// Its election and role decisions, as the real node's driver runs them.
+    node: NodeCore,
     role: Role,
+    /// When it last heard from the master it follows (None: not since it started).
+    heard: Option<Instant>,
     up: bool,
     paused_until: Option<Instant>,
     /// Bumped at each crash: events of an earlier life are dropped.
@@ -231,7 +234,7 @@ impl Sim {
                     })
                     .unwrap();
                 let priority = priorities[i];
-                let mut election = ElectionCore::new(
+                let node = NodeCore::new(
                     ElectionConfig {
                         name: name.clone(),
                         priority,
@@ -241,14 +244,15 @@ impl Sim {
                     now,
                     0,
                     None,
+                    &store.membership(),
                 );
-                election.set_voters(all.clone());
                 Member {
                     name: name.clone(),
                     priority,
                     role: Role::Follower(Box::new(follower_core(name, &store, priority))),
                     store,
-                    election,
+                    node,
+                    heard: None,
                     up: true,
                     paused_until: None,
                     life: 0,
@@ -270,7 +274,7 @@ impl Sim {
             // Not started yet: an empty log that knows no member but the one it dials.
             let name = format!("n{n}");
             let store = Arc::new(MemStore::volatile());
-            let election = ElectionCore::new(
+            let node = NodeCore::new(
                 ElectionConfig {
                     name: name.clone(),
                     priority: 1,
@@ -280,13 +284,15 @@ impl Sim {
                 now,
                 0,
                 None,
+                &store.membership(),
             );
             members.push(Member {
                 name: name.clone(),
                 priority: 1,
                 role: Role::Follower(Box::new(follower_core(&name, &store, 1))),
                 store,
-                election,
+                node,
+                heard: None,
                 up: false,
                 paused_until: None,
                 life: 0,
@@ -404,45 +410,54 @@ impl Sim {
         }
     }
 
-    // ---- the glue: what node/src/member.rs does ----
+    // ---- the shell: what node/src/member.rs and the follower thread do ----
 
-    /// The election's voters are the member list this member holds now (a master
-    /// changes it itself; a secondary takes it from its master), as `node` does.
-    fn sync_voters(&mut self, i: usize) {
-        let membership = self.members[i].store.membership();
-        self.members[i].election.set_membership(&membership);
+    /// Hand `input` to member `i`'s [`NodeCore`], then carry out what it decided.
+    fn node_input(&mut self, i: usize, input: NodeInput) {
+        let now = self.now;
+        let m = &mut self.members[i];
+        let mut replica = SimReplica {
+            name: &m.name,
+            store: &m.store,
+            role: &mut m.role,
+            heard: m.heard,
+        };
+        m.node.handle(now, input, &mut replica);
+        self.apply_node(i);
     }
 
-    fn apply_election(&mut self, i: usize) {
-        loop {
-            let outputs = self.members[i].election.take_outputs();
-            if outputs.is_empty() {
-                return;
-            }
-            for o in outputs {
-                match o {
-                    ElectionOutput::Persist { term, voted_for } => {
-                        self.members[i].store.set_vote(term, voted_for).unwrap();
-                        // Nothing of an older master is stored after this.
-                        if let Role::Follower(core) = &mut self.members[i].role {
-                            core.advance_term(term);
-                            self.apply_follower(i);
-                        }
+    fn apply_node(&mut self, i: usize) {
+        let outputs = self.members[i].node.take_outputs();
+        for o in outputs {
+            match o {
+                NodeOutput::Term(_) => {}
+                NodeOutput::VoteReply { id, resp } => {
+                    if trace() {
+                        eprintln!(
+                            "{:?} {} answers {} in term {}: {resp:?}",
+                            self.elapsed(),
+                            self.members[i].name,
+                            self.members[id as usize].name,
+                            self.members[i].node.election().term()
+                        );
                     }
-                    ElectionOutput::RequestVotes(req) => {
-                        let voters: Vec<String> = self.members[i].election.voters().to_vec();
-                        for v in voters {
-                            let j = self.index(&v);
-                            if j != i {
-                                self.send(i, j, Msg::Vote(i, req.clone()), false);
-                            }
-                        }
-                    }
-                    ElectionOutput::BecomeLeader { term } => self.lead(i, term),
-                    ElectionOutput::BecomeFollower { .. } => self.follow(i),
+                    self.send(i, id as usize, Msg::VoteReply(i, resp), false)
                 }
+                NodeOutput::Voted { candidate, .. } => {
+                    self.members[i].hint = Some(self.index(&candidate));
+                }
+                NodeOutput::RequestVotes { req, voters } => {
+                    for v in voters {
+                        let j = self.index(&v);
+                        self.send(i, j, Msg::Vote(i, req.clone()), false);
+                    }
+                }
+                NodeOutput::BecomeLeader { term } => self.lead(i, term),
+                NodeOutput::BecomeFollower { .. } => self.follow(i),
             }
         }
+        // Adopting a newer term may have closed the link to an older master.
+        self.apply_follower(i);
     }
 
     fn index(&self, name: &str) -> usize {
@@ -463,12 +478,12 @@ impl Sim {
                 "{}: up {} term {} last {} members {:?} removed {:?} v{} voters {:?}",
                 m.name,
                 m.up,
-                m.election.term(),
+                m.node.election().term(),
                 m.store.last_id(),
                 ms.members,
                 ms.removed,
                 ms.config_version,
-                m.election.voters()
+                m.node.election().voters()
             );
         }
     }
@@ -595,10 +610,16 @@ impl Sim {
                 }
                 SecondaryOutput::Close => self.drop_link(i),
                 SecondaryOutput::Following { term, master } => {
-                    let now = self.now;
-                    self.members[i]
-                        .election
-                        .heard_from_leader(now, term, &master);
+                    self.members[i].heard = Some(self.now);
+                    let slack = Duration::ZERO;
+                    self.node_input(
+                        i,
+                        NodeInput::Following {
+                            term,
+                            master,
+                            slack,
+                        },
+                    );
                 }
                 SecondaryOutput::MembersChanged => {
                     let membership = self.members[i].store.membership();
@@ -611,16 +632,9 @@ impl Sim {
                             membership.members
                         );
                     }
-                    self.members[i].election.set_membership(&membership);
+                    self.node_input(i, NodeInput::MembersChanged);
                 }
-                SecondaryOutput::StandNow => {
-                    self.sync_voters(i);
-                    let pos = self.log_position(i);
-                    let now = self.now;
-                    self.members[i]
-                        .election
-                        .stand_now(now, pos, "stepUpRequestSkipDryRun");
-                }
+                SecondaryOutput::StandNow => self.node_input(i, NodeInput::StandNow),
                 SecondaryOutput::RolledBack(r) => {
                     self.rolled_back += r.count;
                     let m = &mut self.members[i];
@@ -648,7 +662,6 @@ impl Sim {
                 },
             );
         }
-        self.apply_election(i);
     }
 
     fn apply_leader(&mut self, i: usize) {
@@ -697,21 +710,11 @@ impl Sim {
                     }
                     MasterOutput::Reply { token, outcome } => self.answered(i, token, outcome),
                     MasterOutput::StorageFailed(e) => self.fail(format!("storage: {e}")),
-                    MasterOutput::NewerTerm(t) => {
-                        let now = self.now;
-                        self.members[i].election.saw_term(now, t);
-                    }
-                    MasterOutput::LostQuorum => {
-                        let now = self.now;
-                        self.members[i].election.step_down(now, Duration::ZERO);
-                    }
-                    MasterOutput::HandedOver { .. } => {
-                        let now = self.now;
-                        self.members[i].election.step_down(now, ELECTION);
-                    }
+                    MasterOutput::NewerTerm(t) => self.node_input(i, NodeInput::NewerTerm(t)),
+                    MasterOutput::LostQuorum => self.node_input(i, NodeInput::LostQuorum),
+                    MasterOutput::HandedOver { .. } => self.node_input(i, NodeInput::HandedOver),
                 }
             }
-            self.apply_election(i);
         }
     }
 
@@ -832,11 +835,9 @@ impl Sim {
                     return;
                 }
                 core.handle_frame(now, frame);
-                let (term, master) = (core.master_term(), core.master_name().map(str::to_string));
-                if let Some(master) = master {
-                    self.members[i]
-                        .election
-                        .heard_from_leader(now, term, &master);
+                // As the follower thread notes it; the driver's next step reads it.
+                if core.master_name().is_some() {
+                    self.members[i].heard = Some(now);
                 }
                 self.apply_follower(i);
             }
@@ -855,31 +856,24 @@ impl Sim {
                 }
             }
             Msg::Vote(from, req) => {
-                self.sync_voters(i);
-                let pos = self.log_position(i);
-                let resp = self.members[i].election.handle_vote_request(now, &req, pos);
                 if trace() {
                     eprintln!(
-                        "{:?} {} votes {} for {} ({:?} vs own {pos:?}): {resp:?}",
+                        "{:?} {} asked by {} for term {} ({:?} vs own {:?})",
                         self.elapsed(),
                         self.members[i].name,
-                        req.term,
                         req.candidate,
-                        req.log
+                        req.term,
+                        req.log,
+                        self.log_position(i)
                     );
                 }
-                // The vote is saved (Persist) before the answer leaves.
-                self.apply_election(i);
-                self.send(i, from, Msg::VoteReply(i, resp), false);
+                // Answered (VoteReply) once the vote is saved.
+                let id = from as VoteId;
+                self.node_input(i, NodeInput::VoteRequest { id, req });
             }
             Msg::VoteReply(from, resp) => {
-                self.sync_voters(i);
-                let pos = self.log_position(i);
-                let name = self.members[from].name.clone();
-                self.members[i]
-                    .election
-                    .handle_vote_response(now, &name, &resp, pos);
-                self.apply_election(i);
+                let from = self.members[from].name.clone();
+                self.node_input(i, NodeInput::Vote { from, resp });
             }
         }
     }
@@ -917,7 +911,11 @@ impl Sim {
             }
             Role::Follower(_) => {
                 // Not the master: it says where the master is and closes.
-                let hint = self.members[target].election.leader().map(str::to_string);
+                let hint = self.members[target]
+                    .node
+                    .election()
+                    .leader()
+                    .map(str::to_string);
                 self.members[i].hint = hint
                     .filter(|h| *h != self.members[target].name)
                     .map(|h| self.index(&h));
@@ -926,7 +924,7 @@ impl Sim {
         }
         self.members[i].link = Some((conn, target));
         self.members[i].last_frame = self.now;
-        let term = self.members[i].election.term();
+        let term = self.members[i].node.election().term();
         let now = self.now;
         if let Role::Follower(core) = &mut self.members[i].role {
             core.connected(now, term);
@@ -936,18 +934,10 @@ impl Sim {
 
     fn timers(&mut self, i: usize) {
         let now = self.now;
-        if let Some(at) = self.members[i].election.poll_timeout()
+        if let Some(at) = self.members[i].node.poll_timeout()
             && at <= now
         {
-            if self.eligible(i) {
-                self.sync_voters(i);
-                let pos = self.log_position(i);
-                self.members[i].election.handle_timeout(now, pos);
-            } else {
-                // Not in a set yet: never stands (as node/src/member.rs).
-                self.members[i].election.step_down(now, Duration::ZERO);
-            }
-            self.apply_election(i);
+            self.node_input(i, NodeInput::Timeout);
         }
         match &mut self.members[i].role {
             Role::Leader(core) => {
@@ -972,13 +962,6 @@ impl Sim {
                 }
             }
         }
-    }
-
-    /// Whether member `i` may stand: its log belongs to the set and the member list it
-    /// holds names it.
-    fn eligible(&self, i: usize) -> bool {
-        let m = &self.members[i];
-        m.store.log_id() != 0 && m.store.membership().members.contains(&m.name)
     }
 
     fn crash(&mut self, i: usize) {
@@ -1022,7 +1005,7 @@ impl Sim {
         let seed = self.rng.random();
         let m = &mut self.members[i];
         m.up = true;
-        let mut election = ElectionCore::new(
+        m.node = NodeCore::new(
             ElectionConfig {
                 name: m.name.clone(),
                 priority: m.priority,
@@ -1032,9 +1015,9 @@ impl Sim {
             now,
             m.store.term(),
             m.store.voted_for(),
+            &m.store.membership(),
         );
-        election.set_membership(&m.store.membership());
-        m.election = election;
+        m.heard = None;
         m.role = Role::Follower(Box::new(follower_core(&m.name, &m.store, m.priority)));
         m.link = None;
         m.hint = None;
@@ -1158,12 +1141,8 @@ impl Sim {
                     core.hand_over(None);
                 }
                 self.apply_leader(i);
-                let (now, quiet) = (
-                    self.now,
-                    Duration::from_millis(self.rng.random_range(0..=3000)),
-                );
-                self.members[i].election.step_down(now, quiet);
-                self.apply_election(i);
+                let quiet = Duration::from_millis(self.rng.random_range(0..=3000));
+                self.node_input(i, NodeInput::StepDown(quiet));
             }
         }
         if self.mix.removals && self.rng.random_bool(0.003) {
@@ -1280,7 +1259,7 @@ impl Sim {
             let upto = commit.min(last);
             let from = self.members[i].verified + 1;
             if upto >= from {
-                let term = self.members[i].election.term();
+                let term = self.members[i].node.election().term();
                 for e in store.read(from, (upto - from + 1) as usize).unwrap() {
                     self.note_committed(e.id, (e.term, e.message), term);
                 }
@@ -1356,7 +1335,7 @@ impl Sim {
                     } else {
                         "follower"
                     },
-                    m.election.term(),
+                    m.node.election().term(),
                     m.store.last_id(),
                     ms.config_version,
                     ms.members,
@@ -1379,6 +1358,63 @@ fn trace_id() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// The shell's side of a simulated member's [`NodeCore`]: its log and its follower.
+struct SimReplica<'a> {
+    name: &'a str,
+    store: &'a Store,
+    role: &'a mut Role,
+    heard: Option<Instant>,
+}
+
+impl Replica for SimReplica<'_> {
+    fn log_position(&self) -> LogPosition {
+        let last_id = self.store.last_id();
+        LogPosition {
+            last_term: self.store.history().last_term(last_id),
+            last_id,
+        }
+    }
+
+    fn membership(&self) -> Membership {
+        self.store.membership()
+    }
+
+    /// Its log belongs to the set and the member list it holds names it.
+    fn eligible(&self) -> bool {
+        self.store.log_id() != 0
+            && self
+                .store
+                .membership()
+                .members
+                .iter()
+                .any(|n| n == self.name)
+    }
+
+    fn last_heard(&self) -> Option<(Instant, Option<(u64, String)>)> {
+        let Role::Follower(core) = &*self.role else {
+            return None;
+        };
+        let current = core
+            .master_name()
+            .map(|m| (core.master_term(), m.to_string()));
+        self.heard.map(|h| (h, current))
+    }
+
+    fn adopt_term(&mut self, term: u64) {
+        if let Role::Follower(core) = &mut *self.role {
+            core.advance_term(term);
+        }
+    }
+
+    fn save_vote(
+        &mut self,
+        term: u64,
+        voted_for: Option<String>,
+    ) -> Result<(), crate::storage::StorageError> {
+        self.store.set_vote(term, voted_for)
+    }
 }
 
 fn follower_core(name: &str, store: &Store, priority: u32) -> SecondaryCore<Store> {
