@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use common::protocol::codec::{CodecError, FrameCodec};
 use common::protocol::{ErrorCode, ErrorFrame, MasterFrame, SecondaryFrame};
 use common::replication::{Identity, SecondaryCore};
-use common::replication::{SecondaryOutput, SyncSchedule, is_urgent};
+use common::replication::{NodeInput, SecondaryOutput, SyncSchedule, is_urgent};
 use common::storage::LogStore;
 use common::stream::Progress;
 use rand::RngExt;
@@ -525,7 +525,7 @@ impl<'a> Session<'a> {
                         self.node.set_hint(e.master.clone());
                     }
                     if e.term > self.node.term() {
-                        self.node.send(Event::NewerTerm(e.term));
+                        self.node.send(Event::Core(NodeInput::NewerTerm(e.term)));
                     }
                 }
             }
@@ -659,14 +659,16 @@ impl<'a> Session<'a> {
                     self.slack = lock(self.core).master_delay()
                         + Duration::from_millis(self.cfg.delay.max_ms);
                     self.node.touch();
-                    self.node.send(Event::Following {
+                    self.node.send(Event::Core(NodeInput::Following {
                         term,
                         master,
                         slack: self.slack,
-                    });
+                    }));
                 }
-                SecondaryOutput::MembersChanged => self.node.send(Event::MembersChanged),
-                SecondaryOutput::StandNow => self.node.send(Event::StandNow),
+                SecondaryOutput::MembersChanged => {
+                    self.node.send(Event::Core(NodeInput::MembersChanged))
+                }
+                SecondaryOutput::StandNow => self.node.send(Event::Core(NodeInput::StandNow)),
                 SecondaryOutput::RolledBack(r) => {
                     tracing::warn!(
                         count = r.count,

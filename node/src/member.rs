@@ -33,25 +33,11 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the driver is told.
 pub enum Event {
-    /// A master of `term` accepted this node (the follower's handshake); frames on the
-    /// link may be held back on purpose for up to `slack`.
-    Following {
-        term: u64,
-        master: String,
-        slack: Duration,
-    },
-    /// The master asked this node to stand now.
-    StandNow,
-    /// The member list changed in the store.
-    MembersChanged,
-    /// A peer knows a newer term (the replicator saw it in a handshake).
-    NewerTerm(u64),
-    /// The master lost its majority for an election timeout.
-    LostQuorum,
+    /// An input for the member's core as it is (the follower's handshake, a newer
+    /// term, a lost majority, a vote answer...).
+    Core(NodeInput),
     /// The master handed over to another member (priority takeover).
     HandedOver(String),
-    /// A voter answered.
-    Vote(String, VoteResponse),
     /// A candidate asks for this member's vote.
     VoteRequest(VoteRequest, oneshot::Sender<VoteResponse>),
     /// `POST /stepDown`: stop being master and stand for nothing for that long.
@@ -443,24 +429,11 @@ impl Driver {
 
     fn handle(&mut self, ev: Event) {
         let input = match ev {
-            Event::Following {
-                term,
-                master,
-                slack,
-            } => NodeInput::Following {
-                term,
-                master,
-                slack,
-            },
-            Event::StandNow => NodeInput::StandNow,
-            Event::MembersChanged => NodeInput::MembersChanged,
-            Event::NewerTerm(t) => NodeInput::NewerTerm(t),
-            Event::LostQuorum => NodeInput::LostQuorum,
+            Event::Core(input) => input,
             Event::HandedOver(to) => {
                 tracing::info!(%to, "handed over; stepping down");
                 NodeInput::HandedOver
             }
-            Event::Vote(from, resp) => NodeInput::Vote { from, resp },
             Event::VoteRequest(req, reply) => {
                 let id = self.next_vote;
                 self.next_vote += 1;
@@ -568,9 +541,11 @@ impl Driver {
                         Verdict::Drop => {}
                         Verdict::Delay(d) => {
                             tokio::time::sleep(d).await;
-                            node.send(Event::Vote(name, resp));
+                            node.send(Event::Core(NodeInput::Vote { from: name, resp }));
                         }
-                        Verdict::Pass => node.send(Event::Vote(name, resp)),
+                        Verdict::Pass => {
+                            node.send(Event::Core(NodeInput::Vote { from: name, resp }))
+                        }
                     },
                     Ok(Err(e)) => tracing::debug!(voter = %name, error = %e, "no vote"),
                     Err(_) => tracing::debug!(voter = %name, "vote request timed out"),

@@ -648,20 +648,27 @@ impl Sim {
             && core.wants_sync()
             && !self.members[i].syncing
         {
-            self.members[i].syncing = true;
-            self.seq += 1;
-            let delay = Duration::from_millis(self.rng.random_range(1..=10));
-            let (life, upto) = (self.members[i].life, self.members[i].store.last_id());
-            self.queue.insert(
-                (self.now + delay, self.seq),
-                Envelope {
-                    to: i,
-                    from: i,
-                    to_life: Some(life),
-                    msg: Msg::Synced { upto, term: 0 },
-                },
-            );
+            let upto = self.members[i].store.last_id();
+            self.start_sync(i, 10, upto, 0);
         }
+    }
+
+    /// Member `i`'s store starts a sync of what it holds up to `upto` (for the master
+    /// of `term`; 0: for the follower); it is done after 1 to `max_ms` ms.
+    fn start_sync(&mut self, i: usize, max_ms: u64, upto: u64, term: u64) {
+        self.members[i].syncing = true;
+        self.seq += 1;
+        let delay = Duration::from_millis(self.rng.random_range(1..=max_ms));
+        let life = self.members[i].life;
+        self.queue.insert(
+            (self.now + delay, self.seq),
+            Envelope {
+                to: i,
+                from: i,
+                to_life: Some(life),
+                msg: Msg::Synced { upto, term },
+            },
+        );
     }
 
     fn apply_leader(&mut self, i: usize) {
@@ -677,19 +684,7 @@ impl Sim {
             let term = core.term();
             if outputs.is_empty() {
                 if needs_sync && !self.members[i].syncing {
-                    self.members[i].syncing = true;
-                    self.seq += 1;
-                    let delay = Duration::from_millis(self.rng.random_range(1..=5));
-                    let life = self.members[i].life;
-                    self.queue.insert(
-                        (self.now + delay, self.seq),
-                        Envelope {
-                            to: i,
-                            from: i,
-                            to_life: Some(life),
-                            msg: Msg::Synced { upto: last, term },
-                        },
-                    );
+                    self.start_sync(i, 5, last, term);
                 }
                 return;
             }

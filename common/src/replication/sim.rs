@@ -625,6 +625,16 @@ fn a_secondary_joining_late_catches_up_then_goes_live() {
 }
 
 /// The master's answer to a Hello, as the secondary tests need it.
+/// Entry `id` of term `term`, with a message naming it.
+fn entry(id: u64, term: u64) -> crate::protocol::Entry {
+    crate::protocol::Entry {
+        term,
+        id,
+        message: format!("m{id}"),
+        request_id: None,
+    }
+}
+
 fn welcome(log_id: u64, last_id: u64, truncate_after: Option<u64>) -> MasterFrame {
     MasterFrame::Welcome {
         version: crate::protocol::PROTOCOL_VERSION,
@@ -942,12 +952,7 @@ fn a_secondary_acknowledges_only_what_it_synced() {
     s.connected(now, 0);
     s.handle_frame(now, welcome(5, 3, None));
     s.take_outputs();
-    let e = |id: u64| crate::protocol::Entry {
-        term: 1,
-        id,
-        message: format!("m{id}"),
-        request_id: None,
-    };
+    let e = |id: u64| entry(id, 1);
     // Catch-up: the last chunk arrives; neither the Ack nor Ready goes before a sync.
     s.handle_frame(
         now,
@@ -1034,12 +1039,7 @@ fn a_secondary_acknowledges_only_what_it_synced() {
 #[test]
 fn a_secondary_says_hello_only_once_what_it_holds_is_synced() {
     let store = Arc::new(MemStore::volatile());
-    let e = |id: u64| crate::protocol::Entry {
-        term: 1,
-        id,
-        message: format!("m{id}"),
-        request_id: None,
-    };
+    let e = |id: u64| entry(id, 1);
     store.append(&[e(1), e(2)]).unwrap();
     store.sync_to(1);
     let mut s = SecondaryCore::new("s1", store.clone());

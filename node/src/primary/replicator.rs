@@ -5,7 +5,7 @@ use actix::prelude::*;
 use common::protocol::{MasterFrame, SecondaryFrame};
 use common::replication::{
     ConnId, HealthPolicy, HttpAddress, MasterConfig, MasterCore, MasterOutput, MasterStatus,
-    Rejected, SPIN_MAX_WAITING, SpinPolicy, Token, WriteOutcome, WriteRequest,
+    NodeInput, Rejected, SPIN_MAX_WAITING, SpinPolicy, Token, WriteOutcome, WriteRequest,
 };
 use common::storage::LogStore;
 use std::collections::HashMap;
@@ -268,8 +268,8 @@ impl Replicator {
                 MasterOutput::StorageFailed(e) => {
                     tracing::error!(error = %e, "storage failure while replicating");
                 }
-                MasterOutput::NewerTerm(t) => self.node.send(Event::NewerTerm(t)),
-                MasterOutput::LostQuorum => self.node.send(Event::LostQuorum),
+                MasterOutput::NewerTerm(t) => self.node.send(Event::Core(NodeInput::NewerTerm(t))),
+                MasterOutput::LostQuorum => self.node.send(Event::Core(NodeInput::LostQuorum)),
                 MasterOutput::HandedOver { to } => self.node.send(Event::HandedOver(to)),
             }
         }
