@@ -393,19 +393,18 @@ impl<'a> Session<'a> {
             c.connected(Instant::now(), self.node.term());
             (c.take_outputs(), c.wants_sync())
         };
-        let end = match self.dispatch(outputs) {
-            // The Hello waits for what the store holds to be synced.
-            Ok(false) if wants_sync => match self.sync_and_acknowledge() {
-                Ok(false) => self.serve(),
-                Ok(true) => End::Close,
-                Err(end) => end,
-            },
+        // The Hello waits for what the store holds to be synced.
+        let started = self.send_out(outputs).and_then(|close| {
+            if !close && wants_sync {
+                self.sync_and_acknowledge()
+            } else {
+                Ok(close)
+            }
+        });
+        let end = match started {
             Ok(false) => self.serve(),
             Ok(true) => End::Close,
-            Err(e) => {
-                tracing::warn!(error = %e, "write to the master failed");
-                End::Gone
-            }
+            Err(end) => end,
         };
         match end {
             End::Gone => {
@@ -557,13 +556,10 @@ impl<'a> Session<'a> {
                     .publish(self.store.written_id(), c.commit_id());
                 (c.take_outputs(), c.wants_sync())
             };
-            match self.dispatch(outputs) {
+            match self.send_out(outputs) {
                 Ok(false) => {}
                 Ok(true) => return End::Close,
-                Err(e) => {
-                    tracing::warn!(error = %e, "write to the master failed");
-                    return End::Gone;
-                }
+                Err(end) => return end,
             }
             if wants_sync && self.schedule.stored(now, urgent, self.store.sync_blocks()) {
                 match self.sync_and_acknowledge() {
@@ -606,6 +602,12 @@ impl<'a> Session<'a> {
                 .publish(self.store.written_id(), c.commit_id());
             c.take_outputs()
         };
+        self.send_out(outputs)
+    }
+
+    /// [`Self::dispatch`], a failed write ending the session. Ok(true): the core asked
+    /// to close.
+    fn send_out(&mut self, outputs: Vec<SecondaryOutput>) -> Result<bool, End> {
         self.dispatch(outputs).map_err(|e| {
             tracing::warn!(error = %e, "write to the master failed");
             End::Gone

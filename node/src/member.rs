@@ -276,15 +276,6 @@ impl Node {
             .find(|h| h.name == name)
     }
 
-    /// How up to date this member's log is, for votes.
-    pub fn log_position(&self) -> LogPosition {
-        let last_id = self.store.last_id();
-        LogPosition {
-            last_term: self.store.history().last_term(last_id),
-            last_id,
-        }
-    }
-
     /// Tell the replication core of a newer term: it stores and acknowledges nothing
     /// of an older master from now on (`SecondaryCore::advance_term`).
     pub fn advance_follower_term(&self, term: u64) {
@@ -325,7 +316,7 @@ struct NodeReplica<'a> {
 
 impl Replica for NodeReplica<'_> {
     fn log_position(&self) -> LogPosition {
-        self.node.log_position()
+        self.node.store.log_position()
     }
 
     fn membership(&self) -> Membership {

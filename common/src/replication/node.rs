@@ -390,6 +390,24 @@ mod tests {
         }
     }
 
+    /// A log and follower of a member holding `membership`.
+    fn fake(membership: &Membership, eligible: bool) -> Fake {
+        Fake {
+            membership: membership.clone(),
+            eligible,
+            ..Fake::default()
+        }
+    }
+
+    /// The follower's handshake with `master` of term 1.
+    fn following(master: &str) -> NodeInput {
+        NodeInput::Following {
+            term: 1,
+            master: master.into(),
+            slack: Duration::ZERO,
+        }
+    }
+
     fn core(now: Instant, name: &str, priority: u32, membership: &Membership) -> NodeCore {
         let cfg = ElectionConfig {
             name: name.into(),
@@ -465,10 +483,8 @@ mod tests {
         let now = Instant::now();
         let membership = set(&[("a", 1), ("b", 1), ("c", 1)]);
         let mut r = Fake {
-            membership: membership.clone(),
-            eligible: true,
             fail_saves: true,
-            ..Fake::default()
+            ..fake(&membership, true)
         };
         let mut n = core(now, "a", 1, &membership);
         n.handle(
@@ -501,11 +517,7 @@ mod tests {
     fn a_member_outside_a_set_never_stands() {
         let now = Instant::now();
         let membership = set(&[("a", 1), ("b", 1), ("c", 1)]);
-        let mut r = Fake {
-            membership: membership.clone(),
-            eligible: false,
-            ..Fake::default()
-        };
+        let mut r = fake(&membership, false);
         let mut n = core(now, "a", 1, &membership);
         for s in 1..=10 {
             n.handle(now + Duration::from_secs(s), NodeInput::Timeout, &mut r);
@@ -519,18 +531,9 @@ mod tests {
     fn asked_to_stand_by_a_master_of_lower_priority_is_a_priority_takeover() {
         let now = Instant::now();
         let membership = set(&[("a", 2), ("m", 1), ("c", 1)]);
-        let mut r = Fake {
-            membership: membership.clone(),
-            eligible: true,
-            ..Fake::default()
-        };
+        let mut r = fake(&membership, true);
         let mut n = core(now, "a", 2, &membership);
-        let following = NodeInput::Following {
-            term: 1,
-            master: "m".into(),
-            slack: Duration::ZERO,
-        };
-        n.handle(now, following, &mut r);
+        n.handle(now, following("m"), &mut r);
         n.handle(now, NodeInput::StandNow, &mut r);
         let out = n.take_outputs();
         assert!(
@@ -547,18 +550,9 @@ mod tests {
     fn the_timeout_runs_from_the_last_time_the_master_was_heard() {
         let now = Instant::now();
         let membership = set(&[("a", 1), ("m", 1), ("c", 1)]);
-        let mut r = Fake {
-            membership: membership.clone(),
-            eligible: true,
-            ..Fake::default()
-        };
+        let mut r = fake(&membership, true);
         let mut n = core(now, "a", 1, &membership);
-        let following = NodeInput::Following {
-            term: 1,
-            master: "m".into(),
-            slack: Duration::ZERO,
-        };
-        n.handle(now, following, &mut r);
+        n.handle(now, following("m"), &mut r);
         n.take_outputs();
         // The replication side kept hearing from m (it tells only by `last_heard`):
         // when the timer fires, the election learns that first and does not stand.

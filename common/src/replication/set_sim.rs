@@ -402,12 +402,7 @@ impl Sim {
     }
 
     fn log_position(&self, i: usize) -> LogPosition {
-        let s = &self.members[i].store;
-        let last_id = s.last_id();
-        LogPosition {
-            last_term: s.history().last_term(last_id),
-            last_id,
-        }
+        self.members[i].store.log_position()
     }
 
     // ---- the shell: what node/src/member.rs and the follower thread do ----
@@ -1365,11 +1360,7 @@ struct SimReplica<'a> {
 
 impl Replica for SimReplica<'_> {
     fn log_position(&self) -> LogPosition {
-        let last_id = self.store.last_id();
-        LogPosition {
-            last_term: self.store.history().last_term(last_id),
-            last_id,
-        }
+        self.store.log_position()
     }
 
     fn membership(&self) -> Membership {

@@ -246,6 +246,16 @@ pub trait LogStore: Send + Sync {
     /// The term starts of this log (see [`crate::replication::election::History`]).
     fn history(&self) -> crate::replication::election::History;
 
+    /// How up to date this log is, for votes: its last id, and the term of the last
+    /// term start it holds.
+    fn log_position(&self) -> crate::replication::election::LogPosition {
+        let last_id = self.last_id();
+        crate::replication::election::LogPosition {
+            last_term: self.history().last_term(last_id),
+            last_id,
+        }
+    }
+
     /// Save the term starts (durably).
     fn set_history(
         &self,
