@@ -1,9 +1,10 @@
 //! The secondary's side of the replication connection, on a thread of its own.
 //!
 //! Plain blocking I/O on a thread that does nothing else: read what the master sent,
-//! hand it to the core, store (and in fsync mode sync) it, write the answers. One
-//! connection has nothing to multiplex, and an event loop between the socket and the
-//! core cost more than the rest of the secondary's work per frame (docs/benchmarks.md):
+//! hand it to the node's core (`NodeCore`, whose follower stores it), sync the store
+//! when the core asks, write the answers. One connection has nothing to multiplex, and
+//! an event loop between the socket and the core cost more than the rest of the
+//! secondary's work per frame (docs/benchmarks.md):
 //! a blocking `read` wakes up with the data, where a loop wakes up, asks which socket
 //! is ready, then reads.
 
@@ -12,8 +13,8 @@ use crate::wire::Conn;
 use bytes::BytesMut;
 use common::protocol::codec::{CodecError, FrameCodec};
 use common::protocol::{ErrorCode, ErrorFrame, MasterFrame, SecondaryFrame};
-use common::replication::{Identity, SecondaryCore};
-use common::replication::{NodeInput, SecondaryOutput, SyncSchedule, is_urgent};
+use common::replication::{NodeCore, SecondaryStatus};
+use common::replication::{NodeInput, NodeOutput, SecondaryOutput, SyncSchedule, is_urgent};
 use common::storage::LogStore;
 use common::stream::Progress;
 use rand::RngExt;
@@ -31,17 +32,12 @@ type Codec = FrameCodec<MasterFrame, SecondaryFrame>;
 /// The store the secondary keeps its log in.
 pub type Store = Arc<dyn LogStore>;
 
-/// The secondary's replication state machine over its store.
-pub type Core = SecondaryCore<Store>;
+/// The member's decisions over its store, its follower among them.
+pub type Core = NodeCore<Store>;
 
-/// The core, shared by the replication thread and the HTTP handlers. The lock is only
-/// held for a single synchronous step of the core.
+/// The core, shared by the replication thread, the member's driver and the HTTP
+/// handlers. The lock is only held for a single synchronous step of the core.
 pub type SharedCore = Arc<Mutex<Core>>;
-
-/// A new secondary core named `name` over `store`, to share.
-pub fn shared_core(name: &str, store: Store) -> SharedCore {
-    Arc::new(Mutex::new(SecondaryCore::new(name.to_string(), store)))
-}
 
 /// What the HTTP API asks a secondary.
 #[derive(Clone)]
@@ -56,14 +52,20 @@ impl Handle {
         Self { core, master: seed }
     }
 
-    /// The core, for one synchronous step.
-    pub fn core(&self) -> MutexGuard<'_, Core> {
-        lock(&self.core)
+    /// The follower's state (a new follower's, over the log as it is, for the moment
+    /// between an election won and the replicator's start).
+    pub fn status(&self, now: Instant) -> SecondaryStatus {
+        lock(&self.core).follower_status(now)
+    }
+
+    /// The master's commit id as the follower last heard it (0: not following).
+    pub fn commit_id(&self) -> u64 {
+        lock(&self.core).follower().map_or(0, |f| f.commit_id())
     }
 
     /// The master's HTTP address (`host:port`), while this node follows a master.
     pub fn primary(&self) -> Option<String> {
-        self.core().primary_http()
+        lock(&self.core).follower().and_then(|f| f.primary_http())
     }
 }
 
@@ -114,7 +116,7 @@ impl Link {
     /// Start following the master: keep a connection to it for as long as the process
     /// runs, reconnecting with jittered exponential back-off.
     /// `progress` is told how far the log reaches after every step (change streams).
-    pub fn start(node: Arc<Node>, core: SharedCore) -> io::Result<Link> {
+    pub fn start(node: Arc<Node>) -> io::Result<Link> {
         let shared = Arc::new(Shared {
             stopping: AtomicBool::new(false),
             conn: Mutex::new(None),
@@ -126,7 +128,7 @@ impl Link {
             .spawn({
                 let shared = shared.clone();
                 move || {
-                    follow(&node, &core, &shared);
+                    follow(&node, &shared);
                     let _ = done_tx.send(());
                 }
             })?;
@@ -186,16 +188,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// its members back to take writes).
 const MAX_HUNT_BACKOFF: Duration = Duration::from_millis(250);
 
-fn follow(node: &Arc<Node>, core: &SharedCore, shared: &Shared) {
-    {
-        let mut c = lock(core);
-        c.set_identity(Identity {
-            comm: Some(node.addresses.comm.clone()),
-            http: Some(node.addresses.http.clone()),
-            priority: node.cfg.priority,
-            delay_ms: node.cfg.delay.max_ms,
-        });
-    }
+fn follow(node: &Arc<Node>, shared: &Shared) {
+    let core = &node.core;
     let mut backoff = MIN_BACKOFF;
     let mut warned = false;
     while !shared.stopping() {
@@ -224,7 +218,6 @@ fn follow(node: &Arc<Node>, core: &SharedCore, shared: &Shared) {
                     .trim_start_matches('[')
                     .trim_end_matches(']')
                     .to_string();
-                lock(core).set_dialed(&host);
                 if let Some(key) = &node.cfg.cluster_key
                     && let Err(e) = authenticate(&mut stream, key)
                 {
@@ -237,10 +230,15 @@ fn follow(node: &Arc<Node>, core: &SharedCore, shared: &Shared) {
                 let followed = {
                     let _span = tracing::info_span!("link", master = %master).entered();
                     let peer = node.member_at(&master);
-                    Session::new(stream, node, core, peer).run()
+                    Session::new(stream, node, peer).run(host)
                 };
                 *shared.conn() = None;
-                lock(core).disconnected();
+                let outputs = {
+                    let mut c = lock(core);
+                    c.handle(Instant::now(), NodeInput::Disconnected);
+                    c.take_outputs()
+                };
+                pass_on(node, outputs); // nothing more goes to that connection
                 if followed {
                     tracing::info!(%master, "disconnected from the master");
                 }
@@ -309,8 +307,25 @@ fn authenticate(stream: &mut Conn, key: &common::protocol::auth::ClusterKey) -> 
     Ok(())
 }
 
-fn lock(core: &SharedCore) -> MutexGuard<'_, Core> {
+pub(crate) fn lock(core: &SharedCore) -> MutexGuard<'_, Core> {
     core.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Send the driver what the core decided that is not for the master's connection;
+/// return what is.
+fn pass_on(node: &Node, outputs: Vec<NodeOutput>) -> Vec<SecondaryOutput> {
+    let mut link = Vec::with_capacity(outputs.len());
+    let mut theirs = Vec::new();
+    for o in outputs {
+        match o {
+            NodeOutput::Link(o) => link.push(o),
+            o => theirs.push(o),
+        }
+    }
+    if !theirs.is_empty() {
+        node.send(Event::Outputs(theirs));
+    }
+    link
 }
 
 /// Make what the core appended durable (no-op when nothing is pending).
@@ -361,7 +376,7 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(stream: Conn, node: &'a Arc<Node>, core: &'a SharedCore, peer: Option<String>) -> Self {
+    fn new(stream: Conn, node: &'a Arc<Node>, peer: Option<String>) -> Self {
         let cfg = &node.cfg;
         let _ = stream.tcp().set_nodelay(true);
         let _ = stream.tcp().set_write_timeout(Some(WRITE_TIMEOUT));
@@ -369,7 +384,7 @@ impl<'a> Session<'a> {
             stream,
             node,
             cfg,
-            core,
+            core: &node.core,
             store: &node.store,
             progress: &node.progress,
             followed: false,
@@ -386,11 +401,12 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Serve the connection until it ends; true if a master accepted this node.
-    fn run(mut self) -> bool {
+    /// Serve the connection to `host` until it ends; true if a master accepted this
+    /// node.
+    fn run(mut self, host: String) -> bool {
         let (outputs, wants_sync) = {
             let mut c = lock(self.core);
-            c.connected(Instant::now(), self.node.term());
+            c.handle(Instant::now(), NodeInput::Connected { host });
             (c.take_outputs(), c.wants_sync())
         };
         // The Hello waits for what the store holds to be synced.
@@ -519,19 +535,11 @@ impl<'a> Session<'a> {
                 return End::Gone;
             }
             for f in &frames {
-                if let MasterFrame::Error(e) = f {
-                    if e.code == ErrorCode::NotMaster {
-                        self.node.set_hint(e.master.clone());
-                    }
-                    if e.term > self.node.term() {
-                        self.node.send(Event::Core(NodeInput::NewerTerm(e.term)));
-                    }
+                if let MasterFrame::Error(e) = f
+                    && e.code == ErrorCode::NotMaster
+                {
+                    self.node.set_hint(e.master.clone());
                 }
-            }
-            if self.term != 0 {
-                // Only a master this node follows counts as heard from (a refusal from
-                // a member that is not the master, while hunting, does not).
-                self.node.touch();
             }
             self.last_frame = Instant::now();
             // Group commit: every frame that has arrived is stored, made durable with
@@ -542,9 +550,7 @@ impl<'a> Session<'a> {
             let urgent = frames.iter().any(is_urgent);
             let (outputs, wants_sync) = {
                 let mut c = lock(self.core);
-                for f in frames {
-                    c.handle_frame(now, f);
-                }
+                c.handle(now, NodeInput::Frames(frames));
                 // Open change streams see entries once written; without them the write
                 // waits for the (possibly deferred) sync, which does it in the same call.
                 if self.progress.streams() > 0
@@ -552,8 +558,8 @@ impl<'a> Session<'a> {
                 {
                     tracing::error!(error = %e, "writing the log failed");
                 }
-                self.progress
-                    .publish(self.store.written_id(), c.commit_id());
+                let commit_id = c.follower().map_or(0, |f| f.commit_id());
+                self.progress.publish(self.store.written_id(), commit_id);
                 (c.take_outputs(), c.wants_sync())
             };
             match self.send_out(outputs) {
@@ -597,18 +603,19 @@ impl<'a> Session<'a> {
         }
         let outputs = {
             let mut c = lock(self.core);
-            c.synced();
-            self.progress
-                .publish(self.store.written_id(), c.commit_id());
+            c.handle(Instant::now(), NodeInput::Synced);
+            let commit_id = c.follower().map_or(0, |f| f.commit_id());
+            self.progress.publish(self.store.written_id(), commit_id);
             c.take_outputs()
         };
         self.send_out(outputs)
     }
 
-    /// [`Self::dispatch`], a failed write ending the session. Ok(true): the core asked
-    /// to close.
-    fn send_out(&mut self, outputs: Vec<SecondaryOutput>) -> Result<bool, End> {
-        self.dispatch(outputs).map_err(|e| {
+    /// [`Self::dispatch`] what is for this connection (a failed write ending the
+    /// session), and pass the rest on to the driver. Ok(true): the core asked to close.
+    fn send_out(&mut self, outputs: Vec<NodeOutput>) -> Result<bool, End> {
+        let link = pass_on(self.node, outputs);
+        self.dispatch(link).map_err(|e| {
             tracing::warn!(error = %e, "write to the master failed");
             End::Gone
         })
@@ -658,19 +665,13 @@ impl<'a> Session<'a> {
                     self.peer = Some(master.clone());
                     self.followed = true;
                     self.term = term;
-                    self.slack = lock(self.core).master_delay()
-                        + Duration::from_millis(self.cfg.delay.max_ms);
-                    self.node.touch();
-                    self.node.send(Event::Core(NodeInput::Following {
-                        term,
-                        master,
-                        slack: self.slack,
-                    }));
+                    let master_delay = lock(self.core)
+                        .follower()
+                        .map_or(Duration::ZERO, |f| f.master_delay());
+                    self.slack = master_delay + Duration::from_millis(self.cfg.delay.max_ms);
                 }
-                SecondaryOutput::MembersChanged => {
-                    self.node.send(Event::Core(NodeInput::MembersChanged))
-                }
-                SecondaryOutput::StandNow => self.node.send(Event::Core(NodeInput::StandNow)),
+                // The core's own: they never leave it.
+                SecondaryOutput::MembersChanged | SecondaryOutput::StandNow => {}
                 SecondaryOutput::RolledBack(r) => {
                     tracing::warn!(
                         count = r.count,

@@ -357,7 +357,7 @@ async fn messages(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
             Ok((st, _)) => st.commit_id,
             Err(_) => return shutting_down(),
         },
-        Role::Secondary(f) => f.core().commit_id(),
+        Role::Secondary(f) => f.commit_id(),
     };
     common::web::messages(q, state.store.clone(), commit_id).await
 }
@@ -739,10 +739,7 @@ async fn metrics_page(state: web::Data<State>) -> HttpResponse {
 
 /// Liveness, and whether it is connected to the master.
 fn secondary_health(state: &State, f: &follower::Handle) -> HttpResponse {
-    let st = {
-        let core = f.core();
-        core.status(Instant::now())
-    };
+    let st = f.status(Instant::now());
     let primary = f.primary();
     HttpResponse::Ok().json(json!({
         "status": "ok",
@@ -770,10 +767,7 @@ fn secondary_health(state: &State, f: &follower::Handle) -> HttpResponse {
 /// it waits for.
 /// Replication state: prefix, held-back and missing ids.
 fn secondary_status(state: &State, f: &follower::Handle) -> HttpResponse {
-    let st = {
-        let core = f.core();
-        core.status(Instant::now())
-    };
+    let st = f.status(Instant::now());
     let log_id = state.store.log_id();
     let primary = f.primary();
     let own_state = match (st.connected, st.phase) {
@@ -849,10 +843,7 @@ fn secondary_status(state: &State, f: &follower::Handle) -> HttpResponse {
 /// is rendered.
 /// Prometheus metrics.
 fn secondary_metrics(state: &State, f: &follower::Handle) -> HttpResponse {
-    let st = {
-        let core = f.core();
-        core.status(Instant::now())
-    };
+    let st = f.status(Instant::now());
     metrics::gauge!("chorus_last_id").set(st.last_id as f64);
     metrics::gauge!("chorus_master_last_id").set(st.master_last_id as f64);
     metrics::gauge!("chorus_commit_id").set(st.commit_id as f64);
@@ -880,7 +871,7 @@ async fn hello(state: web::Data<State>) -> HttpResponse {
             Err(_) => (false, 0, None),
         },
         Role::Secondary(f) => {
-            let commit_id = f.core().commit_id();
+            let commit_id = f.commit_id();
             (false, commit_id, node.master_http())
         }
     };
@@ -897,7 +888,7 @@ async fn hello(state: web::Data<State>) -> HttpResponse {
     let log_id = node.store.log_id();
     let last_id = node.store.written_id();
     let (term, election_timeout) = {
-        let core = node.election();
+        let core = node.core();
         let e = core.election();
         (e.term(), e.election_timeout())
     };

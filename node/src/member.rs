@@ -1,10 +1,16 @@
-//! The member: one per process, whatever its role. It owns the member's role decisions
-//! ([`common::replication::NodeCore`]: the election, and when to vote, stand, lead or
-//! follow) and carries them out, switching the node between its roles: following a
-//! master (the [`follower`] thread) or being the master (the [`primary`] replicator).
-//! Every decision about terms and votes goes through one task, the *driver*, on the
-//! HTTP worker's event loop: the follower thread, the replicator, the comm port and the
-//! HTTP API send it [`Event`]s, which it hands to the core as [`NodeInput`]s.
+//! The member: one per process, whatever its role. It owns the member's decisions
+//! ([`common::replication::NodeCore`]: the election, the follower's replication, and
+//! when to vote, stand, lead or follow) and carries them out, switching the node between
+//! its roles: following a master (the [`follower`] thread) or being the master (the
+//! [`primary`] replicator).
+//!
+//! Two shells hand the core their inputs, under one lock: the follower thread (frames
+//! from the master, the end of a sync: the hot path, carried out on that thread) and
+//! the *driver*, one task on the HTTP worker's event loop, for everything else (the
+//! replicator, the comm port and the HTTP API send it [`Event`]s). Each carries out the
+//! outputs that are its own and passes the others on: the follower thread sends the
+//! driver what the election decided ([`Event::Outputs`]), the driver leaves what
+//! concerns the master's connection for the follower thread.
 
 use crate::follower;
 use crate::http::Role;
@@ -13,10 +19,10 @@ use actix::Actor;
 use common::protocol::codec::FrameCodec;
 use common::protocol::{MasterFrame, MemberInfo, SecondaryFrame};
 use common::replication::election::{
-    ElectionConfig, ElectionMetrics, ElectionRole, LogPosition, VoteRequest, VoteResponse,
+    ElectionConfig, ElectionMetrics, ElectionRole, VoteRequest, VoteResponse,
 };
-use common::replication::{NodeCore, NodeInput, NodeOutput, Replica, VoteId};
-use common::storage::{LogStore, Membership, RolledBack, StorageError};
+use common::replication::{Identity, NodeCore, NodeInput, NodeOutput, VoteId};
+use common::storage::{LogStore, RolledBack};
 use common::stream::Progress;
 use futures::{SinkExt, StreamExt};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,9 +39,12 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the driver is told.
 pub enum Event {
-    /// An input for the member's core as it is (the follower's handshake, a newer
-    /// term, a lost majority, a vote answer...).
+    /// An input for the member's core as it is (a newer term, a lost majority, a vote
+    /// answer...).
     Core(NodeInput),
+    /// What the core decided while the follower thread handed it frames, and is not
+    /// for the master's connection (the election's: a term, votes to ask for...).
+    Outputs(Vec<NodeOutput>),
     /// The master handed over to another member (priority takeover).
     HandedOver(String),
     /// A candidate asks for this member's vote.
@@ -67,7 +76,7 @@ pub struct Node {
     pub progress: Progress,
     pub addresses: Addresses,
     pub started: Instant,
-    election: Mutex<NodeCore>,
+    pub(crate) core: follower::SharedCore,
     /// The election's term, readable without the lock (the follower thread checks it).
     term: AtomicU64,
     role: RwLock<Role>,
@@ -76,8 +85,6 @@ pub struct Node {
     /// follower every node starts as.
     settled: tokio::sync::watch::Sender<bool>,
     events: mpsc::UnboundedSender<Event>,
-    /// When the follower thread last heard from its master, in ms since `started`.
-    heard_ms: AtomicU64,
     /// The comm address to dial first (the master, as last heard of).
     hint: Mutex<Option<String>>,
     /// Rotates through the known members while no master is known.
@@ -86,17 +93,6 @@ pub struct Node {
     http_port: u16,
     /// `PUT /admin/faults`: drops, delays and partitions per peer.
     pub faults: crate::faults::Faults,
-}
-
-/// Whether this member may stand: once it belongs to a set (its log has an identity
-/// and the stored member list names it), or as `master-node` on a log no other member
-/// shares yet. A new secondary that cannot reach its set never elects itself master of
-/// a set of its own.
-fn eligible(store: &dyn LogStore, name: &str, start_as_master: bool) -> bool {
-    let m = store.membership();
-    let joined = store.log_id() != 0 && m.members.iter().any(|n| n == name);
-    let alone = m.members.iter().all(|n| n == name);
-    joined || (start_as_master && alone)
 }
 
 impl Node {
@@ -110,7 +106,7 @@ impl Node {
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<Event>) {
         let now = Instant::now();
         let (events, rx) = mpsc::unbounded_channel();
-        let election = NodeCore::new(
+        let core = NodeCore::new(
             ElectionConfig {
                 name: cfg.name.clone(),
                 priority: cfg.priority,
@@ -118,14 +114,19 @@ impl Node {
                 seed: rand::random(),
             },
             now,
-            store.term(),
-            store.voted_for(),
-            &store.membership(),
+            store.clone(),
+            matches!(cfg.start, crate::Start::Master),
+            Identity {
+                comm: Some(addresses.comm.clone()),
+                http: Some(addresses.http.clone()),
+                priority: cfg.priority,
+                delay_ms: cfg.delay.max_ms,
+            },
         );
-        let term = AtomicU64::new(election.election().term());
-        let core = follower::shared_core(&cfg.name, store.clone());
+        let term = AtomicU64::new(core.election().term());
+        let core = Arc::new(Mutex::new(core));
         let role = RwLock::new(Role::Secondary(follower::Handle::new(
-            core,
+            core.clone(),
             cfg.seed_address(),
         )));
         // `--delay-ms` and `--drop-rate` are the first fault rules.
@@ -136,12 +137,11 @@ impl Node {
             progress,
             addresses,
             started: now,
-            election: Mutex::new(election),
+            core,
             term,
             role,
             settled: tokio::sync::watch::Sender::new(false),
             events,
-            heard_ms: AtomicU64::new(0),
             hint: Mutex::new(None),
             next_seed: AtomicU64::new(0),
             last_rollback: Mutex::new(None),
@@ -151,9 +151,10 @@ impl Node {
         (node, rx)
     }
 
-    /// The member's role decisions (`.election()` on it reads the election).
-    pub fn election(&self) -> MutexGuard<'_, NodeCore> {
-        self.election.lock().unwrap_or_else(|e| e.into_inner())
+    /// The member's decisions (`.election()` on it reads the election), for one
+    /// synchronous step.
+    pub fn core(&self) -> MutexGuard<'_, follower::Core> {
+        follower::lock(&self.core)
     }
 
     /// The newest term this member knows.
@@ -181,19 +182,6 @@ impl Node {
     /// Tell the driver.
     pub fn send(&self, e: Event) {
         let _ = self.events.send(e);
-    }
-
-    /// The follower thread heard from its master now.
-    pub fn touch(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
-        self.heard_ms.store(ms.max(1), Ordering::Release);
-    }
-
-    fn last_heard(&self) -> Option<Instant> {
-        match self.heard_ms.load(Ordering::Acquire) {
-            0 => None,
-            ms => Some(self.started + Duration::from_millis(ms)),
-        }
     }
 
     /// The master's comm address was learnt (a refusal naming it, a vote).
@@ -236,7 +224,7 @@ impl Node {
 
     /// The comm address of the master of the current term, if this member knows it.
     pub fn master_comm(&self) -> Option<String> {
-        let leader = self.election().election().leader().map(str::to_string)?;
+        let leader = self.core().election().leader().map(str::to_string)?;
         if leader == self.cfg.name {
             return Some(self.addresses.comm.clone());
         }
@@ -250,7 +238,7 @@ impl Node {
         match self.role() {
             Role::Primary(_) => Some(self.addresses.http.clone()),
             Role::Secondary(f) => f.primary().or_else(|| {
-                let leader = self.election().election().leader().map(str::to_string)?;
+                let leader = self.core().election().leader().map(str::to_string)?;
                 self.host_of(&leader)
                     .map(|h| h.http)
                     .filter(|h| !h.is_empty())
@@ -276,14 +264,6 @@ impl Node {
             .find(|h| h.name == name)
     }
 
-    /// Tell the replication core of a newer term: it stores and acknowledges nothing
-    /// of an older master from now on (`SecondaryCore::advance_term`).
-    pub fn advance_follower_term(&self, term: u64) {
-        if let Role::Secondary(f) = self.role() {
-            f.core().advance_term(term);
-        }
-    }
-
     pub fn note_rollback(&self, rolled_back: RolledBack) {
         *self.last_rollback.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastRollback {
             rolled_back,
@@ -300,49 +280,11 @@ impl Node {
 
     /// The last election this member stood in, for `/status`.
     pub fn election_metrics(&self) -> Option<ElectionMetrics> {
-        self.election().election().metrics().cloned()
+        self.core().election().metrics().cloned()
     }
 
     pub fn http_port(&self) -> u16 {
         self.http_port
-    }
-}
-
-/// The driver's side of [`NodeCore`]: the node's log, and its follower's core.
-struct NodeReplica<'a> {
-    node: &'a Node,
-    start_as_master: bool,
-}
-
-impl Replica for NodeReplica<'_> {
-    fn log_position(&self) -> LogPosition {
-        self.node.store.log_position()
-    }
-
-    fn membership(&self) -> Membership {
-        self.node.store.membership()
-    }
-
-    fn eligible(&self) -> bool {
-        eligible(&*self.node.store, &self.node.cfg.name, self.start_as_master)
-    }
-
-    fn last_heard(&self) -> Option<(Instant, Option<(u64, String)>)> {
-        let heard = self.node.last_heard()?;
-        let Role::Secondary(f) = self.node.role() else {
-            return None;
-        };
-        let c = f.core();
-        let current = c.master_name().map(|m| (c.master_term(), m.to_string()));
-        Some((heard, current))
-    }
-
-    fn adopt_term(&mut self, term: u64) {
-        self.node.advance_follower_term(term);
-    }
-
-    fn save_vote(&mut self, term: u64, voted_for: Option<String>) -> Result<(), StorageError> {
-        self.node.store.set_vote(term, voted_for)
     }
 }
 
@@ -357,7 +299,6 @@ struct Driver {
     /// Vote requests waiting for the core's answer (given once the vote is saved).
     replies: std::collections::HashMap<VoteId, oneshot::Sender<VoteResponse>>,
     next_vote: VoteId,
-    start_as_master: bool,
 }
 
 /// Run the member until `stop` resolves: start following (or, for `master-node` on a
@@ -376,7 +317,6 @@ pub async fn drive(
         stepping_down: Vec::new(),
         replies: std::collections::HashMap::new(),
         next_vote: 0,
-        start_as_master,
     };
     d.follow();
     if start_as_master {
@@ -386,7 +326,7 @@ pub async fn drive(
     d.apply().await;
     node.settled.send_replace(true);
     loop {
-        let deadline = node.election().poll_timeout();
+        let deadline = node.core().poll_timeout();
         let sleep = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -396,7 +336,7 @@ pub async fn drive(
         tokio::select! {
             _ = stop.cancelled() => break,
             ev = events.recv() => match ev {
-                Some(ev) => d.handle(ev),
+                Some(ev) => d.handle(ev).await,
                 None => break,
             },
             () = sleep => d.step(NodeInput::Timeout),
@@ -407,20 +347,15 @@ pub async fn drive(
 }
 
 impl Driver {
-    /// Hand one input to the core (which reads the log and the follower through
-    /// [`NodeReplica`]); [`Self::apply`] carries out what it decided.
+    /// Hand one input to the core; [`Self::apply`] carries out what it decided.
     fn step(&mut self, input: NodeInput) {
-        let node = self.node.clone();
-        let mut replica = NodeReplica {
-            node: &node,
-            start_as_master: self.start_as_master,
-        };
-        node.election().handle(Instant::now(), input, &mut replica);
+        self.node.core().handle(Instant::now(), input);
     }
 
-    fn handle(&mut self, ev: Event) {
+    async fn handle(&mut self, ev: Event) {
         let input = match ev {
             Event::Core(input) => input,
+            Event::Outputs(outputs) => return self.carry_out(outputs).await,
             Event::HandedOver(to) => {
                 tracing::info!(%to, "handed over; stepping down");
                 NodeInput::HandedOver
@@ -446,31 +381,45 @@ impl Driver {
     /// anything that depends on them).
     async fn apply(&mut self) {
         loop {
-            let outputs = self.node.election().take_outputs();
+            let outputs = self.node.core().take_outputs();
             if outputs.is_empty() {
                 break;
             }
-            for o in outputs {
-                match o {
-                    NodeOutput::Term(term) => self.node.term.store(term, Ordering::Release),
-                    NodeOutput::VoteReply { id, resp } => {
-                        if let Some(tx) = self.replies.remove(&id) {
-                            let _ = tx.send(resp);
-                        }
+            self.carry_out(outputs).await;
+        }
+        self.answer_step_downs();
+    }
+
+    /// Carry out `outputs`, leaving those for the master's connection to the follower
+    /// thread.
+    async fn carry_out(&mut self, outputs: Vec<NodeOutput>) {
+        for o in outputs {
+            match o {
+                NodeOutput::Term(term) => self.node.term.store(term, Ordering::Release),
+                NodeOutput::VoteReply { id, resp } => {
+                    if let Some(tx) = self.replies.remove(&id) {
+                        let _ = tx.send(resp);
                     }
-                    NodeOutput::Voted { candidate, comm } => {
-                        let term = self.node.election().election().term();
-                        tracing::info!(%candidate, term, "voting");
-                        // The candidate is likely the next master: look there first.
-                        self.node.set_hint(comm);
-                    }
-                    NodeOutput::RequestVotes { req, voters } => self.request_votes(req, voters),
-                    NodeOutput::BecomeLeader { term } => self.lead(term).await,
-                    NodeOutput::BecomeFollower { term } => {
-                        tracing::info!(term, "stepping down: following");
-                        self.retire().await;
-                        self.follow();
-                    }
+                }
+                NodeOutput::Voted { candidate, comm } => {
+                    let term = self.node.term();
+                    tracing::info!(%candidate, term, "voting");
+                    // The candidate is likely the next master: look there first.
+                    self.node.set_hint(comm);
+                }
+                NodeOutput::RequestVotes { req, voters } => self.request_votes(req, voters),
+                NodeOutput::BecomeLeader { term } => self.lead(term).await,
+                NodeOutput::BecomeFollower { term } => {
+                    tracing::info!(term, "stepping down: following");
+                    self.retire().await;
+                    self.follow();
+                }
+                // The only ones an input of the driver causes: the end of a connection
+                // to a master whose term is over (the follower stores nothing of it any
+                // more). The follower thread ends that connection itself: it checks the
+                // term at every step.
+                NodeOutput::Link(o) => {
+                    tracing::debug!(output = ?o, "left to the follower thread's term check")
                 }
             }
         }
@@ -483,7 +432,7 @@ impl Driver {
         }
         let node = &self.node;
         let other = {
-            let core = node.election();
+            let core = node.core();
             let e = core.election();
             e.leader()
                 .filter(|l| *l != node.cfg.name && e.role() == ElectionRole::Follower)
@@ -574,16 +523,17 @@ impl Driver {
         }
     }
 
-    /// Follow: a new secondary core over the log as it is now, and the thread.
+    /// Follow: the core starts a new follower over the log as it is now (the
+    /// replicator is gone), and the thread.
     fn follow(&mut self) {
         if self.link.is_some() {
             return;
         }
         let node = self.node.clone();
-        let core = follower::shared_core(&node.cfg.name, node.store.clone());
-        let handle = follower::Handle::new(core.clone(), node.cfg.seed_address());
+        self.step(NodeInput::Follow);
+        let handle = follower::Handle::new(node.core.clone(), node.cfg.seed_address());
         node.set_role(Role::Secondary(handle));
-        match follower::Link::start(node.clone(), core) {
+        match follower::Link::start(node.clone()) {
             Ok(link) => self.link = Some(link),
             Err(e) => tracing::error!(error = %e, "cannot start the replication thread"),
         }

@@ -1,54 +1,42 @@
-//! One member's role decisions, whatever its role: [`NodeCore`].
+//! One member's decisions, whatever its role: [`NodeCore`].
 //!
-//! [`ElectionCore`] decides terms and votes. Around it, a member does a few things
-//! that are as much a part of the safety argument as the votes themselves, and they
-//! live here, once, for the node's driver (`node/src/member.rs`) and for the set
-//! simulation alike:
+//! A member follows a master, stands for election, or leads. This core holds its
+//! election ([`ElectionCore`]) and, while it follows or stands, the replication core of
+//! its link to the master ([`SecondaryCore`]), with the rules between the two. They
+//! are as much a part of the safety argument as the votes themselves, and they live
+//! here, once, for the node (`node/src/member.rs`, `node/src/follower.rs`) and for the
+//! set simulation alike:
 //!
-//! - a newer term is adopted by the replication core *before* the log position a
-//!   vote compares is read, so no entry of an older master is stored or acknowledged
-//!   after the vote counted the log without it (found by the simulation, seed 426);
+//! - a newer term is adopted by the follower *before* the log position a vote compares
+//!   is read, so no entry of an older master is stored or acknowledged after the vote
+//!   counted the log without it (found by the simulation, seed 426);
 //! - the term and vote are saved before any answer or action that depends on them;
 //!   if saving fails, the votes are answered "not granted" and nothing else goes out;
 //! - the voters are the member list the node holds now (a master changes it itself,
-//!   a secondary takes it from its master), read at every step;
+//!   a secondary takes it from its master);
 //! - a member stands only once it belongs to a set; asked to stand by its master, it
 //!   says why (`priorityTakeover` when that master has a lower priority);
-//! - the election learns how recently the master was heard from the replication
-//!   side, before deciding anything, so a timeout never runs from an older contact.
+//! - the election hears of the master the follower accepted (and its term, saved
+//!   before anything else goes out), and how recently it was heard, so a timeout
+//!   never runs from an older contact;
+//! - the durability rule is the follower's ([`SecondaryCore::synced`]): nothing is
+//!   acknowledged before the store synced it.
 //!
-//! The replication itself stays with [`super::SecondaryCore`] (following) and
-//! [`super::MasterCore`] (master), which the shell runs where their I/O is. This core
-//! reaches the log and the follower through [`Replica`], and hands the shell what to
-//! do as [`NodeOutput`]s: no sockets, no clock.
+//! Everything arrives through [`NodeCore::handle`] (votes, timers, frames from the
+//! master, the end of a sync) and everything to do leaves through
+//! [`NodeCore::take_outputs`]: no sockets, no clock. While this member is master, the
+//! replication is [`super::MasterCore`]'s, run by the shell where its I/O is; this
+//! core hears from it only what the election needs (a newer term, a lost majority, a
+//! hand-over).
 
-use super::election::{
-    ElectionConfig, ElectionCore, ElectionOutput, LogPosition, VoteRequest, VoteResponse,
-};
-use crate::storage::{Membership, StorageError};
+use super::election::{ElectionConfig, ElectionCore, ElectionOutput, VoteRequest, VoteResponse};
+use super::secondary::{Identity, SecondaryCore, SecondaryOutput, SecondaryStatus};
+use crate::protocol::MasterFrame;
+use crate::storage::LogStore;
 use std::time::{Duration, Instant};
 
 /// The shell's name for a vote request it was sent, to route the answer back.
 pub type VoteId = u64;
-
-/// What [`NodeCore`] reads and changes through its shell: the log, and the
-/// replication core while following.
-pub trait Replica {
-    /// How up to date the log is, for votes.
-    fn log_position(&self) -> LogPosition;
-    /// The member list stored now.
-    fn membership(&self) -> Membership;
-    /// Whether this member may stand (it belongs to a set).
-    fn eligible(&self) -> bool;
-    /// When the replication side last heard from its master, and which (term, name):
-    /// None while not following.
-    fn last_heard(&self) -> Option<(Instant, Option<(u64, String)>)>;
-    /// From now on the replication core stores and acknowledges nothing of a master
-    /// older than `term` (`SecondaryCore::advance_term`).
-    fn adopt_term(&mut self, term: u64);
-    /// Save the term and vote durably.
-    fn save_vote(&mut self, term: u64, voted_for: Option<String>) -> Result<(), StorageError>;
-}
 
 /// What happened, as the shell tells it.
 #[derive(Clone, Debug)]
@@ -56,17 +44,19 @@ pub enum NodeInput {
     /// A member starting a new set (`master-node` on a log of its own): stand at once
     /// if it is the only voter.
     StandAlone,
-    /// The master of `term` accepted this member; frames on its link may be held
-    /// back on purpose for up to `slack`.
-    Following {
-        term: u64,
-        master: String,
-        slack: Duration,
-    },
-    /// The master asked this member to stand now (a hand-over).
-    StandNow,
-    /// The stored member list changed.
-    MembersChanged,
+    /// The shell stopped being master (if it was; nothing writes to the log but this
+    /// core from now on): follow, with a new follower over the log as it is now.
+    Follow,
+    /// The follower's connection to the member at `host` is open (the host it was
+    /// dialled by: the master's HTTP host where the master listens on every address).
+    Connected { host: String },
+    /// The follower's connection closed.
+    Disconnected,
+    /// Frames from the master on the follower's connection, in the order they came.
+    Frames(Vec<MasterFrame>),
+    /// The shell synced the store (`LogStore::sync`), as [`NodeCore::wants_sync`]
+    /// asked: the follower acknowledges what became durable.
+    Synced,
     /// A peer knows a newer term.
     NewerTerm(u64),
     /// As master, lost the majority for an election timeout.
@@ -104,16 +94,38 @@ pub enum NodeOutput {
         req: VoteRequest,
         voters: Vec<String>,
     },
-    /// Become the master of `term`.
+    /// Become the master of `term`. The follower is gone already: frames still
+    /// arriving on its connection are ignored.
     BecomeLeader { term: u64 },
-    /// Stop being master (if it is one) and follow.
+    /// Stop being master (if it is one), then say [`NodeInput::Follow`].
     BecomeFollower { term: u64 },
+    /// For the follower's connection to its master: a frame to send, the end of the
+    /// connection, the master it follows now, a rollback to note.
+    /// (`SecondaryOutput::MembersChanged` and `StandNow` stay inside this core.)
+    Link(SecondaryOutput),
 }
 
-/// One member's role decisions. See the module docs.
-pub struct NodeCore {
+impl NodeOutput {
+    /// Whether the follower's connection carries it out ([`NodeOutput::Link`]).
+    pub fn is_link(&self) -> bool {
+        matches!(self, NodeOutput::Link(_))
+    }
+}
+
+/// One member's decisions. See the module docs.
+pub struct NodeCore<S> {
     name: String,
     election: ElectionCore,
+    store: S,
+    /// `master-node`: may stand alone on a log no other member shares yet.
+    start_as_master: bool,
+    /// How the follower introduces itself to masters.
+    identity: Identity,
+    /// While following or standing: the replication core of the link to the master.
+    /// None while master.
+    follower: Option<SecondaryCore<S>>,
+    /// When the follower last heard from a master that accepted it.
+    heard: Option<Instant>,
     /// The master the election was last told of: (term, name, when heard).
     told: Option<(u64, String, Instant)>,
     /// Vote answers waiting for the term and vote to be saved.
@@ -121,31 +133,58 @@ pub struct NodeCore {
     outputs: Vec<NodeOutput>,
 }
 
-impl NodeCore {
-    /// A member whose stored term and vote are `term` and `voted_for`, with the
-    /// member list `membership`.
+impl<S: LogStore + Clone> NodeCore<S> {
+    /// A member over `store` (its term, vote and member list are the store's),
+    /// following until an election says otherwise.
     pub fn new(
         cfg: ElectionConfig,
         now: Instant,
-        term: u64,
-        voted_for: Option<String>,
-        membership: &Membership,
+        store: S,
+        start_as_master: bool,
+        identity: Identity,
     ) -> Self {
         let name = cfg.name.clone();
-        let mut election = ElectionCore::new(cfg, now, term, voted_for);
-        election.set_membership(membership);
-        Self {
+        let mut election = ElectionCore::new(cfg, now, store.term(), store.voted_for());
+        election.set_membership(&store.membership());
+        let mut core = Self {
             name,
             election,
+            store,
+            start_as_master,
+            identity,
+            follower: None,
+            heard: None,
             told: None,
             replies: Vec::new(),
             outputs: Vec::new(),
-        }
+        };
+        core.follow();
+        core
     }
 
     /// The election, to read (term, leader, role, metrics).
     pub fn election(&self) -> &ElectionCore {
         &self.election
+    }
+
+    /// The follower, while following or standing.
+    pub fn follower(&self) -> Option<&SecondaryCore<S>> {
+        self.follower.as_ref()
+    }
+
+    /// The follower's state; while there is none (this member leads, or is about
+    /// to), a new follower's over the log as it is.
+    pub fn follower_status(&self, now: Instant) -> SecondaryStatus {
+        match &self.follower {
+            Some(f) => f.status(now),
+            None => SecondaryCore::new(self.name.clone(), self.store.clone()).status(now),
+        }
+    }
+
+    /// Whether the shell should sync the store, then say [`NodeInput::Synced`]: the
+    /// follower holds entries it may acknowledge only once they are durable.
+    pub fn wants_sync(&self) -> bool {
+        self.follower.as_ref().is_some_and(|f| f.wants_sync())
     }
 
     /// When to call [`NodeInput::Timeout`] next.
@@ -157,45 +196,81 @@ impl NodeCore {
         std::mem::take(&mut self.outputs)
     }
 
-    /// Take in one input, then carry out what the election decided.
-    pub fn handle(&mut self, now: Instant, input: NodeInput, replica: &mut impl Replica) {
-        self.election.set_membership(&replica.membership());
-        self.refresh_heard(replica);
+    /// Whether this member may stand: once it belongs to a set (its log has an
+    /// identity and the stored member list names it), or as `master-node` on a log no
+    /// other member shares yet. A new secondary that cannot reach its set never elects
+    /// itself master of a set of its own.
+    fn eligible(&self) -> bool {
+        let m = self.store.membership();
+        let joined = self.store.log_id() != 0 && m.members.contains(&self.name);
+        let alone = m.members.iter().all(|n| *n == self.name);
+        joined || (self.start_as_master && alone)
+    }
+
+    fn follow(&mut self) {
+        if self.follower.is_none() {
+            let mut f = SecondaryCore::new(self.name.clone(), self.store.clone());
+            f.set_identity(self.identity.clone());
+            self.follower = Some(f);
+        }
+    }
+
+    /// Take in one input, then carry out what it decided.
+    pub fn handle(&mut self, now: Instant, input: NodeInput) {
+        let replication = matches!(input, NodeInput::Frames(_) | NodeInput::Synced);
+        if !replication {
+            // The member list may have changed under a master; the replication inputs
+            // (the hot path) change it only through the follower, which says so.
+            self.election.set_membership(&self.store.membership());
+            self.refresh_heard();
+        }
         match input {
             NodeInput::StandAlone => {
                 if self.election.voters().len() == 1 {
-                    let pos = replica.log_position();
+                    let pos = self.store.log_position();
                     self.election.stand_now(now, pos, "electionTimeout");
                 }
             }
-            NodeInput::Following {
-                term,
-                master,
-                slack,
-            } => {
-                self.election.set_slack(slack);
-                if self.election.heard_from_leader(now, term, &master) {
-                    self.told = Some((term, master, now));
+            NodeInput::Follow => self.follow(),
+            NodeInput::Connected { host } => {
+                // What was left for an earlier connection is not for this one.
+                self.outputs.retain(|o| !o.is_link());
+                let term = self.election.term();
+                if let Some(f) = &mut self.follower {
+                    f.set_dialed(&host);
+                    f.connected(now, term);
                 }
             }
-            NodeInput::StandNow => {
-                if replica.eligible() {
-                    // Asked to stand by a master of lower priority: MongoDB calls this a
-                    // priority takeover; otherwise the master stepped down to us.
-                    let hosts = replica.membership().hosts;
-                    let master_priority = self.told.as_ref().and_then(|(_, m, _)| {
-                        hosts.iter().find(|h| h.name == *m).map(|h| h.priority)
-                    });
-                    let reason = if master_priority.is_some_and(|p| p < self.election.priority()) {
-                        "priorityTakeover"
-                    } else {
-                        "stepUpRequestSkipDryRun"
-                    };
-                    let pos = replica.log_position();
-                    self.election.stand_now(now, pos, reason);
+            NodeInput::Disconnected => {
+                if let Some(f) = &mut self.follower {
+                    f.disconnected();
                 }
             }
-            NodeInput::MembersChanged => {} // read at every step
+            NodeInput::Frames(frames) => {
+                let Some(f) = &mut self.follower else {
+                    return; // leading now: the connection is being closed
+                };
+                let mut newer = 0;
+                for frame in frames {
+                    if let MasterFrame::Error(e) = &frame {
+                        newer = newer.max(e.term);
+                    }
+                    f.handle_frame(now, frame);
+                }
+                // Only a master this member follows counts as heard from (a refusal
+                // from a member that is not the master, while hunting, does not).
+                if f.master_name().is_some() {
+                    self.heard = Some(now);
+                }
+                if newer > self.election.term() {
+                    self.election.saw_term(now, newer);
+                }
+            }
+            NodeInput::Synced => {
+                if let Some(f) = &mut self.follower {
+                    f.synced();
+                }
+            }
             NodeInput::NewerTerm(t) => self.election.saw_term(now, t),
             NodeInput::LostQuorum => self.election.step_down(now, Duration::ZERO),
             NodeInput::HandedOver => {
@@ -203,23 +278,19 @@ impl NodeCore {
                 self.election.step_down(now, quiet);
             }
             NodeInput::Vote { from, resp } => {
-                let pos = replica.log_position();
+                let pos = self.store.log_position();
                 self.election.handle_vote_response(now, &from, &resp, pos);
             }
             NodeInput::VoteRequest { id, req } => {
-                // A newer term is adopted before the log position is read: from here on
-                // the replication core stores nothing of an older master, so the vote
-                // counts every entry this member will ever acknowledge to that master.
-                if !req.pre_vote && req.term > self.election.term() {
-                    replica.adopt_term(req.term);
-                }
-                let pos = replica.log_position();
+                // The log as it is now: a newer term is adopted by the follower in
+                // this same step (`apply_election`), before anything else arrives.
+                let pos = self.store.log_position();
                 let resp = self.election.handle_vote_request(now, &req, pos);
                 if resp.granted && !resp.pre_vote {
                     let comm = Some(req.comm.clone())
                         .filter(|c| !c.is_empty())
                         .or_else(|| {
-                            let hosts = replica.membership().hosts;
+                            let hosts = self.store.membership().hosts;
                             hosts
                                 .into_iter()
                                 .find(|h| h.name == req.candidate)
@@ -240,28 +311,56 @@ impl NodeCore {
                 self.election.step_down(now, quiet);
             }
             NodeInput::Timeout => {
-                if !replica.eligible() {
+                if !self.eligible() {
                     // Not (yet) in a set: never stands.
                     if self.election.poll_timeout().is_some_and(|t| t <= now) {
                         self.election.step_down(now, Duration::ZERO);
                     }
                 } else {
-                    let pos = replica.log_position();
+                    let pos = self.store.log_position();
                     self.election.handle_timeout(now, pos);
                 }
             }
         }
-        self.apply(replica);
+        self.apply(now);
     }
 
-    /// Tell the election how recently the master was heard (the replication side
-    /// only notes it). Once disconnected, the last contact was still with the master
+    /// From now on the follower stores and acknowledges nothing of a master older
+    /// than `term` ([`SecondaryCore::advance_term`]).
+    fn adopt_term(&mut self, term: u64) {
+        if let Some(f) = &mut self.follower {
+            f.advance_term(term);
+        }
+    }
+
+    /// The master asked this member to stand now (a hand-over).
+    fn stand_now(&mut self, now: Instant) {
+        if !self.eligible() {
+            return;
+        }
+        // Asked to stand by a master of lower priority: MongoDB calls this a priority
+        // takeover; otherwise the master stepped down to us.
+        let hosts = self.store.membership().hosts;
+        let master_priority = (self.told.as_ref())
+            .and_then(|(_, m, _)| hosts.iter().find(|h| h.name == *m).map(|h| h.priority));
+        let reason = if master_priority.is_some_and(|p| p < self.election.priority()) {
+            "priorityTakeover"
+        } else {
+            "stepUpRequestSkipDryRun"
+        };
+        let pos = self.store.log_position();
+        self.election.stand_now(now, pos, reason);
+    }
+
+    /// Tell the election how recently the master was heard (the follower only notes
+    /// it, per frame). Once disconnected, the last contact was still with the master
     /// it told of: without this, a timeout ran from an older contact, and a member
     /// whose master just died stood a whole timeout early.
-    fn refresh_heard(&mut self, replica: &impl Replica) {
-        let Some((heard, current)) = replica.last_heard() else {
+    fn refresh_heard(&mut self) {
+        let (Some(f), Some(heard)) = (&self.follower, self.heard) else {
             return;
         };
+        let current = f.master_name().map(|m| (f.master_term(), m.to_string()));
         let known = current.or_else(|| self.told.as_ref().map(|t| (t.0, t.1.clone())));
         if let Some((term, master)) = known
             && self.told.as_ref().is_none_or(|t| t.2 < heard)
@@ -271,108 +370,135 @@ impl NodeCore {
         }
     }
 
-    /// Carry out what the election decided: save first, then answer the votes that
-    /// waited for it, then act.
-    fn apply(&mut self, replica: &mut impl Replica) {
+    /// Carry out what the follower and the election decided, until neither has
+    /// anything left: the follower's news first (the master it accepted, a new member
+    /// list, a hand-over), then the election's (save first, then answer the votes that
+    /// waited for it, then act).
+    fn apply(&mut self, now: Instant) {
         loop {
-            let outputs = self.election.take_outputs();
-            let mut saved = true;
-            for o in &outputs {
-                if let ElectionOutput::Persist { term, voted_for } = o {
-                    replica.adopt_term(*term);
-                    if let Err(e) = replica.save_vote(*term, voted_for.clone()) {
-                        tracing::error!(error = %e, "cannot save the term and vote");
-                        saved = false;
+            let followed = self.route_follower(now);
+            let decided = self.apply_election();
+            if !followed && !decided {
+                return;
+            }
+        }
+    }
+
+    /// The follower's outputs: what concerns the election is handled here, the rest
+    /// goes to its connection. False if there were none.
+    fn route_follower(&mut self, now: Instant) -> bool {
+        let Some(f) = &mut self.follower else {
+            return false;
+        };
+        let outputs = f.take_outputs();
+        if outputs.is_empty() {
+            return false;
+        }
+        for o in outputs {
+            match o {
+                SecondaryOutput::Following { term, master } => {
+                    // Frames on this link may be held back on purpose (both sides'
+                    // `--delay-ms`): not silence.
+                    let slack = (self.follower.as_ref())
+                        .map_or(Duration::ZERO, |f| f.master_delay())
+                        + Duration::from_millis(self.identity.delay_ms);
+                    self.election.set_slack(slack);
+                    self.heard = Some(now);
+                    if self.election.heard_from_leader(now, term, &master) {
+                        self.told = Some((term, master.clone(), now));
                     }
-                    self.outputs.push(NodeOutput::Term(*term));
+                    // A newer term is saved before anything else goes out.
+                    self.apply_election();
+                    self.outputs
+                        .push(NodeOutput::Link(SecondaryOutput::Following {
+                            term,
+                            master,
+                        }));
                 }
+                SecondaryOutput::MembersChanged => {
+                    self.election.set_membership(&self.store.membership());
+                }
+                SecondaryOutput::StandNow => self.stand_now(now),
+                other => self.outputs.push(NodeOutput::Link(other)),
             }
-            for (id, resp) in self.replies.drain(..) {
-                let resp = if saved {
-                    resp
-                } else {
-                    VoteResponse {
-                        granted: false,
-                        reason: "this member cannot save its vote".into(),
-                        ..resp
-                    }
-                };
-                self.outputs.push(NodeOutput::VoteReply { id, resp });
+        }
+        true
+    }
+
+    /// The election's outputs: save first, then answer the votes that waited for it,
+    /// then act. False if there were none (and no answer waited).
+    fn apply_election(&mut self) -> bool {
+        let outputs = self.election.take_outputs();
+        let mut saved = true;
+        for o in &outputs {
+            if let ElectionOutput::Persist { term, voted_for } = o {
+                // From here on the follower stores nothing of an older master, so a
+                // vote just given counted every entry this member will ever
+                // acknowledge to that master (seed 426 of the simulation).
+                self.adopt_term(*term);
+                if let Err(e) = self.store.set_vote(*term, voted_for.clone()) {
+                    tracing::error!(error = %e, "cannot save the term and vote");
+                    saved = false;
+                }
+                self.outputs.push(NodeOutput::Term(*term));
             }
-            if outputs.is_empty() {
-                return;
-            }
-            if !saved {
-                // Nothing that depends on an unsaved term or vote goes out.
-                tracing::error!(
-                    "the election's state could not be saved; waiting for the next timeout"
-                );
-                return;
-            }
-            for o in outputs {
-                match o {
-                    ElectionOutput::Persist { .. } => {}
-                    ElectionOutput::RequestVotes(req) => {
-                        let voters = (self.election.voters().iter())
-                            .filter(|v| **v != self.name)
-                            .cloned()
-                            .collect();
-                        self.outputs.push(NodeOutput::RequestVotes { req, voters });
-                    }
-                    ElectionOutput::BecomeLeader { term } => {
-                        self.outputs.push(NodeOutput::BecomeLeader { term })
-                    }
-                    ElectionOutput::BecomeFollower { term } => {
-                        self.outputs.push(NodeOutput::BecomeFollower { term })
-                    }
+        }
+        let answered = !self.replies.is_empty();
+        for (id, resp) in self.replies.drain(..) {
+            let resp = if saved {
+                resp
+            } else {
+                VoteResponse {
+                    granted: false,
+                    reason: "this member cannot save its vote".into(),
+                    ..resp
+                }
+            };
+            self.outputs.push(NodeOutput::VoteReply { id, resp });
+        }
+        if outputs.is_empty() {
+            return answered;
+        }
+        if !saved {
+            // Nothing that depends on an unsaved term or vote goes out.
+            tracing::error!(
+                "the election's state could not be saved; waiting for the next timeout"
+            );
+            return true;
+        }
+        for o in outputs {
+            match o {
+                ElectionOutput::Persist { .. } => {}
+                ElectionOutput::RequestVotes(req) => {
+                    let voters = (self.election.voters().iter())
+                        .filter(|v| **v != self.name)
+                        .cloned()
+                        .collect();
+                    self.outputs.push(NodeOutput::RequestVotes { req, voters });
+                }
+                ElectionOutput::BecomeLeader { term } => {
+                    // The follower stops here: from now on only the master writes.
+                    self.follower = None;
+                    self.outputs.push(NodeOutput::BecomeLeader { term })
+                }
+                ElectionOutput::BecomeFollower { term } => {
+                    self.outputs.push(NodeOutput::BecomeFollower { term })
                 }
             }
         }
+        true
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::MemberInfo;
+    use crate::protocol::{Entry, ErrorCode, ErrorFrame, MemberInfo, SecondaryFrame};
+    use crate::replication::election::{History, LogPosition, TermStart};
+    use crate::storage::{MemStore, Membership};
+    use std::sync::Arc;
 
-    /// A log and follower that record what the core did to them, in order.
-    #[derive(Default)]
-    struct Fake {
-        pos: LogPosition,
-        membership: Membership,
-        eligible: bool,
-        heard: Option<(Instant, Option<(u64, String)>)>,
-        fail_saves: bool,
-        calls: Vec<String>,
-    }
-
-    impl Replica for Fake {
-        fn log_position(&self) -> LogPosition {
-            self.pos
-        }
-        fn membership(&self) -> Membership {
-            self.membership.clone()
-        }
-        fn eligible(&self) -> bool {
-            self.eligible
-        }
-        fn last_heard(&self) -> Option<(Instant, Option<(u64, String)>)> {
-            self.heard.clone()
-        }
-        fn adopt_term(&mut self, term: u64) {
-            self.calls.push(format!("adopt {term}"));
-            // What the follower holds once it stops taking the old master's entries.
-            self.pos.last_id = self.pos.last_id.min(5);
-        }
-        fn save_vote(&mut self, term: u64, voted_for: Option<String>) -> Result<(), StorageError> {
-            self.calls.push(format!("save {term} {voted_for:?}"));
-            if self.fail_saves {
-                return Err(StorageError::Io("the disk is full".into()));
-            }
-            Ok(())
-        }
-    }
+    type Store = Arc<MemStore>;
 
     fn set(priorities: &[(&str, u32)]) -> Membership {
         Membership {
@@ -390,32 +516,81 @@ mod tests {
         }
     }
 
-    /// A log and follower of a member holding `membership`.
-    fn fake(membership: &Membership, eligible: bool) -> Fake {
-        Fake {
-            membership: membership.clone(),
-            eligible,
-            ..Fake::default()
+    /// Member `name` of the set `membership`, over a store of its own (a member of
+    /// the set's log once `joined`).
+    fn member(
+        now: Instant,
+        name: &str,
+        membership: &Membership,
+        joined: bool,
+    ) -> (NodeCore<Store>, Store) {
+        let store = Arc::new(MemStore::volatile());
+        if joined {
+            store.set_log_id(7).unwrap();
         }
-    }
-
-    /// The follower's handshake with `master` of term 1.
-    fn following(master: &str) -> NodeInput {
-        NodeInput::Following {
-            term: 1,
-            master: master.into(),
-            slack: Duration::ZERO,
-        }
-    }
-
-    fn core(now: Instant, name: &str, priority: u32, membership: &Membership) -> NodeCore {
+        store.set_membership(membership).unwrap();
+        let priority = (membership.hosts.iter())
+            .find(|h| h.name == name)
+            .map_or(1, |h| h.priority);
         let cfg = ElectionConfig {
             name: name.into(),
             priority,
             election_timeout: Duration::from_millis(1000),
             seed: 7,
         };
-        NodeCore::new(cfg, now, 0, None, membership)
+        let identity = Identity {
+            priority,
+            ..Identity::default()
+        };
+        (
+            NodeCore::new(cfg, now, store.clone(), false, identity),
+            store,
+        )
+    }
+
+    /// The Welcome of master `master` of `term`, whose log ends at `last_id`.
+    fn welcome(master: &str, term: u64, last_id: u64, membership: &Membership) -> MasterFrame {
+        MasterFrame::Welcome {
+            version: crate::protocol::PROTOCOL_VERSION,
+            name: master.into(),
+            log_id: 7,
+            last_id,
+            truncate_after: None,
+            http_host: None,
+            http_port: 0,
+            term,
+            history: History(vec![TermStart { term: 1, after: 0 }]),
+            members: membership.hosts.clone(),
+            removed: Vec::new(),
+            config_version: membership.config_version,
+            config_term: 0,
+            delay_ms: 0,
+        }
+    }
+
+    fn add(ids: std::ops::RangeInclusive<u64>, term: u64) -> MasterFrame {
+        MasterFrame::AddMessages {
+            entries: ids
+                .map(|id| Entry {
+                    term: 1,
+                    id,
+                    message: format!("m{id}"),
+                    request_id: None,
+                })
+                .collect(),
+            commit_id: 0,
+            urgent: true,
+            term,
+        }
+    }
+
+    /// Connect `n` to `master` of term 1, which welcomes it.
+    fn follow(n: &mut NodeCore<Store>, now: Instant, master: &str, membership: &Membership) {
+        n.handle(now, NodeInput::Connected { host: "m".into() });
+        n.handle(
+            now,
+            NodeInput::Frames(vec![welcome(master, 1, 0, membership)]),
+        );
     }
 
     fn request(term: u64, last_id: u64) -> VoteRequest {
@@ -433,67 +608,122 @@ mod tests {
         }
     }
 
+    fn acked(out: &[NodeOutput]) -> Option<u64> {
+        (out.iter())
+            .filter_map(|o| match o {
+                NodeOutput::Link(SecondaryOutput::Send(
+                    SecondaryFrame::Ack { upto, .. } | SecondaryFrame::Heartbeat { upto, .. },
+                )) => Some(*upto),
+                _ => None,
+            })
+            .max()
+    }
+
     #[test]
-    fn a_newer_term_is_adopted_before_the_vote_reads_the_log() {
+    fn after_a_vote_in_a_newer_term_nothing_of_the_old_master_is_stored_or_acknowledged() {
         let now = Instant::now();
-        let membership = set(&[("a", 1), ("b", 1), ("c", 1)]);
-        let mut r = Fake {
-            // The follower has stored entries 6 and 7 of the old master, which it
-            // would stop at once: the vote must compare the log without them.
-            pos: LogPosition {
-                last_term: 1,
-                last_id: 7,
-            },
-            membership: membership.clone(),
-            eligible: true,
-            ..Fake::default()
-        };
-        let mut n = core(now, "a", 1, &membership);
+        let membership = set(&[("a", 1), ("b", 1), ("m", 1)]);
+        let (mut n, store) = member(now, "a", &membership, true);
+        follow(&mut n, now, "m", &membership);
+        n.handle(now, NodeInput::Frames(vec![add(1..=5, 1)]));
+        assert!(n.wants_sync());
+        store.sync().unwrap();
+        n.handle(now, NodeInput::Synced);
+        assert_eq!(acked(&n.take_outputs()), Some(5));
+        // b stands in term 2 with the same log: granted.
         n.handle(
             now,
             NodeInput::VoteRequest {
                 id: 9,
-                req: request(2, 6),
+                req: request(2, 5),
             },
-            &mut r,
         );
-        assert_eq!(r.calls[0], "adopt 2", "{:?}", r.calls);
         let out = n.take_outputs();
         let reply = out.iter().find_map(|o| match o {
             NodeOutput::VoteReply { id: 9, resp } => Some(resp.clone()),
             _ => None,
         });
         assert!(reply.expect("an answer").granted, "{out:?}");
-        assert!(r.calls.iter().any(|c| c == "save 2 Some(\"b\")"));
+        assert_eq!(store.term(), 2);
+        assert_eq!(store.voted_for().as_deref(), Some("b"));
         // The hint: the candidate's comm address from the member list.
         assert!(out.contains(&NodeOutput::Voted {
             candidate: "b".into(),
             comm: Some("b:1".into())
         }));
-        // The answer comes after the term is saved.
+        // The answer comes after the term is saved; the link to m closes.
         let term_at = out.iter().position(|o| *o == NodeOutput::Term(2));
-        let reply_at = out
-            .iter()
-            .position(|o| matches!(o, NodeOutput::VoteReply { .. }));
+        let reply_at = (out.iter()).position(|o| matches!(o, NodeOutput::VoteReply { .. }));
         assert!(term_at < reply_at, "{out:?}");
+        assert!(
+            out.contains(&NodeOutput::Link(SecondaryOutput::Close)),
+            "{out:?}"
+        );
+        // An entry of m's term still in flight: neither stored nor acknowledged.
+        n.handle(now, NodeInput::Frames(vec![add(6..=6, 1)]));
+        store.sync().unwrap();
+        n.handle(now, NodeInput::Synced);
+        assert_eq!(store.last_id(), 5);
+        let out = n.take_outputs();
+        assert!(acked(&out).is_none_or(|a| a <= 5), "{out:?}");
+    }
+
+    #[test]
+    fn the_term_of_an_accepted_master_is_saved_before_anything_goes_out() {
+        let now = Instant::now();
+        let membership = set(&[("a", 1), ("b", 1), ("m", 1)]);
+        let (mut n, store) = member(now, "a", &membership, true);
+        n.handle(now, NodeInput::Connected { host: "m".into() });
+        n.take_outputs();
+        n.handle(
+            now,
+            NodeInput::Frames(vec![welcome("m", 3, 4, &membership)]),
+        );
+        let out = n.take_outputs();
+        assert_eq!(out.first(), Some(&NodeOutput::Term(3)), "{out:?}");
+        assert_eq!(store.term(), 3);
+        let following = NodeOutput::Link(SecondaryOutput::Following {
+            term: 3,
+            master: "m".into(),
+        });
+        assert_eq!(out.get(1), Some(&following), "{out:?}");
+        // It asks m for what it lacks.
+        assert!(
+            out.iter().any(|o| matches!(
+                o,
+                NodeOutput::Link(SecondaryOutput::Send(SecondaryFrame::GetMessages { .. }))
+            )),
+            "{out:?}"
+        );
+        assert_eq!(n.election().leader(), Some("m"));
+    }
+
+    #[test]
+    fn a_newer_term_in_an_error_from_the_master_reaches_the_election() {
+        let now = Instant::now();
+        let membership = set(&[("a", 1), ("b", 1), ("m", 1)]);
+        let (mut n, store) = member(now, "a", &membership, true);
+        follow(&mut n, now, "m", &membership);
+        n.take_outputs();
+        let mut e = ErrorFrame::new(ErrorCode::StaleTerm, "m is in term 5");
+        e.term = 5;
+        n.handle(now, NodeInput::Frames(vec![MasterFrame::Error(e)]));
+        assert!(n.take_outputs().contains(&NodeOutput::Term(5)));
+        assert_eq!(store.term(), 5);
     }
 
     #[test]
     fn a_vote_that_cannot_be_saved_is_not_granted_and_nothing_follows() {
         let now = Instant::now();
         let membership = set(&[("a", 1), ("b", 1), ("c", 1)]);
-        let mut r = Fake {
-            fail_saves: true,
-            ..fake(&membership, true)
-        };
-        let mut n = core(now, "a", 1, &membership);
+        let (mut n, store) = member(now, "a", &membership, true);
+        store.fail_votes(true);
         n.handle(
             now,
             NodeInput::VoteRequest {
                 id: 1,
                 req: request(2, 0),
             },
-            &mut r,
         );
         let out = n.take_outputs();
         let granted: Vec<bool> = (out.iter())
@@ -504,7 +734,7 @@ mod tests {
             .collect();
         assert_eq!(granted, vec![false], "{out:?}");
         // Standing needs a saved term too: no vote requests go out.
-        n.handle(now + Duration::from_secs(5), NodeInput::Timeout, &mut r);
+        n.handle(now + Duration::from_secs(5), NodeInput::Timeout);
         let out = n.take_outputs();
         assert!(
             !out.iter()
@@ -517,24 +747,30 @@ mod tests {
     fn a_member_outside_a_set_never_stands() {
         let now = Instant::now();
         let membership = set(&[("a", 1), ("b", 1), ("c", 1)]);
-        let mut r = fake(&membership, false);
-        let mut n = core(now, "a", 1, &membership);
+        let (mut n, store) = member(now, "a", &membership, false);
         for s in 1..=10 {
-            n.handle(now + Duration::from_secs(s), NodeInput::Timeout, &mut r);
-            n.handle(now + Duration::from_secs(s), NodeInput::StandNow, &mut r);
+            let at = now + Duration::from_secs(s);
+            n.handle(at, NodeInput::Timeout);
+            n.handle(
+                at,
+                NodeInput::Frames(vec![MasterFrame::TimeoutNow { term: 0 }]),
+            );
         }
-        assert_eq!(n.take_outputs(), vec![]);
-        assert!(r.calls.is_empty(), "{:?}", r.calls);
+        let out = n.take_outputs();
+        assert!(!out.iter().any(|o| !o.is_link()), "{out:?}");
+        assert_eq!(store.term(), 0);
     }
 
     #[test]
     fn asked_to_stand_by_a_master_of_lower_priority_is_a_priority_takeover() {
         let now = Instant::now();
         let membership = set(&[("a", 2), ("m", 1), ("c", 1)]);
-        let mut r = fake(&membership, true);
-        let mut n = core(now, "a", 2, &membership);
-        n.handle(now, following("m"), &mut r);
-        n.handle(now, NodeInput::StandNow, &mut r);
+        let (mut n, _) = member(now, "a", &membership, true);
+        follow(&mut n, now, "m", &membership);
+        n.handle(
+            now,
+            NodeInput::Frames(vec![MasterFrame::TimeoutNow { term: 1 }]),
+        );
         let out = n.take_outputs();
         assert!(
             out.iter().any(
@@ -550,26 +786,88 @@ mod tests {
     fn the_timeout_runs_from_the_last_time_the_master_was_heard() {
         let now = Instant::now();
         let membership = set(&[("a", 1), ("m", 1), ("c", 1)]);
-        let mut r = fake(&membership, true);
-        let mut n = core(now, "a", 1, &membership);
-        n.handle(now, following("m"), &mut r);
+        let (mut n, _) = member(now, "a", &membership, true);
+        follow(&mut n, now, "m", &membership);
         n.take_outputs();
-        // The replication side kept hearing from m (it tells only by `last_heard`):
-        // when the timer fires, the election learns that first and does not stand.
+        // The follower kept hearing from m (it only notes it): when the timer fires,
+        // the election learns that first and does not stand.
         let due = n.poll_timeout().expect("a timer");
-        r.heard = Some((due - Duration::from_millis(10), Some((1, "m".into()))));
-        n.handle(due, NodeInput::Timeout, &mut r);
+        let beat = MasterFrame::Heartbeat {
+            last_id: 0,
+            commit_id: 0,
+            term: 1,
+        };
+        n.handle(
+            due - Duration::from_millis(10),
+            NodeInput::Frames(vec![beat]),
+        );
+        n.take_outputs();
+        n.handle(due, NodeInput::Timeout);
         assert_eq!(n.take_outputs(), vec![], "m was heard 10 ms ago");
         assert!(n.poll_timeout().expect("a timer") > due);
         // Disconnected since: the last contact still counts, then it stands.
-        r.heard = Some((due - Duration::from_millis(10), None));
+        n.handle(due, NodeInput::Disconnected);
         let later = n.poll_timeout().expect("a timer");
-        n.handle(later, NodeInput::Timeout, &mut r);
+        n.handle(later, NodeInput::Timeout);
         let out = n.take_outputs();
         assert!(
             out.iter()
                 .any(|o| matches!(o, NodeOutput::RequestVotes { req, .. } if req.pre_vote)),
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn a_new_connection_carries_nothing_left_for_the_old_one() {
+        let now = Instant::now();
+        let membership = set(&[("a", 1), ("b", 1), ("m", 1)]);
+        let (mut n, _) = member(now, "a", &membership, true);
+        follow(&mut n, now, "m", &membership);
+        n.take_outputs();
+        // A vote in term 2 ends the link to m: an error and a close, not taken yet
+        // when the link breaks and the follower dials again.
+        n.handle(
+            now,
+            NodeInput::VoteRequest {
+                id: 1,
+                req: request(2, 0),
+            },
+        );
+        n.handle(now, NodeInput::Disconnected);
+        n.handle(now, NodeInput::Connected { host: "b".into() });
+        let link: Vec<SecondaryOutput> = (n.take_outputs().into_iter())
+            .filter_map(|o| match o {
+                NodeOutput::Link(o) => Some(o),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            matches!(
+                link.as_slice(),
+                [SecondaryOutput::Send(SecondaryFrame::Hello { term: 2, .. })]
+            ),
+            "{link:?}"
+        );
+    }
+
+    #[test]
+    fn a_member_that_leads_takes_no_more_frames_until_it_follows_again() {
+        let now = Instant::now();
+        let membership = set(&[("a", 1)]);
+        let (mut n, store) = member(now, "a", &membership, true);
+        n.handle(now, NodeInput::StandAlone);
+        let out = n.take_outputs();
+        assert!(
+            out.contains(&NodeOutput::BecomeLeader { term: 1 }),
+            "{out:?}"
+        );
+        assert!(n.follower().is_none());
+        // Frames still on the old connection: ignored, the master alone writes.
+        n.handle(now, NodeInput::Frames(vec![add(1..=3, 1)]));
+        assert_eq!(store.last_id(), 0);
+        assert!(!n.wants_sync());
+        n.handle(now, NodeInput::StepDown(Duration::from_secs(1)));
+        n.handle(now, NodeInput::Follow);
+        assert!(n.follower().is_some());
     }
 }

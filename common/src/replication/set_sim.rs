@@ -1,6 +1,6 @@
 //! A seeded simulation of a whole replica set: N equal members, each with its own
-//! [`NodeCore`] (its election and role decisions), and either a [`MasterCore`] or a
-//! [`SecondaryCore`] over its own log, switching roles as elections decide, on a
+//! [`NodeCore`] (its election, and its [`SecondaryCore`] while it follows), and a
+//! [`MasterCore`] while it leads, over its own log, switching roles as elections decide, on a
 //! simulated network with virtual time. Faults: partitions (also one-way), crashes and
 //! restarts (every member loses what its store had not synced; sometimes all at once),
 //! pauses longer than the election timeout, lost, duplicated
@@ -18,8 +18,8 @@
 //! After the faults heal: one master, every member with the same log, holding every
 //! majority-acknowledged write once at its id.
 //!
-//! The members' role decisions are the real node's ([`NodeCore`], which
-//! `node/src/member.rs` drives); the glue here stands for its sockets and threads. A failing seed prints itself and is kept as a test (see the
+//! The members' decisions are the real node's ([`NodeCore`], which `node/src/member.rs`
+//! and the follower thread drive); the glue here stands for their sockets and threads. A failing seed prints itself and is kept as a test (see the
 //! end of this file); `SIM_SEED=n cargo test -p common --lib set_sim::one_seed --
 //! --ignored --nocapture` replays one, `SIM_TRACE=<id>` adds its elections and when
 //! entry `id` commits. CI runs 512 seeds (two per fault mix); any number:
@@ -92,8 +92,9 @@ impl Mix {
 
 type Store = Arc<MemStore>;
 
+/// The follower is the [`NodeCore`]'s; the master core is the shell's, as in the node.
 enum Role {
-    Follower(Box<SecondaryCore<Store>>),
+    Follower,
     Leader(Box<MasterCore<Store>>),
 }
 
@@ -102,11 +103,9 @@ struct Member {
     /// `--priority`: 0 never stands.
     priority: u32,
     store: Store,
-    /// Its election and role decisions, as the real node's driver runs them.
-    node: NodeCore,
+    /// Its election and follower, as the real node runs them.
+    node: NodeCore<Store>,
     role: Role,
-    /// When it last heard from the master it follows (None: not since it started).
-    heard: Option<Instant>,
     up: bool,
     paused_until: Option<Instant>,
     /// Bumped at each crash: events of an earlier life are dropped.
@@ -234,25 +233,14 @@ impl Sim {
                     })
                     .unwrap();
                 let priority = priorities[i];
-                let node = NodeCore::new(
-                    ElectionConfig {
-                        name: name.clone(),
-                        priority,
-                        election_timeout: ELECTION,
-                        seed: seed.wrapping_mul(31).wrapping_add(i as u64),
-                    },
-                    now,
-                    0,
-                    None,
-                    &store.membership(),
-                );
+                let seed = seed.wrapping_mul(31).wrapping_add(i as u64);
+                let node = node_core(name, &store, priority, seed, now);
                 Member {
                     name: name.clone(),
                     priority,
-                    role: Role::Follower(Box::new(follower_core(name, &store, priority))),
+                    role: Role::Follower,
                     store,
                     node,
-                    heard: None,
                     up: true,
                     paused_until: None,
                     life: 0,
@@ -274,25 +262,14 @@ impl Sim {
             // Not started yet: an empty log that knows no member but the one it dials.
             let name = format!("n{n}");
             let store = Arc::new(MemStore::volatile());
-            let node = NodeCore::new(
-                ElectionConfig {
-                    name: name.clone(),
-                    priority: 1,
-                    election_timeout: ELECTION,
-                    seed: seed.wrapping_mul(31).wrapping_add(n as u64),
-                },
-                now,
-                0,
-                None,
-                &store.membership(),
-            );
+            let node_seed = seed.wrapping_mul(31).wrapping_add(n as u64);
+            let node = node_core(&name, &store, 1, node_seed, now);
             members.push(Member {
                 name: name.clone(),
                 priority: 1,
-                role: Role::Follower(Box::new(follower_core(&name, &store, 1))),
+                role: Role::Follower,
                 store,
                 node,
-                heard: None,
                 up: false,
                 paused_until: None,
                 life: 0,
@@ -410,14 +387,7 @@ impl Sim {
     /// Hand `input` to member `i`'s [`NodeCore`], then carry out what it decided.
     fn node_input(&mut self, i: usize, input: NodeInput) {
         let now = self.now;
-        let m = &mut self.members[i];
-        let mut replica = SimReplica {
-            name: &m.name,
-            store: &m.store,
-            role: &mut m.role,
-            heard: m.heard,
-        };
-        m.node.handle(now, input, &mut replica);
+        self.members[i].node.handle(now, input);
         self.apply_node(i);
     }
 
@@ -449,10 +419,15 @@ impl Sim {
                 }
                 NodeOutput::BecomeLeader { term } => self.lead(i, term),
                 NodeOutput::BecomeFollower { .. } => self.follow(i),
+                NodeOutput::Link(o) => self.link_output(i, o),
             }
         }
-        // Adopting a newer term may have closed the link to an older master.
-        self.apply_follower(i);
+        // The follower's store syncs a little later (it gathers batches no write waits
+        // for, for up to 10 ms): only then are they acknowledged.
+        if self.members[i].node.wants_sync() && !self.members[i].syncing {
+            let upto = self.members[i].store.last_id();
+            self.start_sync(i, 10, upto, 0);
+        }
     }
 
     fn index(&self, name: &str) -> usize {
@@ -560,10 +535,8 @@ impl Sim {
                 self.send(i, j, Msg::Closed(c), false);
             }
             // Writes still waiting are answered 503: their fate is unknown to clients.
-            let name = self.members[i].name.clone();
-            let store = self.members[i].store.clone();
-            let priority = self.members[i].priority;
-            self.members[i].role = Role::Follower(Box::new(follower_core(&name, &store, priority)));
+            self.members[i].role = Role::Follower;
+            self.node_input(i, NodeInput::Follow);
         }
     }
 
@@ -571,80 +544,51 @@ impl Sim {
         if let Some((c, j)) = self.members[i].link.take() {
             self.send(i, j, Msg::Closed(c), false);
         }
-        if let Role::Follower(core) = &mut self.members[i].role {
-            core.disconnected();
-            core.take_outputs();
+        if matches!(self.members[i].role, Role::Follower) {
+            self.node_input(i, NodeInput::Disconnected);
         }
     }
 
-    fn apply_follower(&mut self, i: usize) {
-        let Role::Follower(core) = &mut self.members[i].role else {
-            return;
-        };
-        let outputs = core.take_outputs();
-        for o in outputs {
-            match o {
-                SecondaryOutput::Send(frame) => {
-                    if let SecondaryFrame::Ack { upto, .. }
-                    | SecondaryFrame::Heartbeat { upto, .. } = frame
-                    {
-                        let durable = self.members[i].store.durable_id();
-                        if upto > durable {
-                            let name = self.members[i].name.clone();
-                            self.fail(format!(
-                                "{name} acknowledged {upto} with its store durable to {durable}"
-                            ));
-                        }
-                        let m = &mut self.members[i];
-                        m.acked = m.acked.max(upto);
+    /// What the follower thread does with an output for its connection.
+    fn link_output(&mut self, i: usize, o: SecondaryOutput) {
+        match o {
+            SecondaryOutput::Send(frame) => {
+                if let SecondaryFrame::Ack { upto, .. } | SecondaryFrame::Heartbeat { upto, .. } =
+                    frame
+                {
+                    let durable = self.members[i].store.durable_id();
+                    if upto > durable {
+                        let name = self.members[i].name.clone();
+                        self.fail(format!(
+                            "{name} acknowledged {upto} with its store durable to {durable}"
+                        ));
                     }
-                    if let Some((c, j)) = self.members[i].link {
-                        let ack = matches!(frame, SecondaryFrame::Ack { .. });
-                        self.send(i, j, Msg::ToLeader(c, frame), ack);
-                    }
-                }
-                SecondaryOutput::Close => self.drop_link(i),
-                SecondaryOutput::Following { term, master } => {
-                    self.members[i].heard = Some(self.now);
-                    let slack = Duration::ZERO;
-                    self.node_input(
-                        i,
-                        NodeInput::Following {
-                            term,
-                            master,
-                            slack,
-                        },
-                    );
-                }
-                SecondaryOutput::MembersChanged => {
-                    let membership = self.members[i].store.membership();
-                    if trace() {
-                        eprintln!(
-                            "{:?} {} now holds {} {:?}",
-                            self.elapsed(),
-                            self.members[i].name,
-                            membership.stamp(),
-                            membership.members
-                        );
-                    }
-                    self.node_input(i, NodeInput::MembersChanged);
-                }
-                SecondaryOutput::StandNow => self.node_input(i, NodeInput::StandNow),
-                SecondaryOutput::RolledBack(r) => {
-                    self.rolled_back += r.count;
                     let m = &mut self.members[i];
-                    m.acked = m.acked.min(r.from_id - 1);
+                    m.acked = m.acked.max(upto);
+                }
+                if let Some((c, j)) = self.members[i].link {
+                    let ack = matches!(frame, SecondaryFrame::Ack { .. });
+                    self.send(i, j, Msg::ToLeader(c, frame), ack);
                 }
             }
-        }
-        // The follower's store syncs a little later (it gathers batches no write waits
-        // for, for up to 10 ms): only then are they acknowledged.
-        if let Role::Follower(core) = &self.members[i].role
-            && core.wants_sync()
-            && !self.members[i].syncing
-        {
-            let upto = self.members[i].store.last_id();
-            self.start_sync(i, 10, upto, 0);
+            SecondaryOutput::Close => self.drop_link(i),
+            SecondaryOutput::Following { term, master } => {
+                if trace() {
+                    eprintln!(
+                        "{:?} {} follows {master} of term {term}, holding {}",
+                        self.elapsed(),
+                        self.members[i].name,
+                        self.members[i].store.membership().stamp(),
+                    );
+                }
+            }
+            // NodeCore's own: they never leave it.
+            SecondaryOutput::MembersChanged | SecondaryOutput::StandNow => {}
+            SecondaryOutput::RolledBack(r) => {
+                self.rolled_back += r.count;
+                let m = &mut self.members[i];
+                m.acked = m.acked.min(r.from_id - 1);
+            }
         }
     }
 
@@ -749,7 +693,10 @@ impl Sim {
                         c.commit_id(),
                         c.status(self.now).member_count
                     ),
-                    Role::Follower(c) => format!("follower commit {}", c.commit_id()),
+                    Role::Follower => {
+                        let c = m.node.follower().map_or(0, |f| f.commit_id());
+                        format!("follower commit {c}")
+                    }
                 };
                 eprintln!(
                     "  {} up {} last {} {commit} stored members {:?}",
@@ -792,11 +739,10 @@ impl Sim {
                         }
                         self.apply_leader(i);
                     }
-                    Role::Follower(core) => {
+                    Role::Follower => {
                         if term == 0 {
-                            core.synced();
+                            self.node_input(i, NodeInput::Synced);
                         }
-                        self.apply_follower(i);
                     }
                 }
             }
@@ -813,9 +759,9 @@ impl Sim {
                     return;
                 }
                 self.members[i].last_frame = now;
-                let Role::Follower(core) = &mut self.members[i].role else {
+                if let Role::Leader(_) = self.members[i].role {
                     return;
-                };
+                }
                 if let MasterFrame::Error(e) = &frame
                     && e.code == ErrorCode::NotMaster
                 {
@@ -824,20 +770,14 @@ impl Sim {
                     self.drop_link(i);
                     return;
                 }
-                core.handle_frame(now, frame);
-                // As the follower thread notes it; the driver's next step reads it.
-                if core.master_name().is_some() {
-                    self.members[i].heard = Some(now);
-                }
-                self.apply_follower(i);
+                self.node_input(i, NodeInput::Frames(vec![frame]));
             }
             Msg::Closed(conn) => {
                 if self.members[i].link.map(|l| l.0) == Some(conn) {
                     self.members[i].link = None;
-                    if let Role::Follower(core) = &mut self.members[i].role {
-                        core.disconnected();
+                    if let Role::Follower = self.members[i].role {
+                        self.node_input(i, NodeInput::Disconnected);
                     }
-                    self.apply_follower(i);
                 } else if self.members[i].conns.remove(&conn).is_some()
                     && let Role::Leader(core) = &mut self.members[i].role
                 {
@@ -899,7 +839,7 @@ impl Sim {
                 core.connection_opened(conn);
                 self.members[target].conns.insert(conn, i);
             }
-            Role::Follower(_) => {
+            Role::Follower => {
                 // Not the master: it says where the master is and closes.
                 let hint = self.members[target]
                     .node
@@ -914,12 +854,8 @@ impl Sim {
         }
         self.members[i].link = Some((conn, target));
         self.members[i].last_frame = self.now;
-        let term = self.members[i].node.election().term();
-        let now = self.now;
-        if let Role::Follower(core) = &mut self.members[i].role {
-            core.connected(now, term);
-        }
-        self.apply_follower(i);
+        let host = self.members[target].name.clone();
+        self.node_input(i, NodeInput::Connected { host });
     }
 
     fn timers(&mut self, i: usize) {
@@ -942,7 +878,7 @@ impl Sim {
                 }
                 self.apply_leader(i);
             }
-            Role::Follower(_) => {
+            Role::Follower => {
                 let silent = now.saturating_duration_since(self.members[i].last_frame);
                 if self.members[i].link.is_some() && silent > ELECTION * 2 {
                     self.drop_link(i);
@@ -995,20 +931,8 @@ impl Sim {
         let seed = self.rng.random();
         let m = &mut self.members[i];
         m.up = true;
-        m.node = NodeCore::new(
-            ElectionConfig {
-                name: m.name.clone(),
-                priority: m.priority,
-                election_timeout: ELECTION,
-                seed,
-            },
-            now,
-            m.store.term(),
-            m.store.voted_for(),
-            &m.store.membership(),
-        );
-        m.heard = None;
-        m.role = Role::Follower(Box::new(follower_core(&m.name, &m.store, m.priority)));
+        m.node = node_core(&m.name, &m.store, m.priority, seed, now);
+        m.role = Role::Follower;
         m.link = None;
         m.hint = None;
         m.next_dial = now;
@@ -1235,7 +1159,7 @@ impl Sim {
             }
             let commit = match &self.members[i].role {
                 Role::Leader(c) => c.commit_id(),
-                Role::Follower(c) => c.commit_id(),
+                Role::Follower => (self.members[i].node.follower()).map_or(0, |f| f.commit_id()),
             };
             let store = self.members[i].store.clone();
             let last = store.last_id();
@@ -1289,7 +1213,7 @@ impl Sim {
             let log = self.members[l].store.read(1, usize::MAX).unwrap();
             let commit = match &self.members[l].role {
                 Role::Leader(c) => c.commit_id(),
-                Role::Follower(_) => 0,
+                Role::Follower => 0,
             };
             let same = self
                 .members
@@ -1350,68 +1274,22 @@ fn trace_id() -> u64 {
         .unwrap_or(0)
 }
 
-/// The shell's side of a simulated member's [`NodeCore`]: its log and its follower.
-struct SimReplica<'a> {
-    name: &'a str,
-    store: &'a Store,
-    role: &'a mut Role,
-    heard: Option<Instant>,
-}
-
-impl Replica for SimReplica<'_> {
-    fn log_position(&self) -> LogPosition {
-        self.store.log_position()
-    }
-
-    fn membership(&self) -> Membership {
-        self.store.membership()
-    }
-
-    /// Its log belongs to the set and the member list it holds names it.
-    fn eligible(&self) -> bool {
-        self.store.log_id() != 0
-            && self
-                .store
-                .membership()
-                .members
-                .iter()
-                .any(|n| n == self.name)
-    }
-
-    fn last_heard(&self) -> Option<(Instant, Option<(u64, String)>)> {
-        let Role::Follower(core) = &*self.role else {
-            return None;
-        };
-        let current = core
-            .master_name()
-            .map(|m| (core.master_term(), m.to_string()));
-        self.heard.map(|h| (h, current))
-    }
-
-    fn adopt_term(&mut self, term: u64) {
-        if let Role::Follower(core) = &mut *self.role {
-            core.advance_term(term);
-        }
-    }
-
-    fn save_vote(
-        &mut self,
-        term: u64,
-        voted_for: Option<String>,
-    ) -> Result<(), crate::storage::StorageError> {
-        self.store.set_vote(term, voted_for)
-    }
-}
-
-fn follower_core(name: &str, store: &Store, priority: u32) -> SecondaryCore<Store> {
-    let mut core = SecondaryCore::new(name.to_string(), store.clone());
-    core.set_identity(Identity {
+/// Member `name`'s core over `store`, as a restarted node builds it: from what the
+/// store holds.
+fn node_core(name: &str, store: &Store, priority: u32, seed: u64, now: Instant) -> NodeCore<Store> {
+    let cfg = ElectionConfig {
+        name: name.to_string(),
+        priority,
+        election_timeout: ELECTION,
+        seed,
+    };
+    let identity = Identity {
         comm: Some(name.to_string()),
         http: Some(name.to_string()),
         priority,
         delay_ms: 0,
-    });
-    core
+    };
+    NodeCore::new(cfg, now, store.clone(), false, identity)
 }
 
 /// What one seed checked.

@@ -13,6 +13,8 @@ use std::sync::RwLock;
 pub struct MemStore {
     inner: RwLock<Inner>,
     volatile: bool,
+    /// With [`MemStore::fail_votes`]: saving a term and vote fails (a full disk).
+    fail_votes: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +63,11 @@ impl MemStore {
             inner.history.cut(keep);
         }
         lost
+    }
+
+    /// From now on, saving a term and vote fails (or works again, with `false`).
+    pub fn fail_votes(&self, fail: bool) {
+        (self.fail_votes).store(fail, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -158,6 +165,9 @@ impl LogStore for MemStore {
     }
 
     fn set_vote(&self, term: u64, voted_for: Option<String>) -> Result<(), StorageError> {
+        if self.fail_votes.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StorageError::Io("the disk is full".into()));
+        }
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         inner.term = term;
         inner.voted_for = voted_for;
