@@ -11,7 +11,7 @@ use crate::primary::replicator::{
 use actix::Addr;
 use actix_web::{HttpRequest, HttpResponse, dev::Server, web};
 use common::api::{self, ApiError, doc};
-use common::replication::{Rejected, WriteOutcome, WriteRequest};
+use common::replication::{MasterStatus, Rejected, WriteOutcome, WriteRequest};
 use common::storage::LogStore;
 use common::web::{endpoint, error_response, read_body};
 use serde_json::json;
@@ -353,13 +353,19 @@ async fn messages(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     };
     let commit_id = match &state.node.settled_role().await {
         _ if !q.majority => u64::MAX,
-        Role::Primary(r) => match r.send(GetStatus).await {
-            Ok((st, _)) => st.commit_id,
-            Err(_) => return shutting_down(),
+        Role::Primary(r) => match master_status(r).await {
+            Some((st, _)) => st.commit_id,
+            None => return shutting_down(),
         },
         Role::Secondary(f) => f.commit_id(),
     };
     common::web::messages(q, state.store.clone(), commit_id).await
+}
+
+/// The master's replication state and how many syncs ran (None: it is shutting
+/// down or stepped down).
+async fn master_status(r: &Addr<Replicator>) -> Option<(MasterStatus, u64)> {
+    r.send(GetStatus).await.ok().flatten()
 }
 
 /// Liveness, members and quorum.
@@ -371,7 +377,7 @@ async fn health(state: web::Data<State>) -> HttpResponse {
         Role::Primary(r) => r,
         Role::Secondary(f) => return secondary_health(&state, f),
     };
-    let Ok((st, syncs)) = replicator.send(GetStatus).await else {
+    let Some((st, syncs)) = master_status(replicator).await else {
         return shutting_down();
     };
     let members: Vec<_> = st
@@ -458,7 +464,7 @@ async fn status(state: web::Data<State>) -> HttpResponse {
         Role::Primary(r) => r,
         Role::Secondary(f) => return secondary_status(&state, f),
     };
-    let Ok((st, syncs)) = replicator.send(GetStatus).await else {
+    let Some((st, syncs)) = master_status(replicator).await else {
         return shutting_down();
     };
     let mut members = vec![json!({
@@ -588,9 +594,9 @@ async fn message_status(path: web::Path<String>, state: web::Data<State>) -> Htt
             format!("a message id is an integer >= 1, got {:?}", path.as_str()),
         ));
     };
-    let (Ok(holders), Ok((st, _))) = (
+    let (Ok(holders), Some((st, _))) = (
         replicator.send(Holders(id)).await,
-        replicator.send(GetStatus).await,
+        master_status(replicator).await,
     ) else {
         return shutting_down();
     };
@@ -642,8 +648,7 @@ async fn remove_member(
     let name = path.into_inner();
     match replicator.send(RemoveMember(name.clone())).await {
         Ok(Ok(true)) => {
-            let members = replicator
-                .send(GetStatus)
+            let members = master_status(replicator)
                 .await
                 .map(|(st, _)| st.member_count)
                 .unwrap_or_default();
@@ -657,6 +662,9 @@ async fn remove_member(
         Ok(Err(e @ common::replication::MembershipError::InProgress)) => error_response(
             &ApiError::new(503, "membership_change_in_progress", e.to_string()),
         ),
+        Ok(Err(common::replication::MembershipError::NotMaster)) => {
+            not_primary(&state.node, "does not change the membership")
+        }
         Ok(Err(e)) => error_response(&ApiError::new(500, "storage_error", e.to_string())),
         Err(_) => shutting_down(),
     }
@@ -698,6 +706,9 @@ async fn readmit_member(
             "name": name,
             "readmitted": readmitted,
         })),
+        Ok(Err(common::replication::MembershipError::NotMaster)) => {
+            not_primary(&state.node, "does not change the membership")
+        }
         Ok(Err(e)) => error_response(&ApiError::new(500, "storage_error", e.to_string())),
         Err(_) => shutting_down(),
     }
@@ -714,7 +725,7 @@ async fn metrics_page(state: web::Data<State>) -> HttpResponse {
         Role::Primary(r) => r,
         Role::Secondary(f) => return secondary_metrics(&state, f),
     };
-    if let Ok((st, _)) = replicator.send(GetStatus).await {
+    if let Some((st, _)) = master_status(replicator).await {
         metrics::gauge!("chorus_last_id").set(st.last_id as f64);
         metrics::gauge!("chorus_commit_id").set(st.commit_id as f64);
         metrics::gauge!("chorus_members").set(st.member_count as f64);
@@ -862,13 +873,13 @@ async fn hello(state: web::Data<State>) -> HttpResponse {
     let node = &state.node;
     let membership = node.store.membership();
     let (writable, commit_id, primary) = match node.settled_role().await {
-        Role::Primary(r) => match r.send(GetStatus).await {
-            Ok((st, _)) => (
+        Role::Primary(r) => match master_status(&r).await {
+            Some((st, _)) => (
                 st.has_quorum,
                 st.commit_id,
                 Some(node.addresses.http.clone()),
             ),
-            Err(_) => (false, 0, None),
+            None => (false, 0, None),
         },
         Role::Secondary(f) => {
             let commit_id = f.commit_id();

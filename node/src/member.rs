@@ -21,7 +21,10 @@ use common::protocol::{MasterFrame, MemberInfo, SecondaryFrame};
 use common::replication::election::{
     ElectionConfig, ElectionMetrics, ElectionRole, VoteRequest, VoteResponse,
 };
-use common::replication::{Identity, NodeCore, NodeInput, NodeOutput, VoteId};
+use common::replication::{
+    HealthPolicy, HttpAddress, Identity, MasterConfig, NodeConfig, NodeCore, NodeInput, NodeOutput,
+    VoteId,
+};
 use common::storage::{LogStore, RolledBack};
 use common::stream::Progress;
 use futures::{SinkExt, StreamExt};
@@ -39,14 +42,12 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the driver is told.
 pub enum Event {
-    /// An input for the member's core as it is (a newer term, a lost majority, a vote
-    /// answer...).
+    /// An input for the member's core as it is (a vote answer...).
     Core(NodeInput),
-    /// What the core decided while the follower thread handed it frames, and is not
-    /// for the master's connection (the election's: a term, votes to ask for...).
+    /// What the core decided while the follower thread or the replicator handed it an
+    /// input, and is not theirs to carry out (the election's: a term, votes to ask
+    /// for, a new role...).
     Outputs(Vec<NodeOutput>),
-    /// The master handed over to another member (priority takeover).
-    HandedOver(String),
     /// A candidate asks for this member's vote.
     VoteRequest(VoteRequest, oneshot::Sender<VoteResponse>),
     /// `POST /stepDown`: stop being master and stand for nothing for that long.
@@ -107,21 +108,24 @@ impl Node {
         let now = Instant::now();
         let (events, rx) = mpsc::unbounded_channel();
         let core = NodeCore::new(
-            ElectionConfig {
-                name: cfg.name.clone(),
-                priority: cfg.priority,
-                election_timeout: cfg.election_timeout,
-                seed: rand::random(),
+            NodeConfig {
+                election: ElectionConfig {
+                    name: cfg.name.clone(),
+                    priority: cfg.priority,
+                    election_timeout: cfg.election_timeout,
+                    seed: rand::random(),
+                },
+                start_as_master: matches!(cfg.start, crate::Start::Master),
+                identity: Identity {
+                    comm: Some(addresses.comm.clone()),
+                    http: Some(addresses.http.clone()),
+                    priority: cfg.priority,
+                    delay_ms: cfg.delay.max_ms,
+                },
+                master: master_config(&cfg, &addresses, http_port),
             },
             now,
             store.clone(),
-            matches!(cfg.start, crate::Start::Master),
-            Identity {
-                comm: Some(addresses.comm.clone()),
-                http: Some(addresses.http.clone()),
-                priority: cfg.priority,
-                delay_ms: cfg.delay.max_ms,
-            },
         );
         let term = AtomicU64::new(core.election().term());
         let core = Arc::new(Mutex::new(core));
@@ -288,6 +292,24 @@ impl Node {
     }
 }
 
+/// The master core's settings for this member (each term sets its own `term`).
+fn master_config(cfg: &crate::Config, addresses: &Addresses, http_port: u16) -> MasterConfig {
+    let settings = &cfg.master;
+    let mut m = MasterConfig::new(cfg.name.clone(), settings.ack_timeout);
+    m.seed = rand::random();
+    m.http = HttpAddress::new(&cfg.public_host(), http_port);
+    m.health = HealthPolicy {
+        heartbeat: settings.heartbeat,
+        suspect_after: settings.suspect_after,
+        unhealthy_after: settings.unhealthy_after,
+    };
+    m.comm = addresses.comm.clone();
+    m.priority = cfg.priority;
+    m.quorum_timeout = Some(cfg.election_timeout);
+    m.delay = Duration::from_millis(cfg.delay.max_ms);
+    m
+}
+
 /// The role machinery the driver owns.
 struct Driver {
     node: Arc<Node>,
@@ -326,7 +348,8 @@ pub async fn drive(
     d.apply().await;
     node.settled.send_replace(true);
     loop {
-        let deadline = node.core().poll_timeout();
+        // The election's timer; the replicator keeps the master's.
+        let deadline = node.core().election().poll_timeout();
         let sleep = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -356,10 +379,6 @@ impl Driver {
         let input = match ev {
             Event::Core(input) => input,
             Event::Outputs(outputs) => return self.carry_out(outputs).await,
-            Event::HandedOver(to) => {
-                tracing::info!(%to, "handed over; stepping down");
-                NodeInput::HandedOver
-            }
             Event::VoteRequest(req, reply) => {
                 let id = self.next_vote;
                 self.next_vote += 1;
@@ -367,9 +386,6 @@ impl Driver {
                 NodeInput::VoteRequest { id, req }
             }
             Event::StepDown(quiet, reply) => {
-                if let Some(r) = &self.replicator {
-                    r.do_send(primary::replicator::HandOver);
-                }
                 self.stepping_down.push(reply);
                 NodeInput::StepDown(quiet)
             }
@@ -391,9 +407,17 @@ impl Driver {
     }
 
     /// Carry out `outputs`, leaving those for the master's connection to the follower
-    /// thread.
+    /// thread, and passing those for the master's connections and clients to the
+    /// replicator (before it retires).
     async fn carry_out(&mut self, outputs: Vec<NodeOutput>) {
+        let mut master = Vec::new();
         for o in outputs {
+            if matches!(
+                o,
+                NodeOutput::BecomeLeader { .. } | NodeOutput::BecomeFollower { .. }
+            ) {
+                self.pass_to_replicator(&mut master);
+            }
             match o {
                 NodeOutput::Term(term) => self.node.term.store(term, Ordering::Release),
                 NodeOutput::VoteReply { id, resp } => {
@@ -421,9 +445,28 @@ impl Driver {
                 NodeOutput::Link(o) => {
                     tracing::debug!(output = ?o, "left to the follower thread's term check")
                 }
+                o @ (NodeOutput::Master(_)
+                | NodeOutput::Refused { .. }
+                | NodeOutput::Removed(_)
+                | NodeOutput::Readmitted(_)) => master.push(o),
             }
         }
+        self.pass_to_replicator(&mut master);
         self.answer_step_downs();
+    }
+
+    /// The master's outputs of an input the driver handed over (`stepDown`'s
+    /// `TimeoutNow`, a timer's resends): the replicator carries them out, in order
+    /// with what it does itself.
+    fn pass_to_replicator(&mut self, outputs: &mut Vec<NodeOutput>) {
+        if outputs.is_empty() {
+            return;
+        }
+        let outputs = std::mem::take(outputs);
+        match &self.replicator {
+            Some(r) => r.do_send(primary::replicator::Carry(outputs)),
+            None => tracing::debug!(?outputs, "no replicator to carry out"),
+        }
     }
 
     fn answer_step_downs(&mut self) {
@@ -494,25 +537,17 @@ impl Driver {
         }
     }
 
-    /// Become the master of `term`: stop following (the thread must be gone before
-    /// the replicator writes to the log), then start the replicator here.
+    /// Become the master of `term` (the core holds the master's state already and
+    /// ignores the follower's frames): stop the follower thread, then start the
+    /// replicator here.
     async fn lead(&mut self, term: u64) {
         self.stop_link().await;
         let node = self.node.clone();
-        match primary::replicator::Replicator::for_node(&node, term) {
-            Ok(r) => {
-                let addr = r.start();
-                tracing::info!(term, "elected: this node is the master");
-                node.set_role(Role::Primary(addr.clone()));
-                self.replicator = Some(addr);
-                node.set_hint(None);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot become the master; following");
-                self.step(NodeInput::CannotLead);
-                self.follow();
-            }
-        }
+        let addr = primary::replicator::Replicator::for_node(&node).start();
+        tracing::info!(term, "elected: this node is the master");
+        node.set_role(Role::Primary(addr.clone()));
+        self.replicator = Some(addr);
+        node.set_hint(None);
     }
 
     /// Stop being the master, if it is one: waiting writes are answered 503, every
@@ -523,14 +558,12 @@ impl Driver {
         }
     }
 
-    /// Follow: the core starts a new follower over the log as it is now (the
-    /// replicator is gone), and the thread.
+    /// Follow: the thread, for the follower the core holds.
     fn follow(&mut self) {
         if self.link.is_some() {
             return;
         }
         let node = self.node.clone();
-        self.step(NodeInput::Follow);
         let handle = follower::Handle::new(node.core.clone(), node.cfg.seed_address());
         node.set_role(Role::Secondary(handle));
         match follower::Link::start(node.clone()) {

@@ -178,8 +178,11 @@ pub enum WriteOutcome {
 }
 
 /// Why the voting members cannot change now.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MembershipError {
+    /// This member stopped being the master meanwhile.
+    #[error("this member is not the master any more")]
+    NotMaster,
     #[error(
         "a change of the members is still in progress: the last one is not yet held by a majority; try again shortly"
     )]

@@ -29,7 +29,7 @@ pub use master::{
     MemberStatus, MembershipError, REFUSED_MAX, Receipt, RefusedPeer, Rejected, Token,
     WriteOutcome, WriteRequest,
 };
-pub use node::{NodeCore, NodeInput, NodeOutput, VoteId};
+pub use node::{NodeConfig, NodeCore, NodeInput, NodeOutput, VoteId};
 pub use retry::RetryPolicy;
 pub use spin::{SPIN_BUDGET, SPIN_MAX_WAITING, SpinPolicy};
 

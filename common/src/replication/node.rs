@@ -1,11 +1,12 @@
 //! One member's decisions, whatever its role: [`NodeCore`].
 //!
 //! A member follows a master, stands for election, or leads. This core holds its
-//! election ([`ElectionCore`]) and, while it follows or stands, the replication core of
-//! its link to the master ([`SecondaryCore`]), with the rules between the two. They
-//! are as much a part of the safety argument as the votes themselves, and they live
-//! here, once, for the node (`node/src/member.rs`, `node/src/follower.rs`) and for the
-//! set simulation alike:
+//! election ([`ElectionCore`]) and its replication in the role it has: the replication
+//! core of its link to the master while it follows or stands ([`SecondaryCore`]), the
+//! master's ([`MasterCore`]) while it leads; and the rules between them. They are as
+//! much a part of the safety argument as the votes themselves, and they live here,
+//! once, for the node (`node/src/member.rs`, `node/src/follower.rs`,
+//! `node/src/primary/replicator.rs`) and for the set simulation alike:
 //!
 //! - a newer term is adopted by the follower *before* the log position a vote compares
 //!   is read, so no entry of an older master is stored or acknowledged after the vote
@@ -19,24 +20,45 @@
 //! - the election hears of the master the follower accepted (and its term, saved
 //!   before anything else goes out), and how recently it was heard, so a timeout
 //!   never runs from an older contact;
-//! - the durability rule is the follower's ([`SecondaryCore::synced`]): nothing is
-//!   acknowledged before the store synced it.
+//! - the durability rule is the replication cores': a follower acknowledges nothing
+//!   before the store synced it ([`SecondaryCore::synced`]), a master counts itself
+//!   only for what it synced ([`MasterCore::persisted`]);
+//! - roles change inside one step: the master core is made when the election is won
+//!   (and the follower dropped: frames still in flight are ignored), dropped when the
+//!   election is lost (a new follower starts over the log as it is), and what the
+//!   master sees that ends its term (a newer term, a lost majority, a hand-over) steps
+//!   the election down at once. The log has one writer at a time, always this core.
 //!
 //! Everything arrives through [`NodeCore::handle`] (votes, timers, frames from the
-//! master, the end of a sync) and everything to do leaves through
-//! [`NodeCore::take_outputs`]: no sockets, no clock. While this member is master, the
-//! replication is [`super::MasterCore`]'s, run by the shell where its I/O is; this
-//! core hears from it only what the election needs (a newer term, a lost majority, a
-//! hand-over).
+//! master or from the secondaries, client writes, the end of a write or sync) and
+//! everything to do leaves through [`NodeCore::take_outputs`]: no sockets, no clock.
+//! [`NodeCore::poll_timeout`] says when the next timer is due.
 
+use super::ConnId;
 use super::election::{ElectionConfig, ElectionCore, ElectionOutput, VoteRequest, VoteResponse};
+use super::master::{
+    MasterConfig, MasterCore, MasterOutput, MembershipError, Rejected, Token, WriteRequest,
+};
 use super::secondary::{Identity, SecondaryCore, SecondaryOutput, SecondaryStatus};
-use crate::protocol::MasterFrame;
+use crate::protocol::{MasterFrame, SecondaryFrame};
 use crate::storage::LogStore;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// The shell's name for a vote request it was sent, to route the answer back.
 pub type VoteId = u64;
+
+/// A member's settings.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub election: ElectionConfig,
+    /// `master-node`: may stand alone on a log no other member shares yet.
+    pub start_as_master: bool,
+    /// How the follower introduces itself to masters.
+    pub identity: Identity,
+    /// The master core's settings; each term gets its own `term` (and `seed ^ term`).
+    pub master: MasterConfig,
+}
 
 /// What happened, as the shell tells it.
 #[derive(Clone, Debug)]
@@ -44,9 +66,6 @@ pub enum NodeInput {
     /// A member starting a new set (`master-node` on a log of its own): stand at once
     /// if it is the only voter.
     StandAlone,
-    /// The shell stopped being master (if it was; nothing writes to the log but this
-    /// core from now on): follow, with a new follower over the log as it is now.
-    Follow,
     /// The follower's connection to the member at `host` is open (the host it was
     /// dialled by: the master's HTTP host where the master listens on every address).
     Connected { host: String },
@@ -57,21 +76,37 @@ pub enum NodeInput {
     /// The shell synced the store (`LogStore::sync`), as [`NodeCore::wants_sync`]
     /// asked: the follower acknowledges what became durable.
     Synced,
-    /// A peer knows a newer term.
+    /// A client write (master), answered by `token`: [`MasterOutput::Reply`] once its
+    /// write concern is met or its timeout passed, or [`NodeOutput::Refused`].
+    Write { token: Token, write: WriteRequest },
+    /// A secondary's connection `conn` is open, from `peer` (its address).
+    Opened { conn: ConnId, peer: String },
+    /// A frame from the secondary on `conn`.
+    FromSecondary { conn: ConnId, frame: SecondaryFrame },
+    /// The secondary's connection `conn` closed.
+    Closed(ConnId),
+    /// The master's store wrote the log up to `upto` to its file (not synced yet).
+    Flushed(u64),
+    /// The master's store synced the log up to `upto`.
+    Persisted(u64),
+    /// The master's heartbeat interval passed.
+    Heartbeat,
+    /// `DELETE /members/{name}`: answered by [`NodeOutput::Removed`].
+    RemoveMember(String),
+    /// `POST /members`: let a removed name join again; answered by
+    /// [`NodeOutput::Readmitted`].
+    Readmit(String),
+    /// A peer knows a newer term (a vote request's answer, say).
     NewerTerm(u64),
-    /// As master, lost the majority for an election timeout.
-    LostQuorum,
-    /// As master, handed over to another member.
-    HandedOver,
     /// A voter answered.
     Vote { from: String, resp: VoteResponse },
     /// A candidate asks for this member's vote; answer with `id`.
     VoteRequest { id: VoteId, req: VoteRequest },
-    /// `POST /stepDown`: stop being master, stand for nothing for that long.
+    /// `POST /stepDown`: hand over to the most caught-up member, stop being master,
+    /// stand for nothing for that long.
     StepDown(Duration),
-    /// This member won, but could not become master: follow, and stand again later.
-    CannotLead,
-    /// The election's timer ([`NodeCore::poll_timeout`]) is due.
+    /// A timer ([`NodeCore::poll_timeout`]) is due: the election's or the master's,
+    /// whichever are.
     Timeout,
 }
 
@@ -94,11 +129,22 @@ pub enum NodeOutput {
         req: VoteRequest,
         voters: Vec<String>,
     },
-    /// Become the master of `term`. The follower is gone already: frames still
-    /// arriving on its connection are ignored.
+    /// This member is the master of `term`: its master core is ready (stop the
+    /// follower's connection, whose frames are ignored from now on, and start the
+    /// master's shell).
     BecomeLeader { term: u64 },
-    /// Stop being master (if it is one), then say [`NodeInput::Follow`].
+    /// This member follows: if it was master, its master core is gone (answer the
+    /// writes still waiting 503, close every secondary's connection); a follower over
+    /// the log as it is now waits for its connection.
     BecomeFollower { term: u64 },
+    /// For the master's connections and clients.
+    Master(MasterOutput),
+    /// The write `token` was refused before it was stored.
+    Refused { token: Token, why: Rejected },
+    /// The answer to [`NodeInput::RemoveMember`] (Ok(false): no such member).
+    Removed(Result<bool, MembershipError>),
+    /// The answer to [`NodeInput::Readmit`] (Ok(false): it was not removed).
+    Readmitted(Result<bool, MembershipError>),
     /// For the follower's connection to its master: a frame to send, the end of the
     /// connection, the master it follows now, a rollback to note.
     /// (`SecondaryOutput::MembersChanged` and `StandNow` stay inside this core.)
@@ -121,9 +167,15 @@ pub struct NodeCore<S> {
     start_as_master: bool,
     /// How the follower introduces itself to masters.
     identity: Identity,
+    /// The master core's settings.
+    master: MasterConfig,
     /// While following or standing: the replication core of the link to the master.
     /// None while master.
     follower: Option<SecondaryCore<S>>,
+    /// While master: its replication core.
+    leader: Option<MasterCore<S>>,
+    /// While master: the address of each secondary's connection, for its status.
+    peers: HashMap<ConnId, String>,
     /// When the follower last heard from a master that accepted it.
     heard: Option<Instant>,
     /// The master the election was last told of: (term, name, when heard).
@@ -136,23 +188,20 @@ pub struct NodeCore<S> {
 impl<S: LogStore + Clone> NodeCore<S> {
     /// A member over `store` (its term, vote and member list are the store's),
     /// following until an election says otherwise.
-    pub fn new(
-        cfg: ElectionConfig,
-        now: Instant,
-        store: S,
-        start_as_master: bool,
-        identity: Identity,
-    ) -> Self {
-        let name = cfg.name.clone();
-        let mut election = ElectionCore::new(cfg, now, store.term(), store.voted_for());
+    pub fn new(cfg: NodeConfig, now: Instant, store: S) -> Self {
+        let name = cfg.election.name.clone();
+        let mut election = ElectionCore::new(cfg.election, now, store.term(), store.voted_for());
         election.set_membership(&store.membership());
         let mut core = Self {
             name,
             election,
             store,
-            start_as_master,
-            identity,
+            start_as_master: cfg.start_as_master,
+            identity: cfg.identity,
+            master: cfg.master,
             follower: None,
+            leader: None,
+            peers: HashMap::new(),
             heard: None,
             told: None,
             replies: Vec::new(),
@@ -172,6 +221,11 @@ impl<S: LogStore + Clone> NodeCore<S> {
         self.follower.as_ref()
     }
 
+    /// The master core, while this member leads.
+    pub fn leader(&self) -> Option<&MasterCore<S>> {
+        self.leader.as_ref()
+    }
+
     /// The follower's state; while there is none (this member leads, or is about
     /// to), a new follower's over the log as it is.
     pub fn follower_status(&self, now: Instant) -> SecondaryStatus {
@@ -187,9 +241,14 @@ impl<S: LogStore + Clone> NodeCore<S> {
         self.follower.as_ref().is_some_and(|f| f.wants_sync())
     }
 
-    /// When to call [`NodeInput::Timeout`] next.
+    /// When to call [`NodeInput::Timeout`] next: the earlier of the election's timer
+    /// and the master's (resends, write timeouts).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.election.poll_timeout()
+        let master = self.leader.as_ref().and_then(|l| l.poll_timeout());
+        match (self.election.poll_timeout(), master) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn take_outputs(&mut self) -> Vec<NodeOutput> {
@@ -217,10 +276,19 @@ impl<S: LogStore + Clone> NodeCore<S> {
 
     /// Take in one input, then carry out what it decided.
     pub fn handle(&mut self, now: Instant, input: NodeInput) {
-        let replication = matches!(input, NodeInput::Frames(_) | NodeInput::Synced);
+        let replication = matches!(
+            input,
+            NodeInput::Frames(_)
+                | NodeInput::Synced
+                | NodeInput::Write { .. }
+                | NodeInput::FromSecondary { .. }
+                | NodeInput::Flushed(_)
+                | NodeInput::Persisted(_)
+        );
         if !replication {
-            // The member list may have changed under a master; the replication inputs
-            // (the hot path) change it only through the follower, which says so.
+            // The member list may have changed; the replication inputs (the hot path)
+            // leave it to the next other input (a master's changes take effect on a
+            // majority only, over heartbeats), or say so (the follower).
             self.election.set_membership(&self.store.membership());
             self.refresh_heard();
         }
@@ -231,7 +299,6 @@ impl<S: LogStore + Clone> NodeCore<S> {
                     self.election.stand_now(now, pos, "electionTimeout");
                 }
             }
-            NodeInput::Follow => self.follow(),
             NodeInput::Connected { host } => {
                 // What was left for an earlier connection is not for this one.
                 self.outputs.retain(|o| !o.is_link());
@@ -271,12 +338,68 @@ impl<S: LogStore + Clone> NodeCore<S> {
                     f.synced();
                 }
             }
-            NodeInput::NewerTerm(t) => self.election.saw_term(now, t),
-            NodeInput::LostQuorum => self.election.step_down(now, Duration::ZERO),
-            NodeInput::HandedOver => {
-                let quiet = self.election.election_timeout();
-                self.election.step_down(now, quiet);
+            NodeInput::Write { token, write } => match &mut self.leader {
+                Some(l) => {
+                    if let Err(why) = l.submit(now, write, token) {
+                        self.outputs.push(NodeOutput::Refused { token, why });
+                    }
+                }
+                None => self.outputs.push(NodeOutput::Refused {
+                    token,
+                    why: Rejected::SteppingDown,
+                }),
+            },
+            NodeInput::Opened { conn, peer } => {
+                if let Some(l) = &mut self.leader {
+                    self.peers.insert(conn, peer);
+                    l.connection_opened(conn);
+                }
             }
+            NodeInput::FromSecondary { conn, frame } => {
+                if let Some(l) = &mut self.leader {
+                    let hello = matches!(frame, SecondaryFrame::Hello { .. });
+                    l.handle_frame(now, conn, frame);
+                    if hello && let Some(peer) = self.peers.get(&conn) {
+                        l.set_address(conn, peer.clone());
+                    }
+                }
+            }
+            NodeInput::Closed(conn) => {
+                self.peers.remove(&conn);
+                if let Some(l) = &mut self.leader {
+                    l.connection_closed(conn);
+                }
+            }
+            NodeInput::Flushed(upto) => {
+                if let Some(l) = &mut self.leader {
+                    l.flushed(now, upto);
+                }
+            }
+            NodeInput::Persisted(upto) => {
+                if let Some(l) = &mut self.leader {
+                    l.persisted(now, upto);
+                }
+            }
+            NodeInput::Heartbeat => {
+                if let Some(l) = &mut self.leader {
+                    l.tick_heartbeat(now);
+                }
+            }
+            NodeInput::RemoveMember(name) => {
+                let result = match &mut self.leader {
+                    Some(l) => l.remove_member(&name),
+                    None => Err(MembershipError::NotMaster),
+                };
+                self.outputs.push(NodeOutput::Removed(result));
+            }
+            NodeInput::Readmit(name) => {
+                let result = match &mut self.leader {
+                    Some(l) => l.readmit(&name).map_err(MembershipError::Storage),
+                    None => Err(MembershipError::NotMaster),
+                };
+                self.outputs.push(NodeOutput::Readmitted(result));
+            }
+            NodeInput::NewerTerm(t) => self.election.saw_term(now, t),
             NodeInput::Vote { from, resp } => {
                 let pos = self.store.log_position();
                 self.election.handle_vote_response(now, &from, &resp, pos);
@@ -305,20 +428,32 @@ impl<S: LogStore + Clone> NodeCore<S> {
                 // Answered once the vote is saved (see `apply`).
                 self.replies.push((id, resp));
             }
-            NodeInput::StepDown(quiet) => self.election.step_down(now, quiet),
-            NodeInput::CannotLead => {
-                let quiet = self.election.election_timeout();
+            NodeInput::StepDown(quiet) => {
+                if let Some(l) = &mut self.leader {
+                    // Its TimeoutNow goes out before the connections close.
+                    match l.hand_over(None) {
+                        Some(to) => tracing::info!(%to, "stepping down: handing over"),
+                        None => {
+                            tracing::info!("stepping down: no caught-up member to hand over to")
+                        }
+                    }
+                }
                 self.election.step_down(now, quiet);
             }
             NodeInput::Timeout => {
-                if !self.eligible() {
-                    // Not (yet) in a set: never stands.
-                    if self.election.poll_timeout().is_some_and(|t| t <= now) {
+                if let Some(l) = &mut self.leader
+                    && l.poll_timeout().is_some_and(|t| t <= now)
+                {
+                    l.handle_timeout(now);
+                }
+                if self.election.poll_timeout().is_some_and(|t| t <= now) {
+                    if !self.eligible() {
+                        // Not (yet) in a set: never stands.
                         self.election.step_down(now, Duration::ZERO);
+                    } else {
+                        let pos = self.store.log_position();
+                        self.election.handle_timeout(now, pos);
                     }
-                } else {
-                    let pos = self.store.log_position();
-                    self.election.handle_timeout(now, pos);
                 }
             }
         }
@@ -377,11 +512,45 @@ impl<S: LogStore + Clone> NodeCore<S> {
     fn apply(&mut self, now: Instant) {
         loop {
             let followed = self.route_follower(now);
-            let decided = self.apply_election();
-            if !followed && !decided {
+            let led = self.route_leader(now);
+            let decided = self.apply_election(now);
+            if !followed && !led && !decided {
                 return;
             }
         }
+    }
+
+    /// The master core's outputs: what ends its term steps the election down here, the
+    /// rest goes to its shell. False if there were none.
+    fn route_leader(&mut self, now: Instant) -> bool {
+        let Some(l) = &mut self.leader else {
+            return false;
+        };
+        let outputs = l.take_outputs();
+        if outputs.is_empty() {
+            return false;
+        }
+        for o in outputs {
+            match o {
+                MasterOutput::NewerTerm(t) => self.election.saw_term(now, t),
+                MasterOutput::LostQuorum => self.election.step_down(now, Duration::ZERO),
+                MasterOutput::HandedOver { to } => {
+                    tracing::info!(%to, "handed over; stepping down");
+                    let quiet = self.election.election_timeout();
+                    self.election.step_down(now, quiet);
+                }
+                MasterOutput::Close { conn } => {
+                    self.peers.remove(&conn);
+                    if let Some(l) = &mut self.leader {
+                        l.connection_closed(conn);
+                    }
+                    self.outputs
+                        .push(NodeOutput::Master(MasterOutput::Close { conn }));
+                }
+                o => self.outputs.push(NodeOutput::Master(o)),
+            }
+        }
+        true
     }
 
     /// The follower's outputs: what concerns the election is handled here, the rest
@@ -408,7 +577,7 @@ impl<S: LogStore + Clone> NodeCore<S> {
                         self.told = Some((term, master.clone(), now));
                     }
                     // A newer term is saved before anything else goes out.
-                    self.apply_election();
+                    self.apply_election(now);
                     self.outputs
                         .push(NodeOutput::Link(SecondaryOutput::Following {
                             term,
@@ -427,7 +596,7 @@ impl<S: LogStore + Clone> NodeCore<S> {
 
     /// The election's outputs: save first, then answer the votes that waited for it,
     /// then act. False if there were none (and no answer waited).
-    fn apply_election(&mut self) -> bool {
+    fn apply_election(&mut self, now: Instant) -> bool {
         let outputs = self.election.take_outputs();
         let mut saved = true;
         for o in &outputs {
@@ -477,11 +646,31 @@ impl<S: LogStore + Clone> NodeCore<S> {
                     self.outputs.push(NodeOutput::RequestVotes { req, voters });
                 }
                 ElectionOutput::BecomeLeader { term } => {
-                    // The follower stops here: from now on only the master writes.
-                    self.follower = None;
-                    self.outputs.push(NodeOutput::BecomeLeader { term })
+                    let mut cfg = self.master.clone();
+                    cfg.term = term;
+                    cfg.seed ^= term;
+                    match MasterCore::new(cfg, self.store.clone()) {
+                        Ok(l) => {
+                            // The follower stops here: from now on only the master writes.
+                            self.follower = None;
+                            self.peers.clear();
+                            self.leader = Some(l);
+                            self.outputs.push(NodeOutput::BecomeLeader { term });
+                        }
+                        Err(e) => {
+                            // Follow, and stand again later.
+                            tracing::error!(error = %e, "cannot become the master; following");
+                            let quiet = self.election.election_timeout();
+                            self.election.step_down(now, quiet);
+                        }
+                    }
                 }
                 ElectionOutput::BecomeFollower { term } => {
+                    // The master core (if any) is gone: a new follower over the log as
+                    // it is now.
+                    self.leader = None;
+                    self.peers.clear();
+                    self.follow();
                     self.outputs.push(NodeOutput::BecomeFollower { term })
                 }
             }
@@ -532,20 +721,21 @@ mod tests {
         let priority = (membership.hosts.iter())
             .find(|h| h.name == name)
             .map_or(1, |h| h.priority);
-        let cfg = ElectionConfig {
-            name: name.into(),
-            priority,
-            election_timeout: Duration::from_millis(1000),
-            seed: 7,
+        let cfg = NodeConfig {
+            election: ElectionConfig {
+                name: name.into(),
+                priority,
+                election_timeout: Duration::from_millis(1000),
+                seed: 7,
+            },
+            start_as_master: false,
+            identity: Identity {
+                priority,
+                ..Identity::default()
+            },
+            master: MasterConfig::new(name, Duration::from_millis(100)),
         };
-        let identity = Identity {
-            priority,
-            ..Identity::default()
-        };
-        (
-            NodeCore::new(cfg, now, store.clone(), false, identity),
-            store,
-        )
+        (NodeCore::new(cfg, now, store.clone()), store)
     }
 
     /// The Welcome of master `master` of `term`, whose log ends at `last_id`.
@@ -850,8 +1040,29 @@ mod tests {
         );
     }
 
+    fn write(token: Token) -> NodeInput {
+        NodeInput::Write {
+            token,
+            write: WriteRequest {
+                message: format!("w{token}"),
+                write_concern: crate::replication::WriteConcern::Count(1),
+                timeout: None,
+                request_id: None,
+            },
+        }
+    }
+
+    fn replied(out: &[NodeOutput]) -> Vec<Token> {
+        (out.iter())
+            .filter_map(|o| match o {
+                NodeOutput::Master(MasterOutput::Reply { token, .. }) => Some(*token),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn a_member_that_leads_takes_no_more_frames_until_it_follows_again() {
+    fn a_member_that_leads_writes_alone_and_stops_when_it_follows() {
         let now = Instant::now();
         let membership = set(&[("a", 1)]);
         let (mut n, store) = member(now, "a", &membership, true);
@@ -862,12 +1073,110 @@ mod tests {
             "{out:?}"
         );
         assert!(n.follower().is_none());
+        assert_eq!(n.leader().map(|l| l.term()), Some(1));
         // Frames still on the old connection: ignored, the master alone writes.
         n.handle(now, NodeInput::Frames(vec![add(1..=3, 1)]));
         assert_eq!(store.last_id(), 0);
         assert!(!n.wants_sync());
+        // A write: stored, answered once the store synced it.
+        n.handle(now, write(1));
+        assert_eq!(store.last_id(), 1);
+        n.handle(now, NodeInput::Flushed(1));
+        store.sync().unwrap();
+        n.handle(now, NodeInput::Persisted(1));
+        assert_eq!(replied(&n.take_outputs()), vec![1]);
+        // Stepping down: the master core is gone, a follower waits for a master.
         n.handle(now, NodeInput::StepDown(Duration::from_secs(1)));
-        n.handle(now, NodeInput::Follow);
-        assert!(n.follower().is_some());
+        let out = n.take_outputs();
+        assert!(
+            out.contains(&NodeOutput::BecomeFollower { term: 1 }),
+            "{out:?}"
+        );
+        assert!(n.leader().is_none() && n.follower().is_some());
+        n.handle(now, write(2));
+        let out = n.take_outputs();
+        assert_eq!(
+            out,
+            vec![NodeOutput::Refused {
+                token: 2,
+                why: Rejected::SteppingDown
+            }]
+        );
+        assert_eq!(store.last_id(), 1);
+    }
+
+    #[test]
+    fn a_master_that_meets_a_newer_term_steps_down_in_the_same_step() {
+        let now = Instant::now();
+        let membership = set(&[("a", 1)]);
+        let (mut n, store) = member(now, "a", &membership, true);
+        n.handle(now, NodeInput::StandAlone);
+        n.take_outputs();
+        n.handle(
+            now,
+            NodeInput::Opened {
+                conn: 4,
+                peer: "10.0.0.2:5000".into(),
+            },
+        );
+        let hello = SecondaryFrame::Hello {
+            version: crate::protocol::PROTOCOL_VERSION,
+            name: "b".into(),
+            next_expected: 1,
+            log_id: 7,
+            last_term: 0,
+            term: 9,
+            history: History::default(),
+            comm: None,
+            http: None,
+            priority: 1,
+            delay_ms: 0,
+        };
+        n.handle(
+            now,
+            NodeInput::FromSecondary {
+                conn: 4,
+                frame: hello,
+            },
+        );
+        let out = n.take_outputs();
+        // The refusal goes out, the connection closes, the term is saved, and the
+        // member follows: all in this one step.
+        assert!(
+            matches!(
+                out.first(),
+                Some(NodeOutput::Master(MasterOutput::Send {
+                    conn: 4,
+                    frame: MasterFrame::Error(_)
+                }))
+            ),
+            "{out:?}"
+        );
+        let close = NodeOutput::Master(MasterOutput::Close { conn: 4 });
+        let at = |o: &NodeOutput| out.iter().position(|x| x == o);
+        assert!(at(&close) < at(&NodeOutput::Term(9)), "{out:?}");
+        let follow = NodeOutput::BecomeFollower { term: 9 };
+        assert!(at(&NodeOutput::Term(9)) < at(&follow), "{out:?}");
+        assert_eq!(store.term(), 9);
+        assert!(n.leader().is_none() && n.follower().is_some());
+    }
+
+    #[test]
+    fn membership_changes_are_the_masters_and_answered() {
+        let now = Instant::now();
+        let membership = set(&[("a", 1), ("b", 1), ("c", 1)]);
+        let (mut n, _) = member(now, "a", &membership, true);
+        n.handle(now, NodeInput::RemoveMember("b".into()));
+        let out = n.take_outputs();
+        assert_eq!(
+            out,
+            vec![NodeOutput::Removed(Err(MembershipError::NotMaster))]
+        );
+        n.handle(now, NodeInput::Readmit("b".into()));
+        let out = n.take_outputs();
+        assert_eq!(
+            out,
+            vec![NodeOutput::Readmitted(Err(MembershipError::NotMaster))]
+        );
     }
 }

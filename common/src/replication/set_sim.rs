@@ -1,6 +1,6 @@
 //! A seeded simulation of a whole replica set: N equal members, each with its own
-//! [`NodeCore`] (its election, and its [`SecondaryCore`] while it follows), and a
-//! [`MasterCore`] while it leads, over its own log, switching roles as elections decide, on a
+//! [`NodeCore`] (its election, its [`SecondaryCore`] while it follows and its
+//! [`MasterCore`] while it leads) over its own log, switching roles as elections decide, on a
 //! simulated network with virtual time. Faults: partitions (also one-way), crashes and
 //! restarts (every member loses what its store had not synced; sometimes all at once),
 //! pauses longer than the election timeout, lost, duplicated
@@ -92,10 +92,11 @@ impl Mix {
 
 type Store = Arc<MemStore>;
 
-/// The follower is the [`NodeCore`]'s; the master core is the shell's, as in the node.
+/// What the shell runs for the member: the follower's connection, or the master's.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
     Follower,
-    Leader(Box<MasterCore<Store>>),
+    Leader,
 }
 
 struct Member {
@@ -420,11 +421,35 @@ impl Sim {
                 NodeOutput::BecomeLeader { term } => self.lead(i, term),
                 NodeOutput::BecomeFollower { .. } => self.follow(i),
                 NodeOutput::Link(o) => self.link_output(i, o),
+                NodeOutput::Master(o) => self.master_output(i, o),
+                NodeOutput::Refused { token, .. } => {
+                    self.writes.remove(&token);
+                }
+                NodeOutput::Removed(r) => match r {
+                    Ok(_) | Err(MembershipError::InProgress | MembershipError::NotMaster) => {}
+                    Err(e) => self.fail(format!("removing a member: {e}")),
+                },
+                NodeOutput::Readmitted(r) => {
+                    if let Err(e) = r {
+                        self.fail(format!("re-admitting a member: {e}"));
+                    }
+                }
             }
         }
-        // The follower's store syncs a little later (it gathers batches no write waits
-        // for, for up to 10 ms): only then are they acknowledged.
-        if self.members[i].node.wants_sync() && !self.members[i].syncing {
+        let now = self.now;
+        if let Some(l) = self.members[i].node.leader() {
+            // The master's store writes at once, syncs a little later.
+            let (last, term) = (l.last_id(), l.term());
+            if l.written_id() < last {
+                self.members[i].node.handle(now, NodeInput::Flushed(last));
+                return self.apply_node(i);
+            }
+            if l.needs_sync() && !self.members[i].syncing {
+                self.start_sync(i, 5, last, term);
+            }
+        } else if self.members[i].node.wants_sync() && !self.members[i].syncing {
+            // The follower's store syncs a little later (it gathers batches no write
+            // waits for, for up to 10 ms): only then are they acknowledged.
             let upto = self.members[i].store.last_id();
             self.start_sync(i, 10, upto, 0);
         }
@@ -477,28 +502,16 @@ impl Sim {
             );
         }
         self.drop_link(i);
-        let mut cfg = MasterConfig::new(self.members[i].name.clone(), Duration::from_millis(100));
-        cfg.seed = self.seed ^ term;
-        cfg.health = HealthPolicy {
-            heartbeat: HEARTBEAT,
-            suspect_after: 2,
-            unhealthy_after: 5,
-        };
-        cfg.term = term;
-        cfg.comm = self.members[i].name.clone();
-        cfg.priority = self.members[i].priority;
-        if cfg.priority == 0 {
+        if self.members[i].priority == 0 {
             let name = self.members[i].name.clone();
             self.fail(format!(
                 "{name}, of priority 0, became master of term {term}"
             ));
         }
-        cfg.quorum_timeout = Some(ELECTION);
         let m = &mut self.members[i];
-        let core = MasterCore::new(cfg, m.store.clone()).unwrap();
         m.syncing = false;
         m.next_heartbeat = self.now;
-        m.role = Role::Leader(Box::new(core));
+        m.role = Role::Leader;
         // Every entry committed by this term is in the new master's log (leader
         // completeness).
         let last = self.members[i].store.last_id();
@@ -527,7 +540,7 @@ impl Sim {
 
     /// Stop being master (if it was): close every replication connection; follow.
     fn follow(&mut self, i: usize) {
-        if matches!(self.members[i].role, Role::Leader(_)) {
+        if self.members[i].role == Role::Leader {
             let conns: Vec<(ConnId, usize)> = std::mem::take(&mut self.members[i].conns)
                 .into_iter()
                 .collect();
@@ -536,7 +549,6 @@ impl Sim {
             }
             // Writes still waiting are answered 503: their fate is unknown to clients.
             self.members[i].role = Role::Follower;
-            self.node_input(i, NodeInput::Follow);
         }
     }
 
@@ -610,45 +622,25 @@ impl Sim {
         );
     }
 
-    fn apply_leader(&mut self, i: usize) {
-        loop {
-            let Role::Leader(core) = &mut self.members[i].role else {
-                return;
-            };
-            // The store writes at once, syncs a little later.
-            let last = core.last_id();
-            core.flushed(self.now, last);
-            let outputs = core.take_outputs();
-            let needs_sync = core.needs_sync();
-            let term = core.term();
-            if outputs.is_empty() {
-                if needs_sync && !self.members[i].syncing {
-                    self.start_sync(i, 5, last, term);
-                }
-                return;
-            }
-            for o in outputs {
-                match o {
-                    MasterOutput::Send { conn, frame } => {
-                        if let Some(&j) = self.members[i].conns.get(&conn) {
-                            self.send(i, j, Msg::ToFollower(conn, frame), false);
-                        }
-                    }
-                    MasterOutput::Close { conn } => {
-                        if let Some(j) = self.members[i].conns.remove(&conn) {
-                            self.send(i, j, Msg::Closed(conn), false);
-                        }
-                        if let Role::Leader(core) = &mut self.members[i].role {
-                            core.connection_closed(conn);
-                        }
-                    }
-                    MasterOutput::Reply { token, outcome } => self.answered(i, token, outcome),
-                    MasterOutput::StorageFailed(e) => self.fail(format!("storage: {e}")),
-                    MasterOutput::NewerTerm(t) => self.node_input(i, NodeInput::NewerTerm(t)),
-                    MasterOutput::LostQuorum => self.node_input(i, NodeInput::LostQuorum),
-                    MasterOutput::HandedOver { .. } => self.node_input(i, NodeInput::HandedOver),
+    /// What the master's shell does with an output for its connections and clients.
+    fn master_output(&mut self, i: usize, o: MasterOutput) {
+        match o {
+            MasterOutput::Send { conn, frame } => {
+                if let Some(&j) = self.members[i].conns.get(&conn) {
+                    self.send(i, j, Msg::ToFollower(conn, frame), false);
                 }
             }
+            MasterOutput::Close { conn } => {
+                if let Some(j) = self.members[i].conns.remove(&conn) {
+                    self.send(i, j, Msg::Closed(conn), false);
+                }
+            }
+            MasterOutput::Reply { token, outcome } => self.answered(i, token, outcome),
+            MasterOutput::StorageFailed(e) => self.fail(format!("storage: {e}")),
+            // NodeCore's own: they never leave it.
+            MasterOutput::NewerTerm(_)
+            | MasterOutput::LostQuorum
+            | MasterOutput::HandedOver { .. } => {}
         }
     }
 
@@ -687,14 +679,14 @@ impl Sim {
         if trace() && !self.committed.contains_key(&id) && id == trace_id() {
             eprintln!("{:?} committed {id}: {entry:?}", self.elapsed());
             for m in &self.members {
-                let commit = match &m.role {
-                    Role::Leader(c) => format!(
+                let commit = match (m.node.leader(), m.node.follower()) {
+                    (Some(c), _) => format!(
                         "leader commit {} members {}",
                         c.commit_id(),
                         c.status(self.now).member_count
                     ),
-                    Role::Follower => {
-                        let c = m.node.follower().map_or(0, |f| f.commit_id());
+                    (None, f) => {
+                        let c = f.map_or(0, |f| f.commit_id());
                         format!("follower commit {c}")
                     }
                 };
@@ -732,26 +724,16 @@ impl Sim {
                 let m = &mut self.members[i];
                 m.syncing = false;
                 m.store.sync_to(upto);
-                match &mut m.role {
-                    Role::Leader(core) => {
-                        if core.term() == term {
-                            core.persisted(now, upto);
-                        }
-                        self.apply_leader(i);
-                    }
-                    Role::Follower => {
-                        if term == 0 {
-                            self.node_input(i, NodeInput::Synced);
-                        }
-                    }
+                match m.node.leader() {
+                    Some(l) if l.term() == term => self.node_input(i, NodeInput::Persisted(upto)),
+                    Some(_) => self.apply_node(i),
+                    None if term == 0 => self.node_input(i, NodeInput::Synced),
+                    None => self.apply_node(i),
                 }
             }
             Msg::ToLeader(conn, frame) => {
-                if self.members[i].conns.contains_key(&conn)
-                    && let Role::Leader(core) = &mut self.members[i].role
-                {
-                    core.handle_frame(now, conn, frame);
-                    self.apply_leader(i);
+                if self.members[i].conns.contains_key(&conn) {
+                    self.node_input(i, NodeInput::FromSecondary { conn, frame });
                 }
             }
             Msg::ToFollower(conn, frame) => {
@@ -759,7 +741,7 @@ impl Sim {
                     return;
                 }
                 self.members[i].last_frame = now;
-                if let Role::Leader(_) = self.members[i].role {
+                if self.members[i].role == Role::Leader {
                     return;
                 }
                 if let MasterFrame::Error(e) = &frame
@@ -778,11 +760,8 @@ impl Sim {
                     if let Role::Follower = self.members[i].role {
                         self.node_input(i, NodeInput::Disconnected);
                     }
-                } else if self.members[i].conns.remove(&conn).is_some()
-                    && let Role::Leader(core) = &mut self.members[i].role
-                {
-                    core.connection_closed(conn);
-                    self.apply_leader(i);
+                } else if self.members[i].conns.remove(&conn).is_some() {
+                    self.node_input(i, NodeInput::Closed(conn));
                 }
             }
             Msg::Vote(from, req) => {
@@ -835,9 +814,10 @@ impl Sim {
         let conn = self.next_conn;
         self.next_conn += 1;
         match &mut self.members[target].role {
-            Role::Leader(core) => {
-                core.connection_opened(conn);
+            Role::Leader => {
                 self.members[target].conns.insert(conn, i);
+                let peer = self.members[i].name.clone();
+                self.node_input(target, NodeInput::Opened { conn, peer });
             }
             Role::Follower => {
                 // Not the master: it says where the master is and closes.
@@ -866,17 +846,11 @@ impl Sim {
             self.node_input(i, NodeInput::Timeout);
         }
         match &mut self.members[i].role {
-            Role::Leader(core) => {
-                if core.poll_timeout().is_some_and(|t| t <= now) {
-                    core.handle_timeout(now);
-                }
+            Role::Leader => {
                 if self.members[i].next_heartbeat <= now {
                     self.members[i].next_heartbeat = now + HEARTBEAT;
-                    if let Role::Leader(core) = &mut self.members[i].role {
-                        core.tick_heartbeat(now);
-                    }
+                    self.node_input(i, NodeInput::Heartbeat);
                 }
-                self.apply_leader(i);
             }
             Role::Follower => {
                 let silent = now.saturating_duration_since(self.members[i].last_frame);
@@ -899,7 +873,7 @@ impl Sim {
         // synced), nor anything a member acknowledged (it acknowledges only that).
         let keep = m.store.durable_id();
         let last = m.store.last_id();
-        if let Role::Leader(_) = m.role
+        if m.role == Role::Leader
             && last > keep
             && let Some((&id, _)) = self.committed.range(keep + 1..=last).next()
         {
@@ -1048,13 +1022,9 @@ impl Sim {
         if self.mix.handovers && self.rng.random_bool(0.002) {
             // POST /stepDown on whoever is master: hand over, then stay out for a while.
             let leaders: Vec<usize> = (0..n)
-                .filter(|&i| self.members[i].up && matches!(self.members[i].role, Role::Leader(_)))
+                .filter(|&i| self.members[i].up && self.members[i].role == Role::Leader)
                 .collect();
             if let Some(&i) = leaders.first() {
-                if let Role::Leader(core) = &mut self.members[i].role {
-                    core.hand_over(None);
-                }
-                self.apply_leader(i);
                 let quiet = Duration::from_millis(self.rng.random_range(0..=3000));
                 self.node_input(i, NodeInput::StepDown(quiet));
             }
@@ -1064,14 +1034,15 @@ impl Sim {
             let leader = (0..n).find(|&i| {
                 self.members[i].up
                     && self.members[i].paused_until.is_none()
-                    && matches!(self.members[i].role, Role::Leader(_))
+                    && self.members[i].role == Role::Leader
             });
             if let Some(i) = leader {
                 let now = self.now;
                 let remove = self.rng.random_bool(0.5);
                 let pick = self.rng.random_range(0..n);
                 let at = self.elapsed();
-                if let Role::Leader(core) = &mut self.members[i].role {
+                let mut input = None;
+                if let Some(core) = self.members[i].node.leader() {
                     let st = core.status(now);
                     if remove {
                         if let Some(m) = st.members.get(pick % st.members.len().max(1)) {
@@ -1089,19 +1060,19 @@ impl Sim {
                                         .collect::<Vec<_>>()
                                 );
                             }
-                            match core.remove_member(&m.name.clone()) {
-                                Ok(_) | Err(MembershipError::InProgress) => {}
-                                Err(e) => panic!("{e}"),
-                            }
+                            // Refused while the last change is not on a majority.
+                            input = Some(NodeInput::RemoveMember(m.name.clone()));
                         }
                     } else if let Some(name) = st.removed.first() {
                         if trace() {
                             eprintln!("master n{i} readmits {name}");
                         }
-                        core.readmit(&name.clone()).unwrap();
+                        input = Some(NodeInput::Readmit(name.clone()));
                     }
                 }
-                self.apply_leader(i);
+                if let Some(input) = input {
+                    self.node_input(i, input);
+                }
             }
         }
         if self.mix.pauses && self.rng.random_bool(0.002) {
@@ -1121,7 +1092,7 @@ impl Sim {
             .filter(|&i| {
                 self.members[i].up
                     && self.members[i].paused_until.is_none()
-                    && matches!(self.members[i].role, Role::Leader(_))
+                    && self.members[i].role == Role::Leader
             })
             .collect();
         if leaders.is_empty() {
@@ -1142,13 +1113,9 @@ impl Sim {
             timeout: Some(Duration::from_secs(5)),
             request_id: None,
         };
-        let now = self.now;
-        if let Role::Leader(core) = &mut self.members[i].role
-            && core.submit(now, req, token).is_ok()
-        {
-            self.writes.insert(token, (message, majority));
-        }
-        self.apply_leader(i);
+        // Refused (NodeOutput::Refused): forgotten again.
+        self.writes.insert(token, (message, majority));
+        self.node_input(i, NodeInput::Write { token, write: req });
     }
 
     /// Every member's entries up to its commit id are the committed log's.
@@ -1157,9 +1124,10 @@ impl Sim {
             if !self.members[i].up {
                 continue;
             }
-            let commit = match &self.members[i].role {
-                Role::Leader(c) => c.commit_id(),
-                Role::Follower => (self.members[i].node.follower()).map_or(0, |f| f.commit_id()),
+            let node = &self.members[i].node;
+            let commit = match (node.leader(), node.follower()) {
+                (Some(c), _) => c.commit_id(),
+                (None, f) => f.map_or(0, |f| f.commit_id()),
             };
             let store = self.members[i].store.clone();
             let last = store.last_id();
@@ -1199,22 +1167,17 @@ impl Sim {
         while self.now < until {
             self.step(false);
             let leaders: Vec<usize> = (0..self.members.len())
-                .filter(|&i| matches!(self.members[i].role, Role::Leader(_)))
+                .filter(|&i| self.members[i].role == Role::Leader)
                 .collect();
             let [l] = leaders[..] else { continue };
             // Everyone back in: the operator re-admits whoever was removed.
             let now = self.now;
-            if let Role::Leader(core) = &mut self.members[l].role {
-                for name in core.status(now).removed {
-                    core.readmit(&name).unwrap();
-                }
+            let removed = (self.members[l].node.leader()).map_or(vec![], |c| c.status(now).removed);
+            for name in removed {
+                self.node_input(l, NodeInput::Readmit(name));
             }
-            self.apply_leader(l);
             let log = self.members[l].store.read(1, usize::MAX).unwrap();
-            let commit = match &self.members[l].role {
-                Role::Leader(c) => c.commit_id(),
-                Role::Follower => 0,
-            };
+            let commit = (self.members[l].node.leader()).map_or(0, |c| c.commit_id());
             let same = self
                 .members
                 .iter()
@@ -1244,7 +1207,7 @@ impl Sim {
                 format!(
                     "{} {} term {} last {} members v{} {:?} removed {:?}",
                     m.name,
-                    if matches!(m.role, Role::Leader(_)) {
+                    if m.role == Role::Leader {
                         "master"
                     } else {
                         "follower"
@@ -1289,7 +1252,23 @@ fn node_core(name: &str, store: &Store, priority: u32, seed: u64, now: Instant) 
         priority,
         delay_ms: 0,
     };
-    NodeCore::new(cfg, now, store.clone(), false, identity)
+    let mut master = MasterConfig::new(name.to_string(), Duration::from_millis(100));
+    master.seed = seed;
+    master.health = HealthPolicy {
+        heartbeat: HEARTBEAT,
+        suspect_after: 2,
+        unhealthy_after: 5,
+    };
+    master.comm = name.to_string();
+    master.priority = priority;
+    master.quorum_timeout = Some(ELECTION);
+    let cfg = NodeConfig {
+        election: cfg,
+        start_as_master: false,
+        identity,
+        master,
+    };
+    NodeCore::new(cfg, now, store.clone())
 }
 
 /// What one seed checked.

@@ -1,11 +1,14 @@
-//! The one owner of the master's replication state.
+//! The master's shell: it carries the master's I/O (client writes, the secondaries'
+//! connections, the log's writes and syncs, timers) to the node's core
+//! (`NodeCore`, which holds the `MasterCore` while this member leads) and carries out
+//! what the core decides for them.
 
 use crate::member::{Event, Node};
 use actix::prelude::*;
 use common::protocol::{MasterFrame, SecondaryFrame};
 use common::replication::{
-    ConnId, HealthPolicy, HttpAddress, MasterConfig, MasterCore, MasterOutput, MasterStatus,
-    NodeInput, Rejected, SPIN_MAX_WAITING, SpinPolicy, Token, WriteOutcome, WriteRequest,
+    ConnId, MasterOutput, MasterStatus, MembershipError, NodeInput, NodeOutput, Rejected,
+    SPIN_MAX_WAITING, SpinPolicy, Token, WriteOutcome, WriteRequest,
 };
 use common::storage::LogStore;
 use std::collections::HashMap;
@@ -41,7 +44,6 @@ pub struct Register {
 struct Conn {
     session: Recipient<ToSession>,
     outbox: Arc<super::session::Outbox>,
-    peer: String,
     member: Option<String>,
 }
 
@@ -104,22 +106,22 @@ pub struct Shutdown;
 #[rtype(result = "()")]
 pub struct Retire;
 
-/// `stepDown`: ask the most caught-up secondary to stand at once, and take no more
-/// writes.
+/// What the core decided for the master while another shell (the member's driver)
+/// handed it an input: carry it out.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct HandOver;
+pub struct Carry(pub Vec<NodeOutput>);
 
-/// A snapshot of the replication state, and how many syncs ran.
+/// A snapshot of the replication state, and how many syncs ran (None: this member
+/// is not the master any more).
 #[derive(Message)]
-#[rtype(result = "(MasterStatus, u64)")]
+#[rtype(result = "Option<(MasterStatus, u64)>")]
 pub struct GetStatus;
 
 /// The store the master writes to; the binary chooses the implementation.
 pub type Store = Arc<dyn LogStore>;
 
 pub struct Replicator {
-    core: MasterCore<Store>,
     store: Store,
     /// A sync is running on the blocking pool.
     syncing: bool,
@@ -138,7 +140,8 @@ pub struct Replicator {
     spinning: bool,
     /// How far the log reaches, for the change streams.
     progress: common::stream::Progress,
-    /// The member this replicator serves: election events go there.
+    /// The member this replicator serves: its core holds the master's state, and
+    /// what the core decides for the election goes to its driver.
     node: Arc<Node>,
     /// Stepped down: writes are refused as "not the master".
     retired: bool,
@@ -160,7 +163,7 @@ impl ActorFuture<Replicator> for Spin {
         _: &mut Context<Replicator>,
         task: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
-        let waiting = act.core.waiting_for_secondaries(SPIN_MAX_WAITING + 1);
+        let waiting = act.waiting();
         let now = Instant::now();
         let over = if waiting == 0 {
             Some(true)
@@ -186,35 +189,20 @@ impl ActorFuture<Replicator> for Spin {
 }
 
 impl Replicator {
-    /// The master of `term` for `node`, over its log; [`Actor::start`] it on the thread
-    /// that is to run it (the HTTP worker's).
-    pub fn for_node(node: &Arc<Node>, term: u64) -> anyhow::Result<Self> {
-        let cfg = &node.cfg;
-        let settings = &cfg.master;
-        let mut core_cfg = MasterConfig::new(cfg.name.clone(), settings.ack_timeout);
-        core_cfg.seed = rand::random();
-        core_cfg.http = HttpAddress::new(&cfg.public_host(), node.http_port());
-        core_cfg.health = HealthPolicy {
-            heartbeat: settings.heartbeat,
-            suspect_after: settings.suspect_after,
-            unhealthy_after: settings.unhealthy_after,
-        };
-        core_cfg.term = term;
-        core_cfg.comm = node.addresses.comm.clone();
-        core_cfg.priority = cfg.priority;
-        core_cfg.quorum_timeout = Some(cfg.election_timeout);
-        core_cfg.delay = Duration::from_millis(cfg.delay.max_ms);
-        let store = node.store.clone();
-        let core = MasterCore::new(core_cfg, store.clone())?;
-        tracing::info!(
-            log_id = format!("{:#x}", core.log_id()),
-            last_id = core.last_id(),
-            term,
-            "log opened as the master"
-        );
-        Ok(Replicator {
-            core,
-            store,
+    /// The master's shell for `node`, whose core has just become the master; start it
+    /// ([`Actor::start`]) on the thread that is to run it (the HTTP worker's).
+    pub fn for_node(node: &Arc<Node>) -> Self {
+        if let Some(l) = node.core().leader() {
+            tracing::info!(
+                log_id = format!("{:#x}", l.log_id()),
+                last_id = l.last_id(),
+                term = l.term(),
+                "log opened as the master"
+            );
+        }
+        let settings = &node.cfg.master;
+        Replicator {
+            store: node.store.clone(),
             syncing: false,
             syncs: 0,
             sessions: HashMap::new(),
@@ -228,65 +216,68 @@ impl Replicator {
             progress: node.progress.clone(),
             node: node.clone(),
             retired: false,
-        })
+        }
     }
 
-    /// Carry out the core's decisions, then re-arm the resend/timeout timer.
-    fn drain(&mut self, ctx: &mut Context<Self>) {
-        for out in self.core.take_outputs() {
-            match out {
-                MasterOutput::Send { conn, frame } => match self.sessions.get(&conn) {
-                    // Fault rules (`PUT /admin/faults`), when any are set.
-                    Some(c) if self.node.faults.active() => {
-                        use crate::faults::{Dir, Frame, Verdict};
-                        match self.node.faults.judge(
-                            c.member.as_deref(),
-                            Dir::Out,
-                            Frame::Replication,
-                        ) {
-                            Verdict::Drop => {}
-                            Verdict::Delay(d) => {
-                                c.session.do_send(ToSession::Delayed(Box::new(frame), d))
-                            }
-                            Verdict::Pass => c.outbox.send(frame),
-                        }
-                    }
-                    Some(c) => c.outbox.send(frame),
-                    None => {}
-                },
-                MasterOutput::Close { conn } => {
-                    if let Some(c) = self.sessions.remove(&conn) {
-                        c.session.do_send(ToSession::Close);
-                    }
-                    self.core.connection_closed(conn);
-                }
-                MasterOutput::Reply { token, outcome } => {
-                    if let Some(tx) = self.pending.remove(&token) {
-                        let _ = tx.send(Ok(outcome)); // the client may have gone
+    /// Hand one input to the node's core; what it decided.
+    fn step(&self, input: NodeInput) -> Vec<NodeOutput> {
+        let mut core = self.node.core();
+        core.handle(Instant::now(), input);
+        core.take_outputs()
+    }
+
+    /// Writes waiting for a secondary's acknowledgement (at most `limit`).
+    fn waiting(&self) -> usize {
+        (self.node.core().leader()).map_or(0, |l| l.waiting_for_secondaries(SPIN_MAX_WAITING + 1))
+    }
+
+    /// Carry out the core's decisions for the master (the others go to the member's
+    /// driver), then start a sync, publish progress and re-arm the timer as the master
+    /// core's state now asks.
+    fn drain(&mut self, ctx: &mut Context<Self>, outputs: Vec<NodeOutput>) {
+        let mut theirs = Vec::new();
+        for o in outputs {
+            match o {
+                NodeOutput::Master(o) => self.carry_out(o),
+                NodeOutput::Refused { token, why } => {
+                    if let Some(reply) = self.pending.remove(&token) {
+                        let _ = reply.send(Err(why.into()));
                     }
                 }
-                MasterOutput::StorageFailed(e) => {
-                    tracing::error!(error = %e, "storage failure while replicating");
-                }
-                MasterOutput::NewerTerm(t) => self.node.send(Event::Core(NodeInput::NewerTerm(t))),
-                MasterOutput::LostQuorum => self.node.send(Event::Core(NodeInput::LostQuorum)),
-                MasterOutput::HandedOver { to } => self.node.send(Event::HandedOver(to)),
+                // Answered by their handlers, from the same step.
+                NodeOutput::Removed(_) | NodeOutput::Readmitted(_) => {}
+                o => theirs.push(o),
             }
         }
-        self.maybe_sync(ctx);
-        self.progress
-            .publish(self.core.written_id(), self.core.commit_id());
-        if !self.spinning && !self.stopping {
-            let waiting = self.core.waiting_for_secondaries(SPIN_MAX_WAITING + 1);
-            if let Some(until) = self.spin.start(Instant::now(), waiting) {
-                self.spinning = true;
-                ctx.spawn(Spin {
-                    until,
-                    step: Box::pin(tokio::task::yield_now()),
-                });
-            }
+        if !theirs.is_empty() {
+            self.node.send(Event::Outputs(theirs));
         }
-        let wanted = self.core.poll_timeout();
+        let state = self.node.core().leader().map(|l| {
+            (
+                l.needs_sync(),
+                l.written_id(),
+                l.commit_id(),
+                l.waiting_for_secondaries(SPIN_MAX_WAITING + 1),
+                l.poll_timeout(),
+            )
+        });
+        let Some((needs_sync, written_id, commit_id, waiting, wanted)) = state else {
+            return; // not the master any more: the driver retires this shell
+        };
+        if needs_sync {
+            self.maybe_sync(ctx);
+        }
+        self.progress.publish(written_id, commit_id);
+        if !self.spinning
+            && !self.stopping
+            && let Some(until) = self.spin.start(Instant::now(), waiting)
+        {
+            self.spinning = true;
+            ctx.spawn(Spin {
+                until,
+                step: Box::pin(tokio::task::yield_now()),
+            });
+        }
         match (wanted, self.timer) {
             (Some(at), Some((armed, _))) if armed <= at => {}
             (None, None) => {}
@@ -298,12 +289,54 @@ impl Replicator {
                     let wait = at.saturating_duration_since(Instant::now());
                     let h = ctx.run_later(wait, |act, ctx| {
                         act.timer = None;
-                        act.core.handle_timeout(Instant::now());
-                        act.drain(ctx);
+                        let outputs = act.step(NodeInput::Timeout);
+                        act.drain(ctx, outputs);
                     });
                     self.timer = Some((at, h));
                 }
             }
+        }
+    }
+
+    /// Carry out one of the master core's outputs.
+    fn carry_out(&mut self, out: MasterOutput) {
+        match out {
+            MasterOutput::Send { conn, frame } => match self.sessions.get(&conn) {
+                // Fault rules (`PUT /admin/faults`), when any are set.
+                Some(c) if self.node.faults.active() => {
+                    use crate::faults::{Dir, Frame, Verdict};
+                    match self
+                        .node
+                        .faults
+                        .judge(c.member.as_deref(), Dir::Out, Frame::Replication)
+                    {
+                        Verdict::Drop => {}
+                        Verdict::Delay(d) => {
+                            c.session.do_send(ToSession::Delayed(Box::new(frame), d))
+                        }
+                        Verdict::Pass => c.outbox.send(frame),
+                    }
+                }
+                Some(c) => c.outbox.send(frame),
+                None => {}
+            },
+            MasterOutput::Close { conn } => {
+                if let Some(c) = self.sessions.remove(&conn) {
+                    c.session.do_send(ToSession::Close);
+                }
+            }
+            MasterOutput::Reply { token, outcome } => {
+                if let Some(tx) = self.pending.remove(&token) {
+                    let _ = tx.send(Ok(outcome)); // the client may have gone
+                }
+            }
+            MasterOutput::StorageFailed(e) => {
+                tracing::error!(error = %e, "storage failure while replicating");
+            }
+            // NodeCore's own: they end the term there, and never leave it.
+            MasterOutput::NewerTerm(_)
+            | MasterOutput::LostQuorum
+            | MasterOutput::HandedOver { .. } => {}
         }
     }
 }
@@ -319,7 +352,7 @@ impl Replicator {
     /// blocking pool while the secondaries store them: a write waits for the slower of
     /// the two syncs, not for one after the other (docs/protocol.md, "One history").
     fn maybe_sync(&mut self, ctx: &mut Context<Self>) {
-        if self.syncing || !self.core.needs_sync() {
+        if self.syncing {
             return;
         }
         self.syncing = true;
@@ -327,8 +360,8 @@ impl Replicator {
             let store = act.store.clone();
             match store.flush() {
                 Ok(upto) => {
-                    act.core.flushed(Instant::now(), upto);
-                    act.drain(ctx);
+                    let outputs = act.step(NodeInput::Flushed(upto));
+                    act.drain(ctx, outputs);
                 }
                 // The sync below meets the same failure and reports it.
                 Err(e) => tracing::error!(error = %e, "writing the log failed"),
@@ -349,12 +382,14 @@ impl Replicator {
                 Ok(Ok(upto)) => {
                     act.syncs += 1;
                     metrics::counter!(common::metrics::SYNCS).increment(1);
-                    act.core.persisted(Instant::now(), upto);
-                    act.drain(ctx);
+                    let outputs = act.step(NodeInput::Persisted(upto));
+                    act.drain(ctx, outputs);
                 }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "sync failed; writes wait until it succeeds");
-                    ctx.run_later(Duration::from_millis(200), |act, ctx| act.drain(ctx));
+                    ctx.run_later(Duration::from_millis(200), |act, ctx| {
+                        act.drain(ctx, vec![])
+                    });
                 }
                 Err(e) => tracing::error!(error = %e, "sync task failed"),
             }
@@ -372,9 +407,11 @@ impl Actor for Replicator {
         // shares their thread, so it drains its mailbox between requests.
         ctx.set_mailbox_capacity(4096);
         ctx.run_interval(self.heartbeat, |act, ctx| {
-            act.core.tick_heartbeat(Instant::now());
-            act.drain(ctx);
+            let outputs = act.step(NodeInput::Heartbeat);
+            act.drain(ctx, outputs);
         });
+        // Whatever the new master already has to do (its timers, a sync).
+        self.drain(ctx, vec![]);
     }
 }
 
@@ -387,19 +424,20 @@ impl Handler<Register> for Replicator {
             Conn {
                 session: msg.session,
                 outbox: msg.outbox,
-                peer: msg.peer,
                 member: msg.member,
             },
         );
-        self.core.connection_opened(msg.conn);
-        self.drain(ctx);
+        let outputs = self.step(NodeInput::Opened {
+            conn: msg.conn,
+            peer: msg.peer,
+        });
+        self.drain(ctx, outputs);
     }
 }
 
 impl Handler<Inbound> for Replicator {
     type Result = ();
     fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) {
-        let hello = matches!(&msg.frame, SecondaryFrame::Hello { .. });
         if let SecondaryFrame::Hello {
             name,
             next_expected,
@@ -408,11 +446,11 @@ impl Handler<Inbound> for Replicator {
         {
             tracing::info!(conn = msg.conn, peer = %name, next_expected, "hello");
         }
-        self.core.handle_frame(Instant::now(), msg.conn, msg.frame);
-        if hello && let Some(c) = self.sessions.get(&msg.conn) {
-            self.core.set_address(msg.conn, c.peer.clone());
-        }
-        self.drain(ctx);
+        let outputs = self.step(NodeInput::FromSecondary {
+            conn: msg.conn,
+            frame: msg.frame,
+        });
+        self.drain(ctx, outputs);
     }
 }
 
@@ -422,8 +460,8 @@ impl Handler<Unregister> for Replicator {
         if self.sessions.remove(&msg.conn).is_some() {
             tracing::info!(conn = msg.conn, "secondary disconnected");
         }
-        self.core.connection_closed(msg.conn);
-        self.drain(ctx);
+        let outputs = self.step(NodeInput::Closed(msg.conn));
+        self.drain(ctx, outputs);
     }
 }
 
@@ -442,12 +480,11 @@ impl Handler<Submit> for Replicator {
         self.next_token += 1;
         // In the map before the core runs: a repeated requestId is answered at once.
         self.pending.insert(token, msg.reply);
-        if let Err(e) = self.core.submit(Instant::now(), msg.write, token)
-            && let Some(reply) = self.pending.remove(&token)
-        {
-            let _ = reply.send(Err(e.into()));
-        }
-        self.drain(ctx);
+        let outputs = self.step(NodeInput::Write {
+            token,
+            write: msg.write,
+        });
+        self.drain(ctx, outputs);
     }
 }
 
@@ -486,14 +523,10 @@ impl Handler<Retire> for Replicator {
     }
 }
 
-impl Handler<HandOver> for Replicator {
+impl Handler<Carry> for Replicator {
     type Result = ();
-    fn handle(&mut self, _: HandOver, ctx: &mut Context<Self>) {
-        match self.core.hand_over(None) {
-            Some(to) => tracing::info!(%to, "stepping down: handing over"),
-            None => tracing::info!("stepping down: no caught-up member to hand over to"),
-        }
-        self.drain(ctx);
+    fn handle(&mut self, msg: Carry, ctx: &mut Context<Self>) {
+        self.drain(ctx, msg.0);
     }
 }
 
@@ -505,7 +538,7 @@ pub struct Holders(pub u64);
 impl Handler<Holders> for Replicator {
     type Result = Option<common::replication::Receipt>;
     fn handle(&mut self, msg: Holders, _: &mut Context<Self>) -> Self::Result {
-        self.core.holders(msg.0)
+        self.node.core().leader().and_then(|l| l.holders(msg.0))
     }
 }
 
@@ -517,27 +550,38 @@ pub struct RemoveMember(pub String);
 impl Handler<RemoveMember> for Replicator {
     type Result = Result<bool, common::replication::MembershipError>;
     fn handle(&mut self, msg: RemoveMember, ctx: &mut Context<Self>) -> Self::Result {
-        let removed = self.core.remove_member(&msg.0);
-        self.drain(ctx);
-        removed
+        let outputs = self.step(NodeInput::RemoveMember(msg.0));
+        let removed = outputs.iter().find_map(|o| match o {
+            NodeOutput::Removed(r) => Some(r.clone()),
+            _ => None,
+        });
+        self.drain(ctx, outputs);
+        removed.unwrap_or(Err(MembershipError::NotMaster))
     }
 }
 
 /// Let a removed name join again. Ok(false): it was not removed.
 #[derive(Message)]
-#[rtype(result = "Result<bool, common::storage::StorageError>")]
+#[rtype(result = "Result<bool, MembershipError>")]
 pub struct Readmit(pub String);
 
 impl Handler<Readmit> for Replicator {
-    type Result = Result<bool, common::storage::StorageError>;
-    fn handle(&mut self, msg: Readmit, _: &mut Context<Self>) -> Self::Result {
-        self.core.readmit(&msg.0)
+    type Result = Result<bool, MembershipError>;
+    fn handle(&mut self, msg: Readmit, ctx: &mut Context<Self>) -> Self::Result {
+        let outputs = self.step(NodeInput::Readmit(msg.0));
+        let readmitted = outputs.iter().find_map(|o| match o {
+            NodeOutput::Readmitted(r) => Some(r.clone()),
+            _ => None,
+        });
+        self.drain(ctx, outputs);
+        readmitted.unwrap_or(Err(MembershipError::NotMaster))
     }
 }
 
 impl Handler<GetStatus> for Replicator {
     type Result = MessageResult<GetStatus>;
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
-        MessageResult((self.core.status(Instant::now()), self.syncs))
+        let status = self.node.core().leader().map(|l| l.status(Instant::now()));
+        MessageResult(status.map(|st| (st, self.syncs)))
     }
 }
