@@ -558,8 +558,11 @@ impl<'a> Session<'a> {
                 {
                     tracing::error!(error = %e, "writing the log failed");
                 }
-                let commit_id = c.follower().map_or(0, |f| f.commit_id());
-                self.progress.publish(self.store.written_id(), commit_id);
+                // (Not once this member leads: the replicator publishes then.)
+                if let Some(f) = c.follower() {
+                    self.progress
+                        .publish(self.store.written_id(), f.commit_id());
+                }
                 (c.take_outputs(), c.wants_sync())
             };
             match self.send_out(outputs) {
@@ -604,8 +607,10 @@ impl<'a> Session<'a> {
         let outputs = {
             let mut c = lock(self.core);
             c.handle(Instant::now(), NodeInput::Synced);
-            let commit_id = c.follower().map_or(0, |f| f.commit_id());
-            self.progress.publish(self.store.written_id(), commit_id);
+            if let Some(f) = c.follower() {
+                self.progress
+                    .publish(self.store.written_id(), f.commit_id());
+            }
             c.take_outputs()
         };
         self.send_out(outputs)
