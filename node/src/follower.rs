@@ -181,9 +181,6 @@ impl Link {
     }
 }
 
-/// How long a master may take to answer the Hello.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// While no master answers, dial again after at most this long (a new master needs
 /// its members back to take writes).
 const MAX_HUNT_BACKOFF: Duration = Duration::from_millis(250);
@@ -230,7 +227,7 @@ fn follow(node: &Arc<Node>, shared: &Shared) {
                 let followed = {
                     let _span = tracing::info_span!("link", master = %master).entered();
                     let peer = node.member_at(&master);
-                    Session::new(stream, node, peer).run(host)
+                    Session::new(stream, node, peer, &master).run(host)
                 };
                 *shared.conn() = None;
                 let outputs = {
@@ -357,6 +354,8 @@ struct Session<'a> {
     followed: bool,
     /// The master's term on this connection, once welcomed.
     term: u64,
+    /// The address dialled.
+    address: &'a str,
     /// When a frame last arrived.
     last_frame: Instant,
     /// How long frames may be held back on purpose on this link (both sides'
@@ -376,7 +375,7 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(stream: Conn, node: &'a Arc<Node>, peer: Option<String>) -> Self {
+    fn new(stream: Conn, node: &'a Arc<Node>, peer: Option<String>, address: &'a str) -> Self {
         let cfg = &node.cfg;
         let _ = stream.tcp().set_nodelay(true);
         let _ = stream.tcp().set_write_timeout(Some(WRITE_TIMEOUT));
@@ -389,6 +388,7 @@ impl<'a> Session<'a> {
             progress: &node.progress,
             followed: false,
             term: 0,
+            address,
             last_frame: Instant::now(),
             // Its own frames are held back too: answers come that much later.
             slack: Duration::from_millis(cfg.delay.max_ms),
@@ -468,6 +468,14 @@ impl<'a> Session<'a> {
                 if !wait.is_zero() {
                     std::thread::sleep(wait);
                 }
+                // All dropped: as quiet as no frame at all, though the socket is not
+                // (a partition rule drops every heartbeat of a master that goes on
+                // sending them).
+                if frames.is_empty()
+                    && let Some(end) = self.between_frames()
+                {
+                    return end;
+                }
             }
             if frames.is_empty() {
                 match self.read(&mut chunk) {
@@ -488,28 +496,8 @@ impl<'a> Session<'a> {
                             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                         ) =>
                     {
-                        if self.term != 0 && self.node.term() > self.term {
-                            return End::Gone; // a newer term: find its master
-                        }
-                        // Before the Welcome this side cannot know how long the master
-                        // holds frames back: only a generous handshake bound applies.
-                        let silence = if self.term == 0 {
-                            HANDSHAKE_TIMEOUT + self.slack
-                        } else {
-                            self.cfg.election_timeout * 2 + self.slack
-                        };
-                        if self.last_frame.elapsed() > silence {
-                            tracing::warn!(
-                                "the master has been silent for too long; looking for another"
-                            );
-                            return End::Gone;
-                        }
-                        if self.schedule.timer(Instant::now()) {
-                            match self.sync_and_acknowledge() {
-                                Ok(false) => continue,
-                                Ok(true) => return End::Close,
-                                Err(end) => return end,
-                            }
+                        if let Some(end) = self.between_frames() {
+                            return end;
                         }
                         continue;
                     }
@@ -578,6 +566,42 @@ impl<'a> Session<'a> {
                 }
             }
         }
+    }
+
+    /// Nothing from the master to handle now: leave it if its term is over, if a vote
+    /// named another member before it answered the Hello, or if it has been silent
+    /// too long; sync and acknowledge if the deferred sync is due. Some: the session
+    /// ends so.
+    fn between_frames(&mut self) -> Option<End> {
+        if self.term != 0 && self.node.term() > self.term {
+            return Some(End::Gone); // a newer term: find its master
+        }
+        let welcomed = self.term != 0;
+        if !welcomed && self.node.has_hint_other_than(self.address) {
+            // This node voted for another member meanwhile (or learnt where the master
+            // is): that one is likely the master now, not the one that has not answered.
+            tracing::info!("a master was named elsewhere; leaving the handshake");
+            return Some(End::Gone);
+        }
+        // The same bound before the Welcome: a master answers the Hello at once, never
+        // held back by `--delay-ms` or a fault rule's delay (a paused master, or a Hello
+        // a fault rule dropped, would otherwise keep this node from the set).
+        if self.last_frame.elapsed() > self.cfg.election_timeout * 2 + self.slack {
+            if welcomed {
+                tracing::warn!("the master has been silent for too long; looking for another");
+            } else {
+                tracing::warn!("no answer to the Hello; looking for the master");
+            }
+            return Some(End::Gone);
+        }
+        if self.schedule.timer(Instant::now()) {
+            return match self.sync_and_acknowledge() {
+                Ok(false) => None,
+                Ok(true) => Some(End::Close),
+                Err(end) => Some(end),
+            };
+        }
+        None
     }
 
     /// Read what has arrived, waiting at most until the held acks are due.

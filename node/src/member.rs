@@ -201,6 +201,16 @@ impl Node {
             .is_some()
     }
 
+    /// Whether the address of a master other than `comm` was learnt since the last
+    /// dial (this node voted for another member, say).
+    pub fn has_hint_other_than(&self, comm: &str) -> bool {
+        self.hint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_deref()
+            .is_some_and(|h| h != comm)
+    }
+
     /// Where the follower thread should dial next: the master if known, else each
     /// known member in turn, and the address it was started with.
     pub fn next_target(&self) -> String {

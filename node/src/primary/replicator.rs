@@ -311,6 +311,12 @@ impl Replicator {
                         .judge(c.member.as_deref(), Dir::Out, Frame::Replication)
                     {
                         Verdict::Drop => {}
+                        // The answer to a Hello is never held back: it tells the member
+                        // how long this master holds the rest back, and until it comes
+                        // the member waits no longer than for any other frame.
+                        Verdict::Delay(_) if matches!(frame, MasterFrame::Welcome { .. }) => {
+                            c.outbox.send(frame)
+                        }
                         Verdict::Delay(d) => {
                             c.session.do_send(ToSession::Delayed(Box::new(frame), d))
                         }

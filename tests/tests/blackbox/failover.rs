@@ -369,6 +369,38 @@ async fn a_priority_0_member_never_becomes_master() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A member that dials a paused master (the kernel takes the connection; nothing
+/// answers the Hello) gives up on it after a short handshake bound and follows the
+/// master the others elect. Here s2 restarts while m is stopped and dials m first (its
+/// `--master-ip`); s2 has priority 0, so s1 is the one elected, with s2's vote. At the
+/// default election timeout the first handshake bound is 2 s; when every handshake
+/// could take 30 s, s2 missed the new master's writes for that long and the wait
+/// below failed.
+#[actix_rt::test]
+async fn a_member_that_dialled_a_paused_master_follows_the_new_one() -> anyhow::Result<()> {
+    let dir = TestDir::new("failover-paused-dial");
+    let http = Http::new();
+    let (master, mut nodes) = cluster(&dir, &http, &[], &[&[], &["--priority", "0"]]).await?;
+    assert_eq!(http.write(&master, "a", json!(3)).await?.0, 201);
+    nodes[1].kill9();
+    master.signal(libc::SIGSTOP);
+    nodes[1].restart()?;
+    let (s1, s2) = (&nodes[0], &nodes[1]);
+    wait_master(&http, &[s1], LONG).await?;
+    let (st, body) = write_once_writable(&http, s1, "b", json!(1), LONG).await?;
+    assert_eq!((st, body["id"].as_u64()), (201, Some(2)), "{body}");
+    let short = Duration::from_secs(15);
+    let log = wait_converged(&http, s1, &[s2], 2, short).await;
+    master.signal(libc::SIGCONT);
+    assert_eq!(
+        log?,
+        vec![(1, "a".to_string()), (2, "b".to_string())],
+        "s2 follows s1"
+    );
+    wait_converged(&http, s1, &[&master, s2], 2, LONG).await?;
+    Ok(())
+}
+
 /// MongoDB's priority takeover: a member of higher priority, once caught up, takes over
 /// from the master that started the set.
 #[actix_rt::test]

@@ -78,6 +78,27 @@ async fn w1_is_not_slowed_by_a_delayed_secondary() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A master that holds its frames back for longer than a member waits for an answer to
+/// its Hello (two election timeouts, 2 s here) is still followed: the Welcome is never
+/// held back, and it tells the member how late the rest will come.
+#[actix_rt::test]
+async fn a_master_slower_than_the_handshake_bound_is_followed() -> anyhow::Result<()> {
+    let dir = TestDir::new("slow-master");
+    let http = Http::new();
+    let (master, nodes) = cluster(&dir, &http, &["--delay-ms", "3000"], &[&[]]).await?;
+    let t = Instant::now();
+    let (st, body) = http.write(&master, "late", json!(2)).await?;
+    let took = t.elapsed();
+    assert_eq!(st, 201, "{body}");
+    assert!(
+        took >= Duration::from_millis(3000),
+        "w=2 returned in {took:?}, before the delayed entry could arrive"
+    );
+    let h = http.health(&nodes[0]).await?;
+    assert_eq!(h["phase"], "live", "{h}");
+    Ok(())
+}
+
 /// A w=all writer blocked on a dead member never holds up w=1 writers.
 #[actix_rt::test]
 async fn a_blocked_write_concern_never_blocks_other_clients() -> anyhow::Result<()> {
